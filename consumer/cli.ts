@@ -1,0 +1,160 @@
+#!/usr/bin/env node
+import { Command } from 'commander'
+import { commanderOption, parseConfig, type OptionName } from './config'
+import { ConfigError, isConfigError } from './errors'
+import { createLogger, type Logger } from './logger'
+import { produceTelemetry } from './produce'
+import { AggregatorService } from './service'
+import { tailAggregates } from './tail'
+
+const common = ['brokers', 'clientId', 'logLevel'] as const satisfies readonly OptionName[]
+const runOptions = [
+  ...common,
+  'groupId',
+  'inputTopic',
+  'outputTopic',
+  'windowSize',
+  'windowAdvance',
+  'grace',
+  'sessionTimeout',
+] as const satisfies readonly OptionName[]
+const produceOptions = [
+  ...common,
+  'inputTopic',
+  'rate',
+  'samplesPerBatch',
+  'keys',
+  'partitions',
+  'outOfOrder',
+  'maxDelay',
+  'duration',
+] as const satisfies readonly OptionName[]
+const tailOptions = [
+  ...common,
+  'outputTopic',
+  'fromBeginning',
+  'format',
+] as const satisfies readonly OptionName[]
+
+/** Aborts on the first SIGINT or SIGTERM; a second one exits at once. */
+function shutdownSignal(logger: Logger): AbortSignal {
+  const controller = new AbortController()
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (controller.signal.aborted) process.exit(130)
+    logger.info({ signal }, 'shutting down')
+    controller.abort()
+  }
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
+  return controller.signal
+}
+
+const waitFor = (signal: AbortSignal) =>
+  new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }))
+
+export function buildProgram(): Command {
+  const program = new Command('kwa')
+    .description('Windowed aggregation of Avro telemetry on Apache Kafka')
+    .showHelpAfterError()
+
+  const command = (name: string, description: string, options: readonly OptionName[]) => {
+    const cmd = program.command(name).description(description)
+    for (const option of options) cmd.addOption(commanderOption(option))
+    return cmd
+  }
+
+  command('run', 'run an aggregator replica (a consumer group member)', runOptions).action(
+    async (raw: Record<string, unknown>) => {
+      const c = parseConfig(runOptions, raw)
+      const advanceMs = c.windowAdvance ?? c.windowSize
+      if (advanceMs > c.windowSize || c.windowSize % advanceMs !== 0) {
+        throw new ConfigError(
+          '--window-advance (KWA_WINDOW_ADVANCE)',
+          `must divide the window size (${c.windowSize} ms) and be at most that, got ${advanceMs} ms`,
+        )
+      }
+      const logger = createLogger(c.logLevel)
+      const service = new AggregatorService(
+        {
+          brokers: c.brokers,
+          clientId: c.clientId,
+          groupId: c.groupId,
+          inputTopic: c.inputTopic,
+          outputTopic: c.outputTopic,
+          window: { sizeMs: c.windowSize, advanceMs, graceMs: c.grace },
+          sessionTimeoutMs: c.sessionTimeout,
+        },
+        logger,
+      )
+      const signal = shutdownSignal(logger)
+      await service.start()
+      await waitFor(signal)
+      await service.stop()
+    },
+  )
+
+  command(
+    'produce',
+    'produce synthetic Avro telemetry batches (demo and load)',
+    produceOptions,
+  ).action(async (raw: Record<string, unknown>) => {
+    const c = parseConfig(produceOptions, raw)
+    const logger = createLogger(c.logLevel)
+    await produceTelemetry(
+      {
+        brokers: c.brokers,
+        clientId: c.clientId,
+        topic: c.inputTopic,
+        rate: c.rate,
+        samplesPerBatch: c.samplesPerBatch,
+        keys: c.keys,
+        partitions: c.partitions,
+        outOfOrder: c.outOfOrder,
+        maxDelayMs: c.maxDelay,
+        durationMs: c.duration,
+      },
+      logger,
+      shutdownSignal(logger),
+    )
+  })
+
+  command('tail', 'print the window aggregates published to the output topic', tailOptions).action(
+    async (raw: Record<string, unknown>) => {
+      const c = parseConfig(tailOptions, raw)
+      const logger = createLogger(c.logLevel)
+      await tailAggregates(
+        {
+          brokers: c.brokers,
+          clientId: c.clientId,
+          topic: c.outputTopic,
+          fromBeginning: c.fromBeginning ?? false,
+          format: c.format,
+        },
+        logger,
+        shutdownSignal(logger),
+      )
+    },
+  )
+  return program
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  try {
+    await buildProgram().parseAsync(argv as string[])
+    return 0
+  } catch (error) {
+    if (isConfigError(error)) {
+      process.stderr.write(`kwa: ${error.message}\n`)
+      return 2
+    }
+    process.stderr.write(
+      `kwa: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+    )
+    return 1
+  }
+}
+
+if (require.main === module) {
+  // Exit explicitly: a client socket left half-closed must not keep a stopped replica alive.
+  void main(process.argv).then((code) => process.exit(code))
+}

@@ -1,0 +1,51 @@
+/**
+ * One error tree for the service (after kafkajs' `KafkaJSError`): every error says whether
+ * retrying can help and keeps its cause.
+ */
+export class KwaError extends Error {
+  readonly retriable: boolean
+
+  constructor(message: string, options: { retriable?: boolean; cause?: unknown } = {}) {
+    super(message, { cause: options.cause })
+    this.name = new.target.name
+    this.retriable = options.retriable ?? false
+  }
+}
+
+/** A bad option: names the option (flag and environment variable) and what it accepts. */
+export class ConfigError extends KwaError {
+  constructor(
+    readonly option: string,
+    message: string,
+  ) {
+    super(`invalid ${option}: ${message}`)
+  }
+}
+
+/** Where in Kafka a record came from. */
+export interface RecordPosition {
+  topic: string
+  partition: number
+  offset: string
+}
+
+/** A message that is not a valid telemetry batch. Retrying cannot help. */
+export class DecodeError extends KwaError {
+  readonly topic: string
+  readonly partition: number
+  readonly offset: string
+
+  constructor(position: RecordPosition, message: string, cause?: unknown) {
+    super(`${position.topic}[${position.partition}]@${position.offset}: ${message}`, { cause })
+    this.topic = position.topic
+    this.partition = position.partition
+    this.offset = position.offset
+  }
+}
+
+/** Committed checkpoint metadata that this version cannot read. */
+export class CheckpointError extends KwaError {}
+
+export const isKwaError = (error: unknown): error is KwaError => error instanceof KwaError
+export const isConfigError = (error: unknown): error is ConfigError => error instanceof ConfigError
+export const isDecodeError = (error: unknown): error is DecodeError => error instanceof DecodeError

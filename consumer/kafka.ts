@@ -1,0 +1,33 @@
+import { Kafka, logLevel as KafkaLogLevel, type LogEntry } from 'kafkajs'
+import type { Logger } from './logger'
+
+const levelName: Record<KafkaLogLevel, 'error' | 'warn' | 'info' | 'debug' | undefined> = {
+  [KafkaLogLevel.NOTHING]: undefined,
+  [KafkaLogLevel.ERROR]: 'error',
+  [KafkaLogLevel.WARN]: 'warn',
+  [KafkaLogLevel.INFO]: 'info',
+  [KafkaLogLevel.DEBUG]: 'debug',
+}
+
+/** A kafkajs client whose logs go through our logger, namespaced `kafkajs.<namespace>`. */
+export function createKafka(options: {
+  brokers: string[]
+  clientId: string
+  logger: Logger
+}): Kafka {
+  const kafkaLogger = options.logger.child({ ns: 'kafkajs' })
+  return new Kafka({
+    clientId: options.clientId,
+    brokers: options.brokers,
+    // kafkajs logs rebalances at info and errors it will retry at error: keep only warnings up.
+    logLevel: KafkaLogLevel.WARN,
+    logCreator:
+      () =>
+      ({ namespace, level, log }: LogEntry) => {
+        const name = levelName[level]
+        if (name === undefined) return
+        const { message, timestamp: _timestamp, logger: _logger, ...extra } = log
+        kafkaLogger[name]({ kafkaNs: namespace, ...extra }, message)
+      },
+  })
+}

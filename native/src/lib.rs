@@ -1,0 +1,220 @@
+#![deny(clippy::all)]
+//! Node-API bindings for the window core in [`window`]; this file only
+//! converts between JS values and the core's types.
+
+pub mod window;
+
+use napi::bindgen_prelude::{Float64Array, Uint8Array, Uint32Array};
+use napi::{Error, Result, Status};
+use napi_derive::napi;
+
+use window::{Aggregator, ClosedWindows as CoreClosed, IngestOutcome, WindowSpec};
+
+/// The single conversion point from core errors to JS errors.
+fn map_error(err: window::Error) -> Error {
+    let status = match err {
+        window::Error::InvalidConfig(_) | window::Error::InvalidInput(_) => Status::InvalidArg,
+        window::Error::Freed => Status::GenericFailure,
+    };
+    Error::new(status, err.to_string())
+}
+
+/// Window geometry, in milliseconds of event time.
+#[napi(object, object_to_js = false)]
+pub struct AggregatorConfig {
+    /// Window length; an integer > 0.
+    pub size_ms: f64,
+    /// Distance between consecutive window starts; an integer with
+    /// 0 < advanceMs <= sizeMs and sizeMs % advanceMs === 0. Defaults to sizeMs
+    /// (tumbling windows); smaller values give hopping windows.
+    pub advance_ms: Option<f64>,
+    /// How long after its end a window still accepts samples; an integer >= 0, default 0.
+    pub grace_ms: Option<f64>,
+    /// Stream time to resume at (epoch ms), from a checkpoint; unset for a fresh partition.
+    pub stream_time: Option<f64>,
+}
+
+/// Closed (series key, window) aggregates as parallel columns. Rows are ordered
+/// by windowStart, then by series key in code point order (UTF-8 byte order).
+#[napi(object, object_from_js = false)]
+pub struct ClosedWindows {
+    pub series_keys: Vec<String>,
+    /// Inclusive window start, epoch ms.
+    pub window_start: Float64Array,
+    /// Exclusive window end (windowStart + sizeMs), epoch ms.
+    pub window_end: Float64Array,
+    pub count: Float64Array,
+    /// Compensated (Neumaier) sum.
+    pub sum: Float64Array,
+    pub mean: Float64Array,
+    pub min: Float64Array,
+    pub max: Float64Array,
+}
+
+/// Outcome of one batch: every sample is exactly one of aggregated, late or rejected.
+#[napi(object, object_from_js = false)]
+pub struct IngestResult {
+    pub aggregated: u32,
+    pub late: u32,
+    pub rejected: u32,
+    /// Batch positions of late samples, ascending.
+    pub late_indexes: Uint32Array,
+    /// Batch positions of rejected samples, ascending.
+    pub rejected_indexes: Uint32Array,
+    /// Reason per rejected sample, parallel to rejectedIndexes; the lowest
+    /// applicable code is reported: 1 = value not finite, 2 = timestamp not an
+    /// integer in [0, 2^53), 3 = keyIndex outside keys.
+    pub rejected_reasons: Uint8Array,
+    /// Windows closed by this batch; each window is returned exactly once.
+    pub closed: ClosedWindows,
+}
+
+/// Counters and footprint of one aggregator.
+// `use_nullable` so an unset streamTime is `null` rather than a missing property.
+#[napi(object, object_from_js = false, use_nullable = true)]
+pub struct AggregatorStats {
+    /// Open (series key, window) aggregates.
+    pub open_windows: f64,
+    /// Interned series keys; keys are never evicted.
+    pub series_keys: f64,
+    pub late_total: f64,
+    pub aggregated_total: f64,
+    pub rejected_total: f64,
+    /// Estimate of native heap bytes held.
+    pub bytes_held: f64,
+    /// Maximum accepted event time so far, or null before the first one.
+    pub stream_time: Option<f64>,
+}
+
+impl From<CoreClosed> for ClosedWindows {
+    fn from(c: CoreClosed) -> Self {
+        Self {
+            series_keys: c.series_keys,
+            window_start: Float64Array::new(c.window_start),
+            window_end: Float64Array::new(c.window_end),
+            count: Float64Array::new(c.count),
+            sum: Float64Array::new(c.sum),
+            mean: Float64Array::new(c.mean),
+            min: Float64Array::new(c.min),
+            max: Float64Array::new(c.max),
+        }
+    }
+}
+
+impl From<IngestOutcome> for IngestResult {
+    fn from(o: IngestOutcome) -> Self {
+        // The core caps batches at u32::MAX samples, so the counts fit.
+        Self {
+            aggregated: o.aggregated,
+            late: o.late_indexes.len() as u32,
+            rejected: o.rejected_indexes.len() as u32,
+            late_indexes: Uint32Array::new(o.late_indexes),
+            rejected_indexes: Uint32Array::new(o.rejected_indexes),
+            rejected_reasons: Uint8Array::new(o.rejected_reasons),
+            closed: o.closed.into(),
+        }
+    }
+}
+
+/// Event-time windowed aggregation (count, sum, min, max, mean per series key
+/// and window) for one Kafka partition. State lives in native memory.
+#[napi]
+pub struct PartitionAggregator {
+    /// `None` once freed.
+    inner: Option<Aggregator>,
+}
+
+#[napi]
+impl PartitionAggregator {
+    /// Throws (code InvalidArg) if the config is invalid; the message names the field.
+    #[napi(constructor)]
+    pub fn new(config: AggregatorConfig) -> Result<Self> {
+        let spec = WindowSpec::new(config.size_ms, config.advance_ms, config.grace_ms)
+            .map_err(map_error)?;
+        let stream_time = config
+            .stream_time
+            .map(|t| window::whole_ms("streamTime", t, 0, "an integer >= 0"))
+            .transpose()
+            .map_err(map_error)?;
+        Ok(Self {
+            inner: Some(Aggregator::restored(spec, stream_time)),
+        })
+    }
+
+    /// Processes one batch in order, then closes and returns every window with
+    /// end <= streamTime - graceMs.
+    ///
+    /// Sample i is (keys[keyIndex[i]], timestamps[i] in epoch ms, values[i]),
+    /// read from input offset offsets[i]; keys is the batch's table of distinct
+    /// series keys. keyIndex, timestamps, values and offsets must have equal
+    /// length (else throws, code InvalidArg).
+    ///
+    /// Per accepted sample: streamTime = max(streamTime, ts), then
+    /// closeTime = streamTime - graceMs. The sample is added to each of its
+    /// windows with end > closeTime. It is late iff none qualifies, i.e. iff its
+    /// newest window (start ts - ts % advanceMs) has end <= closeTime.
+    /// Rejected samples do not move streamTime.
+    #[napi]
+    pub fn ingest(
+        &mut self,
+        keys: Vec<String>,
+        key_index: &[u32],
+        timestamps: &[f64],
+        values: &[f64],
+        offsets: &[f64],
+    ) -> Result<IngestResult> {
+        let outcome = self
+            .live_mut()?
+            .ingest(&keys, key_index, timestamps, values, offsets)
+            .map_err(map_error)?;
+        Ok(outcome.into())
+    }
+
+    /// Counters and footprint, computed on each access.
+    #[napi(getter)]
+    pub fn stats(&self) -> Result<AggregatorStats> {
+        let s = self.live()?.stats();
+        Ok(AggregatorStats {
+            open_windows: s.open_windows as f64,
+            series_keys: s.series_keys as f64,
+            late_total: s.late_total as f64,
+            aggregated_total: s.aggregated_total as f64,
+            rejected_total: s.rejected_total as f64,
+            bytes_held: s.bytes_held as f64,
+            stream_time: s.stream_time.map(|t| t as f64),
+        })
+    }
+
+    /// Maximum accepted event time so far (epoch ms), or null before the first one.
+    #[napi(getter)]
+    pub fn stream_time(&self) -> Result<Option<f64>> {
+        Ok(self.live()?.stream_time().map(|t| t as f64))
+    }
+
+    /// The lowest input offset held in an open window, or null when none is
+    /// open. Committing it (with the stream time) lets a new owner rebuild
+    /// the open windows by replaying from there.
+    #[napi(getter)]
+    pub fn low_watermark(&self) -> Result<Option<f64>> {
+        Ok(self.live()?.low_watermark().map(|o| o as f64))
+    }
+
+    /// Drops all state now instead of waiting for garbage collection; any later
+    /// call except free (a no-op) throws "aggregator has been freed".
+    #[napi]
+    pub fn free(&mut self) {
+        self.inner = None;
+    }
+
+    fn live(&self) -> Result<&Aggregator> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| map_error(window::Error::Freed))
+    }
+
+    fn live_mut(&mut self) -> Result<&mut Aggregator> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| map_error(window::Error::Freed))
+    }
+}
