@@ -19,7 +19,9 @@ if (fs.existsSync(vitestFile)) {
   passed += report.numPassedTests
   failed += report.numFailedTests
   // A suite that failed to load (e.g. globalSetup could not get a broker) has no tests to count.
-  failed += (report.testResults ?? []).filter((r) => r.status === 'failed' && r.assertionResults.length === 0).length
+  failed += (report.testResults ?? []).filter(
+    (r) => r.status === 'failed' && r.assertionResults.length === 0,
+  ).length
 }
 
 // A gate that failed (lint, build, setup) without a failing test still fails the run.

@@ -28,9 +28,12 @@ export function decodeCheckpoint(metadata: string | null | undefined): Checkpoin
   } catch (cause) {
     throw new CheckpointError(`commit metadata is not a kwa checkpoint: ${metadata}`, { cause })
   }
-  const c = parsed as { v?: unknown; streamTime?: unknown; processedUpTo?: unknown }
-  const streamTimeOk = c.streamTime === null || Number.isSafeInteger(c.streamTime)
-  if (c.v !== version || !streamTimeOk || !Number.isSafeInteger(c.processedUpTo)) {
+  // JSON `null` parses fine but has no fields: treat it like any other foreign value.
+  const c = (parsed ?? {}) as { v?: unknown; streamTime?: unknown; processedUpTo?: unknown }
+  // Stream times (epoch ms) and offsets are never negative.
+  const whole = (x: unknown) => Number.isSafeInteger(x) && (x as number) >= 0
+  const streamTimeOk = c.streamTime === null || whole(c.streamTime)
+  if (c.v !== version || !streamTimeOk || !whole(c.processedUpTo)) {
     throw new CheckpointError(`unsupported kwa checkpoint: ${metadata}`)
   }
   return { streamTime: c.streamTime as number | null, processedUpTo: c.processedUpTo as number }

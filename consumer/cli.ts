@@ -140,7 +140,7 @@ export function buildProgram(): Command {
 
 export async function main(argv: readonly string[]): Promise<number> {
   try {
-    await buildProgram().parseAsync(argv as string[])
+    await buildProgram().parseAsync(argv)
     return 0
   } catch (error) {
     if (isConfigError(error)) {

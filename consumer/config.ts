@@ -12,9 +12,14 @@ const durationUnits: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3
 
 /** "250ms", "10s", "5m", "1h" or a bare number of milliseconds. */
 export function parseDuration(text: string): number | undefined {
-  const match = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/.exec(text.trim())
+  const match = /^(\d+)(?:\.(\d+))?\s*(ms|s|m|h)?$/.exec(text.trim())
   if (!match) return undefined
-  const ms = Number(match[1]) * (durationUnits[match[2] ?? 'ms'] ?? 1)
+  const [, whole = '', fraction = '', unit = 'ms'] = match
+  // Exact decimal arithmetic: in floating point 1.1h would be 3960000.0000000005 ms.
+  const scale = 10n ** BigInt(fraction.length)
+  const scaled = BigInt(whole + fraction) * BigInt(durationUnits[unit] ?? 1)
+  if (scaled % scale !== 0n) return undefined
+  const ms = Number(scaled / scale)
   return Number.isSafeInteger(ms) ? ms : undefined
 }
 

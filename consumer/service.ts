@@ -124,8 +124,8 @@ export class AggregatorService {
   }
 
   private async handleBatch(payload: EachBatchPayload): Promise<void> {
-    const { batch, resolveOffset, heartbeat, isRunning, isStale } = payload
-    if (!isRunning() || isStale() || batch.isEmpty()) return
+    const { batch } = payload
+    if (!payload.isRunning() || payload.isStale() || batch.isEmpty()) return
     const pipeline = await this.pipelineFor(batch.partition, batch.firstOffset() ?? '0')
     if (pipeline === undefined) return
     try {
@@ -140,9 +140,9 @@ export class AggregatorService {
       await this.consumer.commitOffsets([
         { topic: batch.topic, partition: batch.partition, ...outcome.commit },
       ])
-      resolveOffset(outcome.lastOffset)
+      payload.resolveOffset(outcome.lastOffset)
       addCounts(this.totals, outcome.counts)
-      await heartbeat()
+      await payload.heartbeat()
     } catch (error) {
       // State now runs ahead of the committed checkpoint: drop it, restore on the next batch.
       this.release(batch.partition)

@@ -1,0 +1,287 @@
+import { spawnSync } from 'node:child_process'
+import { describe, expect, it } from 'vitest'
+import { parseConfig, parseDuration, type OptionName } from '../consumer/config'
+import { ConfigError } from '../consumer/errors'
+import { packageRoot } from '../consumer/paths'
+import { mulberry32 } from './reference'
+
+/** The documented label of each option: its long flag and its environment variable. */
+const labels: Record<OptionName, string> = {
+  brokers: '--brokers (KAFKA_BROKERS)',
+  clientId: '--client-id (KWA_CLIENT_ID)',
+  groupId: '--group-id (KWA_GROUP_ID)',
+  inputTopic: '--input-topic (KWA_INPUT_TOPIC)',
+  outputTopic: '--output-topic (KWA_OUTPUT_TOPIC)',
+  windowSize: '--window-size (KWA_WINDOW_SIZE)',
+  windowAdvance: '--window-advance (KWA_WINDOW_ADVANCE)',
+  grace: '--grace (KWA_GRACE)',
+  sessionTimeout: '--session-timeout (KWA_SESSION_TIMEOUT)',
+  logLevel: '--log-level (KWA_LOG_LEVEL)',
+  rate: '--rate (KWA_PRODUCE_RATE)',
+  samplesPerBatch: '--samples-per-batch (KWA_SAMPLES_PER_BATCH)',
+  keys: '--keys (KWA_PRODUCE_KEYS)',
+  partitions: '--partitions (KWA_PARTITIONS)',
+  outOfOrder: '--out-of-order (KWA_OUT_OF_ORDER)',
+  maxDelay: '--max-delay (KWA_MAX_DELAY)',
+  duration: '--duration (KWA_PRODUCE_DURATION)',
+  fromBeginning: '--from-beginning (KWA_FROM_BEGINNING)',
+  format: '--format (KWA_TAIL_FORMAT)',
+}
+const allOptions = Object.keys(labels) as OptionName[]
+
+function configError(key: OptionName, value: unknown): ConfigError {
+  try {
+    parseConfig([key], { [key]: value })
+  } catch (error) {
+    if (error instanceof ConfigError) return error
+    throw error
+  }
+  throw new Error(`${key}=${JSON.stringify(value)} was accepted`)
+}
+
+describe('parseDuration', () => {
+  it.each([
+    ['250ms', 250],
+    ['10s', 10_000],
+    ['5m', 300_000],
+    ['1h', 3_600_000],
+    ['1500', 1500],
+    ['0', 0],
+    [' 10 s ', 10_000],
+    ['1.5s', 1500],
+    ['0.25m', 15_000],
+    ['1.1h', 3_960_000],
+    ['4.1m', 246_000],
+    ['1.005s', 1005],
+    ['2.50s', 2500],
+  ])('%j is %d ms', (text, ms) => {
+    expect(parseDuration(text)).toBe(ms)
+  })
+
+  it.each(['', 'banana', '-1s', '10x', '1.s', '.5s', '0.5ms', '1.0001s', '1e3', 'ms', '10 ss'])(
+    '%j is not a duration',
+    (text) => {
+      expect(parseDuration(text)).toBeUndefined()
+    },
+  )
+
+  it('is exact for every decimal of up to 3 places, in every unit', () => {
+    const units: [string, bigint][] = [
+      ['', 1n],
+      ['ms', 1n],
+      ['s', 1000n],
+      ['m', 60_000n],
+      ['h', 3_600_000n],
+    ]
+    const rand = mulberry32(42)
+    const wrong: string[] = []
+    for (let n = 0; n < 3000; n++) {
+      const whole = Math.floor(rand() * 1000)
+      const places = Math.floor(rand() * 4)
+      const fraction =
+        places === 0 ? '' : String(Math.floor(rand() * 10 ** places)).padStart(places, '0')
+      for (const [unit, factor] of units) {
+        const text = `${whole}${places === 0 ? '' : `.${fraction}`}${unit}`
+        // Exact decimal arithmetic: whole.fraction * factor, defined only if a whole number of ms.
+        const scale = 10n ** BigInt(places)
+        const scaled = (BigInt(whole) * scale + BigInt(fraction === '' ? 0 : fraction)) * factor
+        const expected = scaled % scale === 0n ? Number(scaled / scale) : undefined
+        if (parseDuration(text) !== expected) wrong.push(`${text} -> ${parseDuration(text)}`)
+      }
+    }
+    expect(wrong.slice(0, 10)).toEqual([])
+  })
+
+  it('rejects durations beyond 2^53 ms', () => {
+    expect(parseDuration(`${2 ** 53}`)).toBeUndefined()
+    expect(parseDuration('9007199254740991')).toBe(Number.MAX_SAFE_INTEGER)
+    expect(parseDuration('3000000000000h')).toBeUndefined()
+  })
+})
+
+describe('parseConfig', () => {
+  it('applies the documented defaults', () => {
+    const config = parseConfig(allOptions, { brokers: 'localhost:9092' })
+    expect(config).toEqual({
+      brokers: ['localhost:9092'],
+      clientId: 'kwa',
+      groupId: 'kwa-aggregator',
+      inputTopic: 'telemetry',
+      outputTopic: 'telemetry-aggregates',
+      windowSize: 10_000,
+      windowAdvance: undefined,
+      grace: 2_000,
+      sessionTimeout: 30_000,
+      logLevel: 'info',
+      rate: 10_000,
+      samplesPerBatch: 100,
+      keys: 1000,
+      partitions: 4,
+      outOfOrder: 0.01,
+      maxDelay: 1_000,
+      duration: undefined,
+      fromBeginning: undefined,
+      format: 'text',
+    })
+  })
+
+  it('parses environment-variable-shaped strings', () => {
+    const config = parseConfig(allOptions, {
+      brokers: ' kafka-1:9092, kafka-2:19092 ,',
+      clientId: ' kwa-test ',
+      groupId: 'group.1',
+      inputTopic: 'in.topic_1',
+      outputTopic: 'out-topic',
+      windowSize: '1m',
+      windowAdvance: '15s',
+      grace: '0',
+      sessionTimeout: '45000',
+      logLevel: 'debug',
+      rate: '0',
+      samplesPerBatch: '1000000',
+      keys: '7',
+      partitions: '1',
+      outOfOrder: '0.25',
+      maxDelay: '250ms',
+      duration: '1h',
+      fromBeginning: 'true',
+      format: 'json',
+    })
+    expect(config).toEqual({
+      brokers: ['kafka-1:9092', 'kafka-2:19092'],
+      clientId: 'kwa-test',
+      groupId: 'group.1',
+      inputTopic: 'in.topic_1',
+      outputTopic: 'out-topic',
+      windowSize: 60_000,
+      windowAdvance: 15_000,
+      grace: 0,
+      sessionTimeout: 45_000,
+      logLevel: 'debug',
+      rate: 0,
+      samplesPerBatch: 1_000_000,
+      keys: 7,
+      partitions: 1,
+      outOfOrder: 0.25,
+      maxDelay: 250,
+      duration: 3_600_000,
+      fromBeginning: true,
+      format: 'json',
+    })
+  })
+
+  it.each([
+    [true, true],
+    ['1', true],
+    ['true', true],
+    ['false', false],
+    ['0', false],
+  ])('--from-beginning %j is %j', (raw, value) => {
+    expect(parseConfig(['fromBeginning'], { fromBeginning: raw }).fromBeginning).toBe(value)
+  })
+
+  const badValues: [OptionName, string][] = [
+    ['brokers', ''],
+    ['brokers', 'localhost'],
+    ['brokers', 'localhost:port'],
+    ['brokers', 'a:1,b c:2'],
+    ['clientId', '   '],
+    ['groupId', ''],
+    ['inputTopic', 'bad topic!'],
+    ['outputTopic', ''],
+    ['windowSize', 'banana'],
+    ['windowSize', '0'],
+    ['windowSize', '-10s'],
+    ['windowSize', '0.5ms'],
+    ['windowAdvance', '10x'],
+    ['windowAdvance', '0s'],
+    ['grace', '-1s'],
+    ['grace', ''],
+    ['sessionTimeout', '999ms'],
+    ['logLevel', 'loud'],
+    ['rate', 'fast'],
+    ['rate', '-1'],
+    ['rate', '1.5'],
+    ['rate', ''],
+    ['samplesPerBatch', '0'],
+    ['samplesPerBatch', '1000001'],
+    ['keys', '0'],
+    ['partitions', '100001'],
+    ['outOfOrder', '1.5'],
+    ['outOfOrder', '-0.1'],
+    ['outOfOrder', 'some'],
+    ['outOfOrder', ''],
+    ['maxDelay', '1 day'],
+    ['duration', '0s'],
+    ['fromBeginning', 'yes'],
+    ['format', 'xml'],
+  ]
+
+  it.each(badValues)('%s = %j throws a ConfigError naming the flag and env var', (key, value) => {
+    const error = configError(key, value)
+    expect(error.option).toBe(labels[key])
+    expect(error.message).toContain(`invalid ${labels[key]}: `)
+    expect(error.message).not.toContain('\n')
+    expect(error.retriable).toBe(false)
+  })
+
+  it('says what a duration accepts and echoes the bad value', () => {
+    const error = configError('windowSize', 'banana')
+    expect(error.message).toMatch(/duration/)
+    expect(error.message).toContain('"banana"')
+  })
+
+  it('missing brokers are "required"', () => {
+    expect(() => parseConfig(['brokers', 'windowSize'], {})).toThrow(ConfigError)
+    const error = configError('brokers', undefined)
+    expect(error.message).toBe(`invalid ${labels.brokers}: required but not set`)
+  })
+
+  it('reports the first bad option in the order asked', () => {
+    expect(() => parseConfig(['grace', 'windowSize'], { grace: 'x', windowSize: 'y' })).toThrow(
+      labels.grace,
+    )
+  })
+})
+
+describe('kwa CLI', () => {
+  const cli = (args: string[], env: Record<string, string>) =>
+    spawnSync(process.execPath, ['--import', 'tsx', 'consumer/cli.ts', ...args], {
+      cwd: packageRoot,
+      env: { PATH: process.env.PATH ?? '', ...env },
+      encoding: 'utf8',
+      timeout: 30_000,
+    })
+
+  /** Exit code 2 and one line on stderr naming the option, no stack trace. */
+  function expectUsageError(result: ReturnType<typeof cli>, ...mentions: string[]): void {
+    expect(result.status, result.stderr).toBe(2)
+    const lines = result.stderr.trimEnd().split('\n')
+    expect(lines, result.stderr).toHaveLength(1)
+    expect(lines[0]).toMatch(/^kwa: invalid /)
+    for (const text of mentions) expect(lines[0]).toContain(text)
+    expect(result.stderr).not.toMatch(/\n\s+at /)
+    expect(result.stdout).toBe('')
+  }
+
+  it('exits 2 with a one-line message for a bad flag', () => {
+    const result = cli(['run', '--window-size', 'banana'], { KAFKA_BROKERS: 'localhost:9092' })
+    expectUsageError(result, labels.windowSize, '"banana"')
+  })
+
+  it('exits 2 with a one-line message for a bad environment variable', () => {
+    const result = cli(['run'], { KAFKA_BROKERS: 'localhost:9092', KWA_GRACE: '-1s' })
+    expectUsageError(result, labels.grace, '"-1s"')
+  })
+
+  it('exits 2 when no brokers are set', () => {
+    expectUsageError(cli(['run'], {}), labels.brokers, 'required')
+  })
+
+  it('exits 2 when the advance does not divide the window size', () => {
+    const result = cli(['run', '--window-size', '10s', '--window-advance', '3s'], {
+      KAFKA_BROKERS: 'localhost:9092',
+    })
+    expectUsageError(result, labels.windowAdvance)
+  })
+})

@@ -1,0 +1,804 @@
+import { describe, expect, it } from 'vitest'
+import { PartitionAggregator, type ClosedWindows, type IngestResult } from '../consumer/native'
+import {
+  ReferenceAggregator,
+  compareWindows,
+  exactSum,
+  mulberry32,
+  ulpDistance,
+  windowId,
+  type RefIngestResult,
+  type RefSample,
+  type RefWindow,
+} from './reference'
+
+// ---------------------------------------------------------------------------------------------
+// Seeded random data
+// ---------------------------------------------------------------------------------------------
+
+interface DataSpec {
+  seed: number
+  sizeMs: number
+  advanceMs: number
+  graceMs: number
+  /** Distinct series keys. */
+  keys: number
+  samples: number
+  /** Event-time span of the run, in window sizes. */
+  spanWindows: number
+  /** First event time. */
+  base: number
+  /** Fraction of samples shifted back by up to two window sizes. */
+  outOfOrder: number
+  /** Fraction of invalid samples (each of the rejection kinds, alone and combined). */
+  invalid: number
+  values: 'mixed' | 'dyadic'
+}
+
+interface Dataset {
+  samples: RefSample[]
+  /** Exclusive end index of each Kafka message (samples of a message share one offset). */
+  messageEnds: number[]
+}
+
+/**
+ * Series key names: mostly ASCII, plus keys whose code point order differs from UTF-16 order
+ * (U+1F600 vs U+FF01 at the same position) to check the documented output order.
+ */
+function keyName(n: number): string {
+  switch (n % 7) {
+    case 0:
+      return `sensor-\u{1F600}-${n}`
+    case 1:
+      return `sensor-\uFF01-${n}`
+    case 2:
+      return `Sensor-é-${n}`
+    default:
+      return `host-${n}/cpu`
+  }
+}
+
+function randomValue(rand: () => number, kind: DataSpec['values']): number {
+  if (kind === 'dyadic') return (Math.floor(rand() * 2 ** 21) - 2 ** 20) / 1024
+  const r = rand()
+  if (r < 0.5) return (rand() - 0.5) * 2000
+  if (r < 0.7) return (rand() - 0.5) * 10 ** Math.floor(rand() * 24 - 12)
+  if (r < 0.85) return Math.floor(rand() * 200) - 100
+  if (r < 0.95) return 0.1 * Math.floor(rand() * 100)
+  return (rand() < 0.5 ? -1 : 1) * (1e12 + rand() * 1e12)
+}
+
+/** Makes a valid sample invalid in one of the ways the aggregator must reject. */
+function spoil(sample: RefSample, rand: () => number): void {
+  const kind = Math.floor(rand() * 10)
+  switch (kind) {
+    case 0:
+      sample.value = Number.NaN
+      break
+    case 1:
+      sample.value = rand() < 0.5 ? Infinity : -Infinity
+      break
+    case 2:
+      sample.ts = -1 - Math.floor(rand() * 1000)
+      break
+    case 3:
+      sample.ts += 0.5
+      break
+    case 4:
+      sample.ts = [2 ** 53, 1e300, Number.NaN, Infinity][Math.floor(rand() * 4)] ?? 2 ** 53
+      break
+    case 5:
+      sample.key = null
+      break
+    case 6: // value and timestamp: the value (1) wins
+      sample.value = Number.NaN
+      sample.ts = -5
+      break
+    case 7: // timestamp and key: the timestamp (2) wins
+      sample.ts += 0.25
+      sample.key = null
+      break
+    case 8: // value and key: the value (1) wins
+      sample.value = -Infinity
+      sample.key = null
+      break
+    default: // -0 is the integer 0: valid, but an early timestamp (late, or negative windows)
+      sample.ts = -0
+  }
+}
+
+function generate(spec: DataSpec): Dataset {
+  const rand = mulberry32(spec.seed)
+  const samples: RefSample[] = []
+  const messageEnds: number[] = []
+  const meanStep = (spec.spanWindows * spec.sizeMs) / spec.samples
+  const hotKeys = Math.min(100, spec.keys)
+  let clock = spec.base
+  let offset = 1000 + Math.floor(rand() * 1000)
+  while (samples.length < spec.samples) {
+    // One Kafka message: 1..40 samples, one offset; offsets may have gaps (e.g. tx markers).
+    const size = 1 + Math.floor(rand() * 40)
+    for (let j = 0; j < size; j++) {
+      clock += Math.floor(rand() * 2 * meanStep)
+      if (rand() < 0.0005) clock += Math.floor(rand() * 3 * spec.sizeMs) // a jump ahead
+      let ts = clock
+      if (rand() < spec.outOfOrder) ts = Math.max(0, ts - Math.floor(rand() * 2 * spec.sizeMs))
+      const n = rand() < 0.3 ? Math.floor(rand() * hotKeys) : Math.floor(rand() * spec.keys)
+      const sample: RefSample = {
+        key: keyName(n),
+        ts,
+        value: randomValue(rand, spec.values),
+        offset,
+      }
+      if (rand() < spec.invalid) spoil(sample, rand)
+      samples.push(sample)
+    }
+    messageEnds.push(samples.length)
+    offset += 1 + (rand() < 0.05 ? Math.floor(rand() * 5) : 0)
+  }
+  return { samples, messageEnds }
+}
+
+/**
+ * Cuts samples into batches of 1 to 10k samples (log-uniform); with `aligned`, only at message
+ * boundaries, as a Kafka fetch would.
+ */
+function batchesOf(data: Dataset, seed: number, aligned: boolean): RefSample[][] {
+  const rand = mulberry32(seed ^ 0x5eed)
+  const batches: RefSample[][] = []
+  let start = 0
+  let message = 0
+  while (start < data.samples.length) {
+    let end = Math.min(data.samples.length, start + Math.floor(Math.exp(rand() * Math.log(10_001))))
+    if (aligned) {
+      while ((data.messageEnds[message] ?? Infinity) < end) message++
+      end = data.messageEnds[message] ?? data.samples.length
+    }
+    batches.push(data.samples.slice(start, end))
+    start = end
+  }
+  return batches
+}
+
+// ---------------------------------------------------------------------------------------------
+// Native calls and comparison
+// ---------------------------------------------------------------------------------------------
+
+interface Columns {
+  keys: string[]
+  keyIndex: Uint32Array
+  timestamps: Float64Array
+  values: Float64Array
+  offsets: Float64Array
+}
+
+/** A batch as native columns; a null key becomes a key index outside the key table. */
+function columnsOf(samples: readonly RefSample[]): Columns {
+  const ids = new Map<string, number>()
+  const keys: string[] = []
+  for (const s of samples) {
+    if (s.key !== null && !ids.has(s.key)) {
+      ids.set(s.key, keys.length)
+      keys.push(s.key)
+    }
+  }
+  const columns: Columns = {
+    keys,
+    keyIndex: new Uint32Array(samples.length),
+    timestamps: new Float64Array(samples.length),
+    values: new Float64Array(samples.length),
+    offsets: new Float64Array(samples.length),
+  }
+  samples.forEach((s, i) => {
+    const bad = i % 2 === 0 ? keys.length : 0xffffffff
+    columns.keyIndex[i] = s.key === null ? bad : (ids.get(s.key) as number)
+    columns.timestamps[i] = s.ts
+    columns.values[i] = s.value
+    columns.offsets[i] = s.offset
+  })
+  return columns
+}
+
+const ingestColumns = (aggregator: PartitionAggregator, c: Columns): IngestResult =>
+  aggregator.ingest(c.keys, c.keyIndex, c.timestamps, c.values, c.offsets)
+
+const ingest = (aggregator: PartitionAggregator, samples: readonly RefSample[]): IngestResult =>
+  ingestColumns(aggregator, columnsOf(samples))
+
+type Typed = Uint8Array | Uint32Array | Float64Array
+
+/** Same bytes: stricter than numeric equality (tells -0 from 0, compares NaN payloads). */
+const sameBytes = (a: Typed, b: Typed): boolean =>
+  Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(
+    Buffer.from(b.buffer, b.byteOffset, b.byteLength),
+  )
+
+/** The first difference between two ingest outcomes, or undefined when they are identical. */
+function outcomeDifference(a: IngestResult, b: IngestResult): string | undefined {
+  for (const field of ['aggregated', 'late', 'rejected'] as const) {
+    if (a[field] !== b[field]) return `${field}: ${a[field]} vs ${b[field]}`
+  }
+  for (const field of ['lateIndexes', 'rejectedIndexes', 'rejectedReasons'] as const) {
+    if (!sameBytes(a[field], b[field])) return field
+  }
+  const [x, y] = [a.closed, b.closed]
+  if (x.seriesKeys.length !== y.seriesKeys.length) {
+    return `closed windows: ${x.seriesKeys.length} vs ${y.seriesKeys.length}`
+  }
+  const differentKey = x.seriesKeys.findIndex((key, i) => key !== y.seriesKeys[i])
+  if (differentKey >= 0) return `closed window ${differentKey}: series key`
+  const columns = ['windowStart', 'windowEnd', 'count', 'sum', 'mean', 'min', 'max'] as const
+  const differentColumn = columns.find((column) => !sameBytes(x[column], y[column]))
+  return differentColumn === undefined ? undefined : `closed windows: ${differentColumn}`
+}
+
+function rowsOf(closed: ClosedWindows): RefWindow[] {
+  return closed.seriesKeys.map((key, i) => ({
+    key,
+    start: closed.windowStart[i] as number,
+    end: closed.windowEnd[i] as number,
+    count: closed.count[i] as number,
+    sum: closed.sum[i] as number,
+    mean: closed.mean[i] as number,
+    min: closed.min[i] as number,
+    max: closed.max[i] as number,
+  }))
+}
+
+/** Differences between native closed windows and the reference's (empty when they agree). */
+function closedProblems(native: RefWindow[], expected: RefWindow[], exactSums: boolean): string[] {
+  const problems: string[] = []
+  for (let i = 1; i < native.length; i++) {
+    const [a, b] = [native[i - 1] as RefWindow, native[i] as RefWindow]
+    if (compareWindows(a, b) >= 0) problems.push(`out of order at row ${i}: ${show(a)} ${show(b)}`)
+  }
+  const byId = new Map(expected.map((w) => [windowId(w.key, w.start), w]))
+  const seen = new Set<string>()
+  for (const w of native) {
+    const id = windowId(w.key, w.start)
+    const ref = byId.get(id)
+    if (seen.has(id)) problems.push(`closed twice in one batch: ${show(w)}`)
+    seen.add(id)
+    if (ref === undefined) {
+      problems.push(`unexpected: ${show(w)}`)
+      continue
+    }
+    const sumOk = exactSums ? w.sum === ref.sum : ulpDistance(w.sum, ref.sum) <= 1
+    const meanOk =
+      w.mean === w.sum / w.count &&
+      Math.abs(w.mean - ref.mean) <= 1e-9 * Math.max(Math.abs(ref.mean), Number.MIN_VALUE)
+    const ok =
+      w.end === ref.end &&
+      w.count === ref.count &&
+      w.min === ref.min &&
+      w.max === ref.max &&
+      sumOk &&
+      meanOk
+    if (!ok) problems.push(`differs: native ${show(w)} reference ${show(ref)}`)
+  }
+  for (const w of expected) {
+    if (!seen.has(windowId(w.key, w.start))) problems.push(`missing: ${show(w)}`)
+  }
+  return problems.slice(0, 10)
+}
+
+const show = (w: RefWindow): string => JSON.stringify(w)
+
+function expectSameOutcome(
+  context: string,
+  native: IngestResult,
+  ref: RefIngestResult,
+  exactSums: boolean,
+): void {
+  expect(
+    {
+      aggregated: native.aggregated,
+      late: native.late,
+      rejected: native.rejected,
+      lateIdx: Array.from(native.lateIndexes),
+      rejectedIdx: Array.from(native.rejectedIndexes),
+      reasons: Array.from(native.rejectedReasons),
+    },
+    context,
+  ).toEqual({
+    aggregated: ref.aggregated,
+    late: ref.late,
+    rejected: ref.rejected,
+    lateIdx: ref.lateIdx,
+    rejectedIdx: ref.rejectedIdx,
+    reasons: ref.reasons,
+  })
+  expect(closedProblems(rowsOf(native.closed), ref.closed, exactSums), context).toEqual([])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Native vs reference on random runs
+// ---------------------------------------------------------------------------------------------
+
+const base = 1_700_000_000_000
+const runs: (DataSpec & { name: string })[] = [
+  {
+    name: 'tumbling 60s, grace 0',
+    seed: 0x1001,
+    sizeMs: 60_000,
+    advanceMs: 60_000,
+    graceMs: 0,
+    keys: 6000,
+    samples: 100_000,
+    spanWindows: 30,
+    base,
+    outOfOrder: 0.1,
+    invalid: 0.01,
+    values: 'mixed',
+  },
+  {
+    name: 'tumbling 10s, grace 4s',
+    seed: 0x1002,
+    sizeMs: 10_000,
+    advanceMs: 10_000,
+    graceMs: 4_000,
+    keys: 5000,
+    samples: 80_000,
+    spanWindows: 60,
+    base: base + 1234,
+    outOfOrder: 0.1,
+    invalid: 0.01,
+    values: 'mixed',
+  },
+  {
+    name: 'hopping 60s/15s, grace 0',
+    seed: 0x1003,
+    sizeMs: 60_000,
+    advanceMs: 15_000,
+    graceMs: 0,
+    keys: 6000,
+    samples: 80_000,
+    spanWindows: 25,
+    base,
+    outOfOrder: 0.1,
+    invalid: 0.01,
+    values: 'mixed',
+  },
+  {
+    name: 'hopping 60s/15s, grace 20s',
+    seed: 0x1004,
+    sizeMs: 60_000,
+    advanceMs: 15_000,
+    graceMs: 20_000,
+    keys: 5000,
+    samples: 80_000,
+    spanWindows: 25,
+    base: base + 7,
+    outOfOrder: 0.1,
+    invalid: 0.01,
+    values: 'mixed',
+  },
+  {
+    name: 'hopping 60s/20s, grace 10s, dyadic values (exact sums)',
+    seed: 0x1005,
+    sizeMs: 60_000,
+    advanceMs: 20_000,
+    graceMs: 10_000,
+    keys: 5000,
+    samples: 80_000,
+    spanWindows: 25,
+    base,
+    outOfOrder: 0.1,
+    invalid: 0.01,
+    values: 'dyadic',
+  },
+  {
+    name: 'hopping 1s/250ms from the epoch (negative window starts), grace 300ms',
+    seed: 0x1006,
+    sizeMs: 1000,
+    advanceMs: 250,
+    graceMs: 300,
+    keys: 500,
+    samples: 30_000,
+    spanWindows: 40,
+    base: 0,
+    outOfOrder: 0.1,
+    invalid: 0.01,
+    values: 'mixed',
+  },
+  {
+    // Tiny windows and dense integer timestamps: many samples exactly on window starts, ends
+    // and close times, to catch off-by-one errors.
+    name: 'boundary-dense: size 6, advance 2, grace 3',
+    seed: 0x1007,
+    sizeMs: 6,
+    advanceMs: 2,
+    graceMs: 3,
+    keys: 20,
+    samples: 30_000,
+    spanWindows: 10_000, // about 2 ms between samples
+    base: 0,
+    outOfOrder: 0.2,
+    invalid: 0.02,
+    values: 'dyadic',
+  },
+  {
+    name: 'boundary-dense: tumbling size 5, grace 0',
+    seed: 0x1008,
+    sizeMs: 5,
+    advanceMs: 5,
+    graceMs: 0,
+    keys: 20,
+    samples: 30_000,
+    spanWindows: 12_000, // about 2 ms between samples
+    base: 0,
+    outOfOrder: 0.2,
+    invalid: 0.02,
+    values: 'mixed',
+  },
+]
+
+describe('PartitionAggregator against the TS reference', () => {
+  it('agrees with a hand-worked hopping example (size 10, advance 5, grace 2)', () => {
+    const config = { sizeMs: 10, advanceMs: 5, graceMs: 2 }
+    const first: RefSample[] = [
+      { key: 'a', ts: 7, value: 1, offset: 0 }, // [0,10) [5,15); closeTime 5: aggregated
+      { key: 'a', ts: 13, value: 2, offset: 1 }, // [5,15) [10,20); closeTime 11: aggregated
+      { key: 'a', ts: 4, value: 4, offset: 2 }, // [-5,5) [0,10) both end <= 11: late
+      { key: 'a', ts: 9, value: 8, offset: 3 }, // [0,10) is late, [5,15) takes it: aggregated
+    ]
+    const second: RefSample[] = [
+      { key: 'b', ts: 1000, value: Number.NaN, offset: 4 }, // rejected: stream time stays 13
+      { key: 'b', ts: 17, value: 0.5, offset: 4 }, // closeTime 15: [10,20) [15,25)
+    ]
+    const window = (start: number, values: number[]) => {
+      const sum = values.reduce((x, y) => x + y, 0)
+      const [min, max] = [Math.min(...values), Math.max(...values)]
+      return {
+        key: 'a',
+        start,
+        end: start + 10,
+        count: values.length,
+        sum,
+        mean: sum / values.length,
+        min,
+        max,
+      }
+    }
+    const expected = [
+      { aggregated: 3, late: 1, rejected: 0, lateIdx: [2], rejectedIdx: [], reasons: [] },
+      { aggregated: 1, late: 0, rejected: 1, lateIdx: [], rejectedIdx: [0], reasons: [1] },
+    ]
+    const closed = [[window(0, [1])], [window(5, [1, 2, 8])]]
+    const native = new PartitionAggregator(config)
+    const ref = new ReferenceAggregator(config)
+    ;[first, second].forEach((batch, b) => {
+      const got = ingest(native, batch)
+      const want = ref.ingest(batch)
+      expect(want).toEqual({ ...expected[b], closed: closed[b] })
+      expectSameOutcome(`batch ${b}`, got, want, true)
+    })
+    expect([native.streamTime, ref.streamTime]).toEqual([17, 17])
+    // Open: a@10 (first sample at offset 1), b@10 and b@15 (offset 4).
+    expect([native.lowWatermark, ref.lowWatermark]).toEqual([1, 1])
+    expect([native.stats.openWindows, ref.openCount]).toEqual([3, 3])
+    native.free()
+  })
+
+  it.each(runs)('$name', (spec) => {
+    const data = generate(spec)
+    const batches = batchesOf(data, spec.seed, false)
+    const config = { sizeMs: spec.sizeMs, advanceMs: spec.advanceMs, graceMs: spec.graceMs }
+    const native = new PartitionAggregator(config)
+    const ref = new ReferenceAggregator(config)
+    const emitted = new Set<string>()
+    const totals = { aggregated: 0, late: 0, rejected: 0, closed: 0 }
+    const reasonsSeen = new Set<number>()
+    let maxOpen = 0
+    try {
+      batches.forEach((batch, b) => {
+        const context = `seed=0x${spec.seed.toString(16)} batch=${b}/${batches.length} (${batch.length} samples)`
+        const got = ingest(native, batch)
+        const want = ref.ingest(batch)
+        expectSameOutcome(context, got, want, spec.values === 'dyadic')
+        const again = want.closed
+          .map((w) => windowId(w.key, w.start))
+          .filter((id) => emitted.has(id))
+        expect(again, `${context}: windows emitted twice`).toEqual([])
+        for (const w of want.closed) emitted.add(windowId(w.key, w.start))
+        expect(native.streamTime, context).toBe(ref.streamTime)
+        expect(native.lowWatermark, context).toBe(ref.lowWatermark)
+        const stats = native.stats
+        expect(stats.openWindows, context).toBe(ref.openCount)
+        expect(stats.streamTime, context).toBe(ref.streamTime)
+        totals.aggregated += want.aggregated
+        totals.late += want.late
+        totals.rejected += want.rejected
+        totals.closed += want.closed.length
+        for (const r of want.reasons) reasonsSeen.add(r)
+        maxOpen = Math.max(maxOpen, ref.openCount)
+      })
+      const stats = native.stats
+      expect(stats).toMatchObject({
+        aggregatedTotal: totals.aggregated,
+        lateTotal: totals.late,
+        rejectedTotal: totals.rejected,
+      })
+      expect(stats.bytesHeld).toBeGreaterThan(0)
+      // Interned keys: at least those of open windows, at most every valid key seen.
+      const openKeys = new Set(ref.openWindows().map((w) => w.key))
+      const validKeys = new Set(data.samples.map((s) => s.key).filter((k) => k !== null))
+      expect(stats.seriesKeys).toBeGreaterThanOrEqual(openKeys.size)
+      expect(stats.seriesKeys).toBeLessThanOrEqual(validKeys.size)
+      expect(validKeys.size).toBeGreaterThan(0.9 * spec.keys)
+    } finally {
+      native.free()
+    }
+    // The data exercised what it is meant to.
+    expect(batches.length).toBeGreaterThan(20)
+    expect(totals.late).toBeGreaterThan(0)
+    expect(totals.closed).toBeGreaterThan(spec.keys)
+    expect([...reasonsSeen].sort()).toEqual([1, 2, 3])
+    expect(Math.min(...batches.map((b) => b.length))).toBeLessThan(20)
+    expect(Math.max(...batches.map((b) => b.length))).toBeGreaterThan(2000)
+  })
+})
+
+// ---------------------------------------------------------------------------------------------
+// Recovery: restore from (streamTime, lowWatermark) and replay
+// ---------------------------------------------------------------------------------------------
+
+const recoveryRuns: (DataSpec & { name: string })[] = [
+  { ...(runs[0] as DataSpec), name: 'tumbling 60s, grace 0', seed: 0x2001, samples: 40_000 },
+  { ...(runs[1] as DataSpec), name: 'tumbling 10s, grace 4s', seed: 0x2002, samples: 40_000 },
+  { ...(runs[2] as DataSpec), name: 'hopping 60s/15s, grace 0', seed: 0x2003, samples: 40_000 },
+  {
+    ...(runs[3] as DataSpec),
+    name: 'hopping 60s/15s, grace 20s',
+    seed: 0x2004,
+    samples: 40_000,
+  },
+  { ...(runs[6] as DataSpec), name: 'boundary-dense hopping', seed: 0x2005, samples: 20_000 },
+]
+
+describe('recovery from streamTime + lowWatermark', () => {
+  it.each(recoveryRuns)('$name: a restored aggregator continues identically', (spec) => {
+    const data = generate(spec)
+    const batches = batchesOf(data, spec.seed, true)
+    const config = { sizeMs: spec.sizeMs, advanceMs: spec.advanceMs, graceMs: spec.graceMs }
+    const rand = mulberry32(spec.seed ^ 0xbeef)
+    const restorePoints = new Set<number>()
+    while (restorePoints.size < 5) restorePoints.add(1 + Math.floor(rand() * (batches.length - 2)))
+
+    const original = new PartitionAggregator(config)
+    const restored: { from: number; aggregator: PartitionAggregator }[] = []
+    const processed: RefSample[] = []
+    let replayedTotal = 0
+    try {
+      batches.forEach((batch, b) => {
+        const context = `seed=0x${spec.seed.toString(16)} batch=${b}/${batches.length}`
+        if (restorePoints.has(b)) {
+          const low = original.lowWatermark
+          const streamTime = original.streamTime
+          const aggregator = new PartitionAggregator({
+            ...config,
+            streamTime: streamTime ?? undefined,
+          })
+          restored.push({ from: b, aggregator })
+          const replay = low === null ? [] : processed.filter((s) => s.offset >= low)
+          replayedTotal += replay.length
+          const out = ingest(aggregator, replay)
+          // Replayed samples were all seen before: stream time stays, nothing closes again.
+          expect(out.closed.seriesKeys, context).toEqual([])
+          expect(aggregator.streamTime, context).toBe(streamTime)
+          expect(aggregator.lowWatermark, context).toBe(low)
+          expect(aggregator.stats.openWindows, context).toBe(original.stats.openWindows)
+        }
+        const columns = columnsOf(batch)
+        const expected = ingestColumns(original, columns)
+        for (const r of restored) {
+          const difference = outcomeDifference(ingestColumns(r.aggregator, columns), expected)
+          expect(difference, `${context}, restored at batch ${r.from}`).toBeUndefined()
+        }
+        processed.push(...batch)
+      })
+    } finally {
+      original.free()
+      for (const r of restored) r.aggregator.free()
+    }
+    expect(restored.length).toBe(5)
+    expect(replayedTotal).toBeGreaterThan(0)
+  })
+
+  it('replaying from just above the low watermark would lose data (the check has teeth)', () => {
+    const spec = recoveryRuns[2] as DataSpec
+    const data = generate(spec)
+    const batches = batchesOf(data, spec.seed, true)
+    const config = { sizeMs: spec.sizeMs, advanceMs: spec.advanceMs, graceMs: spec.graceMs }
+    const cut = Math.floor(batches.length / 2)
+    const original = new PartitionAggregator(config)
+    const processed = batches.slice(0, cut).flat()
+    for (const batch of batches.slice(0, cut)) ingest(original, batch)
+    const low = original.lowWatermark as number
+    const restored = new PartitionAggregator({
+      ...config,
+      streamTime: original.streamTime as number,
+    })
+    ingest(
+      restored,
+      processed.filter((s) => s.offset > low),
+    )
+    const differences = batches
+      .slice(cut)
+      .map((batch) => outcomeDifference(ingest(restored, batch), ingest(original, batch)))
+    expect(differences.some((d) => d?.startsWith('closed windows') === true)).toBe(true)
+    original.free()
+    restored.free()
+  })
+})
+
+// ---------------------------------------------------------------------------------------------
+// Precision, stats, lifecycle and errors
+// ---------------------------------------------------------------------------------------------
+
+/** Samples at one timestamp, so they all land in the same windows. */
+const at = (ts: number, values: readonly number[]): RefSample[] =>
+  values.map((value, i) => ({ key: 'k', ts, value, offset: i }))
+
+describe('compensated summation', () => {
+  const cases: number[][] = [
+    [1e16, 1, -1e16],
+    [1e16, 1, -1e16, 1, 1e16, 1, -1e16, 1],
+    [1, 1e100, 1, -1e100],
+    [0.1, 0.2, 0.3, -0.6, 1e20, 3.5, -1e20],
+    // Large values cancelling in groups of three, with small non-integers in between.
+    Array.from({ length: 999 }, (_, i) =>
+      i % 3 === 0 ? 1e16 * (1 + (i % 7)) : i % 3 === 1 ? 0.5 + i / 7 : -1e16 * (1 + ((i - 2) % 7)),
+    ),
+    Array.from({ length: 10_000 }, () => 0.1),
+  ]
+
+  it.each(cases.map((values, i) => ({ i, values })))(
+    'case $i: the native sum is the exact sum, where naive summation is not',
+    ({ values }) => {
+      const naive = values.reduce((a, b) => a + b, 0)
+      const exact = exactSum(values)
+      expect(naive).not.toBe(exact) // the data is meaningful
+      for (const advanceMs of [10, 5]) {
+        const aggregator = new PartitionAggregator({ sizeMs: 10, advanceMs })
+        ingest(aggregator, at(100, values))
+        const out = ingest(aggregator, [{ key: 'k', ts: 1000, value: 0, offset: values.length }])
+        const rows = rowsOf(out.closed)
+        expect(rows.length).toBe(10 / advanceMs)
+        for (const row of rows) {
+          expect(row.sum).toBe(exact)
+          expect(row.mean).toBe(exact / values.length)
+          expect(row.count).toBe(values.length)
+        }
+        aggregator.free()
+      }
+    },
+  )
+})
+
+describe('stats', () => {
+  it('counts open windows, keys and totals as the reference does', () => {
+    const config = { sizeMs: 100, advanceMs: 25, graceMs: 10 }
+    const aggregator = new PartitionAggregator(config)
+    const ref = new ReferenceAggregator(config)
+    expect(aggregator.stats).toMatchObject({
+      openWindows: 0,
+      seriesKeys: 0,
+      aggregatedTotal: 0,
+      lateTotal: 0,
+      rejectedTotal: 0,
+      streamTime: null,
+    })
+    expect(aggregator.streamTime).toBeNull()
+    expect(aggregator.lowWatermark).toBeNull()
+    const rand = mulberry32(7)
+    const totals = { aggregatedTotal: 0, lateTotal: 0, rejectedTotal: 0 }
+    for (let b = 0; b < 50; b++) {
+      const batch: RefSample[] = Array.from({ length: 40 }, (_, i) => ({
+        key: rand() < 0.02 ? null : `k${Math.floor(rand() * 30)}`,
+        ts: 10 * b + Math.floor(rand() * 200) - 100 + 100,
+        value: rand() < 0.02 ? Number.NaN : rand(),
+        offset: 40 * b + i,
+      }))
+      ingest(aggregator, batch)
+      const want = ref.ingest(batch)
+      totals.aggregatedTotal += want.aggregated
+      totals.lateTotal += want.late
+      totals.rejectedTotal += want.rejected
+      expect(aggregator.stats).toMatchObject({
+        ...totals,
+        openWindows: ref.openCount,
+        streamTime: ref.streamTime,
+      })
+    }
+    expect(totals.lateTotal).toBeGreaterThan(0)
+    expect(totals.rejectedTotal).toBeGreaterThan(0)
+    expect(aggregator.stats.seriesKeys).toBeGreaterThan(0)
+    expect(aggregator.stats.seriesKeys).toBeLessThanOrEqual(30)
+    aggregator.free()
+  })
+
+  it('an empty batch changes nothing', () => {
+    const aggregator = new PartitionAggregator({ sizeMs: 10 })
+    ingest(aggregator, at(5, [1]))
+    const before = aggregator.stats
+    const out = ingest(aggregator, [])
+    expect(out.aggregated + out.late + out.rejected).toBe(0)
+    expect(out.closed.seriesKeys).toEqual([])
+    expect(aggregator.stats).toEqual(before)
+    aggregator.free()
+  })
+})
+
+describe('lifecycle and errors', () => {
+  const one = [{ key: 'k', ts: 5, value: 1, offset: 0 }]
+
+  it('free() releases the state: later calls throw clearly, a second free is a no-op', () => {
+    const aggregator = new PartitionAggregator({ sizeMs: 10 })
+    ingest(aggregator, one)
+    aggregator.free()
+    expect(() => aggregator.free()).not.toThrow()
+    expect(() => ingest(aggregator, one)).toThrow('aggregator has been freed')
+    expect(() => aggregator.stats).toThrow('aggregator has been freed')
+    expect(() => aggregator.streamTime).toThrow('aggregator has been freed')
+    expect(() => aggregator.lowWatermark).toThrow('aggregator has been freed')
+  })
+
+  it('columns of unequal length throw InvalidArg', () => {
+    const aggregator = new PartitionAggregator({ sizeMs: 10 })
+    const f = (n: number) => new Float64Array(n)
+    const calls = [
+      () => aggregator.ingest(['k'], new Uint32Array(2), f(1), f(1), f(1)),
+      () => aggregator.ingest(['k'], new Uint32Array(1), f(2), f(1), f(1)),
+      () => aggregator.ingest(['k'], new Uint32Array(1), f(1), f(0), f(1)),
+      () => aggregator.ingest(['k'], new Uint32Array(1), f(1), f(1), f(3)),
+    ]
+    for (const call of calls) {
+      expect(call).toThrow(/equal length/)
+      expect(call).toThrow(expect.objectContaining({ code: 'InvalidArg' }))
+    }
+    // The failed calls changed nothing.
+    expect(aggregator.stats).toMatchObject({ aggregatedTotal: 0, streamTime: null })
+    aggregator.free()
+  })
+
+  it('offsets must be whole numbers in [0, 2^53)', () => {
+    const aggregator = new PartitionAggregator({ sizeMs: 10 })
+    for (const offset of [-1, 0.5, Number.NaN, 2 ** 53]) {
+      const call = () => ingest(aggregator, [{ key: 'k', ts: 5, value: 1, offset }])
+      expect(call).toThrow(/offsets/)
+      expect(call).toThrow(expect.objectContaining({ code: 'InvalidArg' }))
+    }
+    aggregator.free()
+  })
+
+  const badConfigs: { config: Record<string, number>; field: string }[] = [
+    ...[0, -5, 1.5, Number.NaN, Infinity, 2 ** 53].map((sizeMs) => ({
+      config: { sizeMs },
+      field: 'sizeMs',
+    })),
+    ...[0, -1, 2.5, Number.NaN, 20, 3].map((advanceMs) => ({
+      config: { sizeMs: 10, advanceMs },
+      field: 'advanceMs',
+    })),
+    ...[-1, 0.5, Number.NaN, Infinity].map((graceMs) => ({
+      config: { sizeMs: 10, graceMs },
+      field: 'graceMs',
+    })),
+    ...[-1, 0.5, Number.NaN, 2 ** 53].map((streamTime) => ({
+      config: { sizeMs: 10, streamTime },
+      field: 'streamTime',
+    })),
+  ]
+
+  it.each(badConfigs)('config $config throws InvalidArg naming $field', ({ config, field }) => {
+    const make = () => new PartitionAggregator(config as { sizeMs: number })
+    expect(make).toThrow(field)
+    expect(make).toThrow(expect.objectContaining({ code: 'InvalidArg' }))
+  })
+
+  it('a missing sizeMs is rejected', () => {
+    const make = () => new PartitionAggregator({} as { sizeMs: number })
+    expect(make).toThrow('sizeMs')
+  })
+})
