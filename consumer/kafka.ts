@@ -24,8 +24,11 @@ export function createKafka(options: {
     logCreator:
       () =>
       ({ namespace, level, log }: LogEntry) => {
-        const name = levelName[level]
+        let name = levelName[level]
         if (name === undefined) return
+        // kafkajs' connection layer logs every error response (a rebalance's heartbeat too) at
+        // error level although the layers above handle them; those log real failures themselves.
+        if (name === 'error' && namespace === 'Connection') name = 'warn'
         const { message, timestamp: _timestamp, logger: _logger, ...extra } = log
         kafkaLogger[name]({ kafkaNs: namespace, ...extra }, message)
       },

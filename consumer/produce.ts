@@ -78,11 +78,13 @@ export async function produceTelemetry(
   })
   await admin.connect()
   try {
-    const created = await admin.createTopics({
-      topics: [{ topic: config.topic, numPartitions: config.partitions }],
-      waitForLeaders: true,
-    })
-    if (created) log.info({ topic: config.topic, partitions: config.partitions }, 'created topic')
+    if (!(await admin.listTopics()).includes(config.topic)) {
+      await admin.createTopics({
+        topics: [{ topic: config.topic, numPartitions: config.partitions }],
+        waitForLeaders: true,
+      })
+      log.info({ topic: config.topic, partitions: config.partitions }, 'created topic')
+    }
   } finally {
     await admin.disconnect()
   }

@@ -23,6 +23,16 @@ export interface ServiceConfig {
   statsIntervalMs?: number
 }
 
+/** kafkajs' own test (errors.js `isRebalancing`): the group moved on, kafkajs will rejoin. */
+const isRebalancing = (error: unknown): boolean => {
+  const type = (error as { type?: unknown } | null)?.type
+  return (
+    type === 'REBALANCE_IN_PROGRESS' ||
+    type === 'NOT_COORDINATOR_FOR_GROUP' ||
+    type === 'ILLEGAL_GENERATION'
+  )
+}
+
 interface OwnedPartition {
   pipeline: PartitionPipeline
   /** The group generation this pipeline was restored in. */
@@ -142,16 +152,24 @@ export class AggregatorService {
       ])
       payload.resolveOffset(outcome.lastOffset)
       addCounts(this.totals, outcome.counts)
-      await payload.heartbeat()
     } catch (error) {
       // State now runs ahead of the committed checkpoint: drop it, restore on the next batch.
       this.release(batch.partition)
-      this.log.error(
-        { topic: batch.topic, partition: batch.partition, offset: batch.firstOffset(), err: error },
-        'batch failed; partition will be restored from its checkpoint',
-      )
+      const where = { topic: batch.topic, partition: batch.partition, offset: batch.firstOffset() }
+      if (isRebalancing(error)) {
+        this.log.info(
+          where,
+          'rebalance during batch; partition will be restored from its checkpoint',
+        )
+      } else {
+        this.log.error(
+          { ...where, err: error },
+          'batch failed; partition will be restored from its checkpoint',
+        )
+      }
       throw error
     }
+    await payload.heartbeat()
   }
 
   /**

@@ -44,7 +44,7 @@ function kwa(name: string, args: string[], brokers: string): ChildProcess {
     detached: true,
   })
   const log = createWriteStream(path.join(logDir, `${name}.log`))
-  createInterface({ input: child.stderr! }).on('line', (line) => {
+  createInterface({ input: child.stderr }).on('line', (line) => {
     log.write(`${line}\n`)
     try {
       const entry = JSON.parse(line) as { msg?: string; partitions?: number[]; level?: number }
@@ -114,7 +114,7 @@ async function main(): Promise<void> {
         fromBeginning: false,
         format: 'text',
       },
-      createLogger('warn'),
+      createLogger('silent'),
       stop.signal,
     )
   } finally {
