@@ -70,6 +70,8 @@ export class AggregatorService {
       groupId: config.groupId,
       sessionTimeout: config.sessionTimeoutMs,
       heartbeatInterval: Math.max(100, Math.floor(config.sessionTimeoutMs / 10)),
+      // A short long-poll: an idle replica stops (and hands over its partitions) within 0.5 s.
+      maxWaitTimeInMs: 500,
       allowAutoTopicCreation: false,
     })
     this.producer = kafka.producer({
