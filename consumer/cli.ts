@@ -16,6 +16,8 @@ const runOptions = [
   'windowSize',
   'windowAdvance',
   'grace',
+  'delivery',
+  'changelogTopic',
   'sessionTimeout',
 ] as const satisfies readonly OptionName[]
 const produceOptions = [
@@ -83,6 +85,10 @@ export function buildProgram(): Command {
           outputTopic: c.outputTopic,
           window: { sizeMs: c.windowSize, advanceMs, graceMs: c.grace },
           sessionTimeoutMs: c.sessionTimeout,
+          delivery: c.delivery,
+          changelogTopic: c.changelogTopic,
+          // Fault injection for the chaos suite only; deliberately not a documented option.
+          crashAfterSendProbability: Number(process.env['KWA_FAULT_CRASH_AFTER_SEND'] ?? 0),
         },
         logger,
       )

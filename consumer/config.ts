@@ -143,6 +143,23 @@ export const optionSpecs = {
     default: '2s',
     schema: duration({ min: 0 }),
   }),
+  delivery: spec({
+    flags: '--delivery <mode>',
+    env: 'KWA_DELIVERY',
+    description:
+      'exactly-once (transactions and a state changelog) or at-least-once (no transactions; ' +
+      'a window may be republished, always with the identical value)',
+    default: 'exactly-once',
+    schema: z.enum(['exactly-once', 'at-least-once']),
+  }),
+  changelogTopic: spec({
+    flags: '--changelog-topic <topic>',
+    env: 'KWA_CHANGELOG_TOPIC',
+    description:
+      'exactly-once: compacted window-state topic, co-partitioned with the input, created when ' +
+      'missing (default: <group-id>-window-state-changelog)',
+    schema: topic.optional(),
+  }),
   sessionTimeout: spec({
     flags: '--session-timeout <duration>',
     env: 'KWA_SESSION_TIMEOUT',

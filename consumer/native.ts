@@ -16,4 +16,5 @@ export type {
   AggregatorStats,
   ClosedWindows,
   IngestResult,
+  WindowStates,
 } from '../native/index.js'

@@ -1,4 +1,5 @@
 import type { KafkaMessage } from 'kafkajs'
+import { changelogRecords, type ChangelogRecord, type RestoredState } from './changelog'
 import { encodeCheckpoint, type Checkpoint } from './checkpoint'
 import { DecodeError } from './errors'
 import type { Logger } from './logger'
@@ -54,11 +55,22 @@ export interface OutputRecord {
 
 export interface BatchOutcome {
   results: OutputRecord[]
-  /** Commit this offset with this metadata once `results` are published. */
+  /** At least once: commit this offset with this metadata once `results` are published. */
   commit: { offset: string; metadata: string }
+  /** Exactly once: the state changes to write to the changelog with the results. */
+  changelog: ChangelogRecord[]
   lastOffset: string
+  /** The offset after the last record processed. */
+  nextOffset: string
   counts: BatchCounts
 }
+
+/** Where a pipeline starts from. */
+export type PipelineStart =
+  /** At least once: replay from the committed offset with this checkpoint (null: fresh). */
+  | { checkpoint: Checkpoint | null }
+  /** Exactly once: the state read from the changelog; changes are tracked for it. */
+  | { restored: RestoredState }
 
 interface DecodedMessage {
   offset: number
@@ -140,19 +152,25 @@ export class PartitionPipeline {
   private processedUpTo: number
   private freed = false
 
+  private readonly trackChanges: boolean
+
   constructor(
     readonly topic: string,
     readonly partition: number,
     window: WindowConfig,
-    checkpoint: Checkpoint | null,
+    start: PipelineStart,
     private readonly logger: Logger,
   ) {
+    const checkpoint = 'checkpoint' in start ? start.checkpoint : null
+    this.trackChanges = 'restored' in start
     this.aggregator = new PartitionAggregator({
       sizeMs: window.sizeMs,
       advanceMs: window.advanceMs,
       graceMs: window.graceMs,
       streamTime: checkpoint?.streamTime ?? undefined,
+      trackChanges: this.trackChanges,
     })
+    if ('restored' in start) this.aggregator.restore(start.restored.states, start.restored.streamTime)
     this.replayBelow = checkpoint?.processedUpTo ?? 0
     this.processedUpTo = this.replayBelow
   }
@@ -181,6 +199,7 @@ export class PartitionPipeline {
     }
 
     let results: OutputRecord[] = []
+    let changelog: ChangelogRecord[] = []
     if (live.length > 0) {
       const columns = toColumns(live)
       const result = ingest(this.aggregator, columns)
@@ -191,6 +210,9 @@ export class PartitionPipeline {
       counts.windowsClosed = result.closed.seriesKeys.length
       this.logDropped(result, columns)
       results = encodeClosedWindows(result.closed)
+      if (this.trackChanges && result.changes) {
+        changelog = changelogRecords(result.changes, result.closed, this.aggregator.streamTime)
+      }
     }
 
     const last = messages[messages.length - 1]
@@ -202,7 +224,9 @@ export class PartitionPipeline {
     return {
       results,
       commit: { offset: String(commitOffset), metadata: encodeCheckpoint(checkpoint) },
+      changelog,
       lastOffset,
+      nextOffset: String(this.processedUpTo),
       counts,
     }
   }

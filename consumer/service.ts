@@ -1,5 +1,6 @@
-import type { Admin, Consumer, EachBatchPayload, Producer } from 'kafkajs'
+import type { Admin, Consumer, EachBatchPayload, Kafka, Producer } from 'kafkajs'
 import { Partitioners } from 'kafkajs'
+import { ChangelogReader, ensureChangelogTopic } from './changelog'
 import { decodeCheckpoint, type Checkpoint } from './checkpoint'
 import { createKafka } from './kafka'
 import { namespace, type Logger } from './logger'
@@ -8,8 +9,13 @@ import {
   emptyCounts,
   PartitionPipeline,
   type BatchCounts,
+  type BatchOutcome,
   type WindowConfig,
 } from './pipeline'
+import { PartitionTransactor } from './transactions'
+
+export type Delivery = 'exactly-once' | 'at-least-once'
+export const deliveryModes = ['exactly-once', 'at-least-once'] as const
 
 export interface ServiceConfig {
   brokers: string[]
@@ -19,8 +25,14 @@ export interface ServiceConfig {
   outputTopic: string
   window: WindowConfig
   sessionTimeoutMs: number
+  /** Default exactly-once. */
+  delivery?: Delivery
+  /** Exactly once: the compacted state topic; default `<groupId>-window-state-changelog`. */
+  changelogTopic?: string
   /** How often to log running totals; 0 turns it off. */
   statsIntervalMs?: number
+  /** Chaos testing only: probability of SIGKILLing this process between send and commit. */
+  crashAfterSendProbability?: number
 }
 
 /** kafkajs' own test (errors.js `isRebalancing`): the group moved on, kafkajs will rejoin. */
@@ -35,24 +47,34 @@ const isRebalancing = (error: unknown): boolean => {
 
 interface OwnedPartition {
   pipeline: PartitionPipeline
+  /** Exactly once: this partition's transactional producer. */
+  transactor?: PartitionTransactor
   /** The group generation this pipeline was restored in. */
   generation: number
 }
 
+export const defaultChangelogTopic = (groupId: string) => `${groupId}-window-state-changelog`
+
 /**
  * One replica of the aggregator: a kafkajs consumer group member on the input topic.
  *
- * Per batch: consume → decode → aggregate → publish → commit. In-memory state is rebuilt from
- * the committed checkpoint whenever it may differ from it: at every new group generation
- * (kafkajs rebalances eagerly and resumes from committed offsets) and after any failed batch.
+ * Per batch: consume → decode → aggregate → publish → commit. Exactly once, results, changelog
+ * entries and offsets commit in one transaction; at least once, results are published before a
+ * checkpointed offset is committed. Either way in-memory state is rebuilt from what is committed
+ * whenever it may differ from it: at every new group generation (kafkajs rebalances eagerly and
+ * resumes from committed offsets) and after any failed batch.
  */
 export class AggregatorService {
   private readonly log: Logger
+  private readonly kafka: Kafka
   private readonly consumer: Consumer
   private readonly producer: Producer
   private readonly admin: Admin
+  private readonly delivery: Delivery
+  private readonly changelogTopic: string
+  private changelog: ChangelogReader | undefined
   private readonly owned = new Map<number, OwnedPartition>()
-  /** Partitions sought back to their checkpoint, awaiting the batch that starts there. */
+  /** Partitions sought back to their committed offset, awaiting the batch that starts there. */
   private readonly seeking = new Map<number, string>()
   private generation = 0
   private assigned: number[] = []
@@ -65,20 +87,23 @@ export class AggregatorService {
     logger: Logger,
   ) {
     this.log = namespace(logger, 'Aggregator')
-    const kafka = createKafka({ brokers: config.brokers, clientId: config.clientId, logger })
-    this.consumer = kafka.consumer({
+    this.delivery = config.delivery ?? 'exactly-once'
+    this.changelogTopic = config.changelogTopic ?? defaultChangelogTopic(config.groupId)
+    this.kafka = createKafka({ brokers: config.brokers, clientId: config.clientId, logger })
+    this.consumer = this.kafka.consumer({
       groupId: config.groupId,
       sessionTimeout: config.sessionTimeoutMs,
       heartbeatInterval: Math.max(100, Math.floor(config.sessionTimeoutMs / 10)),
       // A short long-poll: an idle replica stops (and hands over its partitions) within 0.5 s.
       maxWaitTimeInMs: 500,
       allowAutoTopicCreation: false,
+      readUncommitted: false,
     })
-    this.producer = kafka.producer({
+    this.producer = this.kafka.producer({
       allowAutoTopicCreation: false,
       createPartitioner: Partitioners.DefaultPartitioner,
     })
-    this.admin = kafka.admin()
+    this.admin = this.kafka.admin()
   }
 
   /** Partitions of the input topic this replica owns in the current generation. */
@@ -92,6 +117,11 @@ export class AggregatorService {
 
   async start(): Promise<void> {
     await Promise.all([this.producer.connect(), this.admin.connect(), this.consumer.connect()])
+    if (this.delivery === 'exactly-once') {
+      await ensureChangelogTopic(this.admin, this.config.inputTopic, this.changelogTopic)
+      this.changelog = new ChangelogReader(this.kafka, this.changelogTopic, this.config.groupId, this.log)
+      await this.changelog.start()
+    }
     this.consumer.on(this.consumer.events.GROUP_JOIN, ({ payload }) => {
       this.generation++
       this.assigned = [...(payload.memberAssignment[this.config.inputTopic] ?? [])].sort(
@@ -116,6 +146,7 @@ export class AggregatorService {
       {
         inputTopic: this.config.inputTopic,
         outputTopic: this.config.outputTopic,
+        delivery: this.delivery,
         window: this.config.window,
       },
       'started',
@@ -127,8 +158,8 @@ export class AggregatorService {
     this.stopping ??= (async () => {
       clearInterval(this.statsTimer)
       await this.consumer.disconnect()
-      await Promise.all([this.producer.disconnect(), this.admin.disconnect()])
-      for (const partition of [...this.owned.keys()]) this.release(partition)
+      await Promise.all([...this.owned.keys()].map((partition) => this.release(partition)))
+      await Promise.all([this.producer.disconnect(), this.admin.disconnect(), this.changelog?.stop()])
       this.logStats()
       this.log.info('stopped')
     })()
@@ -138,80 +169,118 @@ export class AggregatorService {
   private async handleBatch(payload: EachBatchPayload): Promise<void> {
     const { batch } = payload
     if (!payload.isRunning() || payload.isStale() || batch.isEmpty()) return
-    const pipeline = await this.pipelineFor(batch.partition, batch.firstOffset() ?? '0')
-    if (pipeline === undefined) return
+    const owned = await this.ownedPartition(batch.partition, batch.firstOffset() ?? '0')
+    if (owned === undefined) return
     try {
-      const outcome = pipeline.process(batch.messages)
-      if (outcome.results.length > 0) {
-        await this.producer.send({
-          topic: this.config.outputTopic,
-          acks: -1,
-          messages: outcome.results,
-        })
-      }
-      await this.consumer.commitOffsets([
-        { topic: batch.topic, partition: batch.partition, ...outcome.commit },
-      ])
+      const outcome = owned.pipeline.process(batch.messages)
+      if (owned.transactor === undefined) await this.publishThenCommit(batch.partition, outcome)
+      else await this.commitTransaction(owned.transactor, batch.partition, outcome)
       payload.resolveOffset(outcome.lastOffset)
       addCounts(this.totals, outcome.counts)
     } catch (error) {
-      // State now runs ahead of the committed checkpoint: drop it, restore on the next batch.
-      this.release(batch.partition)
+      // State now runs ahead of what is committed: drop it, restore on the next batch.
+      void this.release(batch.partition)
       const where = { topic: batch.topic, partition: batch.partition, offset: batch.firstOffset() }
       if (isRebalancing(error)) {
-        this.log.info(
-          where,
-          'rebalance during batch; partition will be restored from its checkpoint',
-        )
+        this.log.info(where, 'rebalance during batch; partition will be restored')
       } else {
-        this.log.error(
-          { ...where, err: error },
-          'batch failed; partition will be restored from its checkpoint',
-        )
+        this.log.error({ ...where, err: error }, 'batch failed; partition will be restored')
       }
       throw error
     }
     await payload.heartbeat()
   }
 
-  /**
-   * The pipeline of a partition, restored from its committed checkpoint when this generation has
-   * none. Returns undefined after seeking the partition back to its checkpoint.
-   */
-  private async pipelineFor(
-    partition: number,
-    firstOffset: string,
-  ): Promise<PartitionPipeline | undefined> {
-    const owned = this.owned.get(partition)
-    if (owned !== undefined && owned.generation === this.generation) return owned.pipeline
-    this.release(partition)
-
-    const generation = this.generation
-    const committed = await this.fetchCommitted(partition)
-    const where = { topic: this.config.inputTopic, partition, offset: firstOffset }
-    if (committed !== undefined && committed.offset !== firstOffset) {
-      if (this.seeking.get(partition) !== committed.offset) {
-        this.seeking.set(partition, committed.offset)
-        this.consumer.seek({ topic: this.config.inputTopic, partition, offset: committed.offset })
-        return undefined
-      }
-      // Sought once and still elsewhere: the records were deleted (retention); go on from here.
-      this.log.warn(
-        { ...where, committed: committed.offset },
-        'checkpoint offset no longer readable',
-      )
+  /** At least once: publish (acks=all), then commit the checkpointed offset. */
+  private async publishThenCommit(partition: number, outcome: BatchOutcome): Promise<void> {
+    if (outcome.results.length > 0) {
+      await this.producer.send({ topic: this.config.outputTopic, acks: -1, messages: outcome.results })
     }
-    this.seeking.delete(partition)
-    const pipeline = new PartitionPipeline(
-      this.config.inputTopic,
-      partition,
-      this.config.window,
-      committed?.checkpoint ?? null,
-      this.log,
-    )
-    this.owned.set(partition, { pipeline, generation })
-    this.log.info({ ...where, checkpoint: committed?.checkpoint ?? null }, 'partition restored')
-    return pipeline
+    await this.consumer.commitOffsets([{ topic: this.config.inputTopic, partition, ...outcome.commit }])
+  }
+
+  /** Exactly once: results, changelog entries and the next offset in one transaction. */
+  private async commitTransaction(
+    transactor: PartitionTransactor,
+    partition: number,
+    outcome: BatchOutcome,
+  ): Promise<void> {
+    const crashProbability = this.config.crashAfterSendProbability ?? 0
+    await transactor.commit({
+      records: [
+        { topic: this.config.outputTopic, messages: outcome.results },
+        { topic: this.changelogTopic, messages: outcome.changelog.map((r) => ({ ...r, partition })) },
+      ],
+      offsets: {
+        consumerGroupId: this.config.groupId,
+        topic: this.config.inputTopic,
+        partition,
+        offset: outcome.nextOffset,
+      },
+      beforeCommit:
+        crashProbability > 0
+          ? () => {
+              if (Math.random() < crashProbability) process.kill(process.pid, 'SIGKILL')
+            }
+          : undefined,
+    })
+  }
+
+  /**
+   * The state of a partition, restored from what is committed when this generation has none.
+   * Returns undefined after seeking the partition back to its committed offset.
+   */
+  private async ownedPartition(partition: number, firstOffset: string): Promise<OwnedPartition | undefined> {
+    const owned = this.owned.get(partition)
+    if (owned !== undefined && owned.generation === this.generation) return owned
+    await this.release(partition)
+    const generation = this.generation
+    const where = { topic: this.config.inputTopic, partition, offset: firstOffset }
+
+    // Exactly once: fence the previous owner first, so nothing it does can commit after we read.
+    let transactor: PartitionTransactor | undefined
+    if (this.delivery === 'exactly-once') {
+      transactor = new PartitionTransactor(
+        this.kafka,
+        `${this.config.groupId}.${this.config.inputTopic}.${partition}`,
+        this.log,
+      )
+      await transactor.connect()
+    }
+    try {
+      const committed = await this.fetchCommitted(partition)
+      if (committed !== undefined && committed.offset !== firstOffset) {
+        if (this.seeking.get(partition) !== committed.offset) {
+          this.seeking.set(partition, committed.offset)
+          this.consumer.seek({ topic: this.config.inputTopic, partition, offset: committed.offset })
+          await transactor?.disconnect()
+          return undefined
+        }
+        // Sought once and still elsewhere: the records were deleted (retention); go on from here.
+        this.log.warn({ ...where, committed: committed.offset }, 'committed offset no longer readable')
+      }
+      this.seeking.delete(partition)
+      const restored = await this.changelog?.restore(partition)
+      const pipeline = new PartitionPipeline(
+        this.config.inputTopic,
+        partition,
+        this.config.window,
+        restored !== undefined ? { restored } : { checkpoint: committed?.checkpoint ?? null },
+        this.log,
+      )
+      const state: OwnedPartition = { pipeline, transactor, generation }
+      this.owned.set(partition, state)
+      this.log.info(
+        restored !== undefined
+          ? { ...where, windows: restored.states.seriesKeys.length, streamTime: restored.streamTime }
+          : { ...where, checkpoint: committed?.checkpoint ?? null },
+        'partition restored',
+      )
+      return state
+    } catch (error) {
+      await transactor?.disconnect().catch(() => undefined)
+      throw error
+    }
   }
 
   private async fetchCommitted(
@@ -224,25 +293,33 @@ export class AggregatorService {
     const entry = topic?.partitions.find((p) => p.partition === partition)
     if (entry === undefined || Number(entry.offset) < 0) return undefined
     let checkpoint: Checkpoint | null = null
-    try {
-      checkpoint = decodeCheckpoint(entry.metadata)
-    } catch (error) {
-      this.log.warn(
-        { topic: this.config.inputTopic, partition, err: error },
-        'ignoring foreign commit metadata',
-      )
+    if (this.delivery === 'at-least-once') {
+      try {
+        checkpoint = decodeCheckpoint(entry.metadata)
+      } catch (error) {
+        this.log.warn(
+          { topic: this.config.inputTopic, partition, err: error },
+          'ignoring foreign commit metadata',
+        )
+      }
     }
     return { offset: entry.offset, checkpoint }
   }
 
-  private release(partition: number): void {
-    this.owned.get(partition)?.pipeline.free()
+  /** Frees a partition's native state now; its producer disconnects in the background. */
+  private release(partition: number): Promise<void> {
+    const owned = this.owned.get(partition)
+    if (owned === undefined) return Promise.resolve()
     this.owned.delete(partition)
+    owned.pipeline.free()
+    return (owned.transactor?.disconnect() ?? Promise.resolve()).catch((error: unknown) => {
+      this.log.debug({ partition, err: error }, 'producer disconnect failed')
+    })
   }
 
   private releaseUnassigned(): void {
     for (const partition of [...this.owned.keys()]) {
-      if (!this.assigned.includes(partition)) this.release(partition)
+      if (!this.assigned.includes(partition)) void this.release(partition)
     }
     for (const partition of [...this.seeking.keys()]) {
       if (!this.assigned.includes(partition)) this.seeking.delete(partition)

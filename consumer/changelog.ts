@@ -1,0 +1,277 @@
+import type { Admin, Consumer, Kafka } from 'kafkajs'
+import { randomUUID } from 'node:crypto'
+import { KwaError } from './errors'
+import type { Logger } from './logger'
+import type { ClosedWindows, WindowStates } from './native'
+
+/**
+ * The state changelog: a compacted topic co-partitioned with the input. Partition p holds the
+ * open windows of input partition p, written in the same transaction as the batch's results and
+ * offsets, so state, output and offsets always agree.
+ *
+ * Records (an internal format, versioned by its first byte):
+ *   window:      key `W` + int64 BE window start + UTF-8 series key
+ *                value 1 + float64 LE × 6: count, sum, compensation, min, max, first offset
+ *                (null value = tombstone: the window closed)
+ *   stream time: key `T`, value 1 + float64 LE stream time
+ */
+export interface ChangelogRecord {
+  key: Buffer
+  value: Buffer | null
+}
+
+const formatVersion = 1
+const windowTag = 0x57 // 'W'
+const streamTimeKey = Buffer.from('T')
+
+function windowKey(start: number, seriesKey: string): Buffer {
+  const key = Buffer.allocUnsafe(9 + Buffer.byteLength(seriesKey))
+  key[0] = windowTag
+  key.writeBigInt64BE(BigInt(start), 1)
+  key.write(seriesKey, 9, 'utf8')
+  return key
+}
+
+/** Records for what a batch changed: open windows it touched, tombstones, stream time. */
+export function changelogRecords(
+  changes: WindowStates,
+  closed: ClosedWindows,
+  streamTime: number | null,
+): ChangelogRecord[] {
+  const records: ChangelogRecord[] = []
+  for (let i = 0; i < changes.seriesKeys.length; i++) {
+    const value = Buffer.allocUnsafe(1 + 6 * 8)
+    value[0] = formatVersion
+    const fields = [
+      changes.count[i],
+      changes.sum[i],
+      changes.compensation[i],
+      changes.min[i],
+      changes.max[i],
+      changes.firstOffset[i],
+    ]
+    fields.forEach((f, j) => value.writeDoubleLE(f as number, 1 + 8 * j))
+    records.push({ key: windowKey(changes.windowStart[i] as number, changes.seriesKeys[i] as string), value })
+  }
+  for (let i = 0; i < closed.seriesKeys.length; i++) {
+    records.push({ key: windowKey(closed.windowStart[i] as number, closed.seriesKeys[i] as string), value: null })
+  }
+  if (streamTime !== null) {
+    const value = Buffer.allocUnsafe(9)
+    value[0] = formatVersion
+    value.writeDoubleLE(streamTime, 1)
+    records.push({ key: streamTimeKey, value })
+  }
+  return records
+}
+
+/** The state a changelog partition holds: what a new owner restores. */
+export interface RestoredState {
+  states: WindowStates
+  streamTime: number | null
+  /** Changelog records read. */
+  records: number
+}
+
+export class ChangelogError extends KwaError {}
+
+/** Folds changelog records (in offset order) into the latest state, as compaction would. */
+export class ChangelogState {
+  private readonly windows = new Map<string, { start: number; seriesKey: string; value: Buffer }>()
+  private streamTime: number | null = null
+  records = 0
+
+  apply(key: Buffer | null, value: Buffer | null): void {
+    this.records++
+    if (key === null || key.length === 0) throw new ChangelogError('changelog record without a key')
+    if (key.equals(streamTimeKey)) {
+      if (value !== null) this.streamTime = readVersioned(value, 9).readDoubleLE(1)
+      return
+    }
+    if (key[0] !== windowTag || key.length < 9) throw new ChangelogError(`unknown changelog key ${key.toString('hex')}`)
+    const id = key.toString('latin1')
+    if (value === null) {
+      this.windows.delete(id)
+      return
+    }
+    const start = Number(key.readBigInt64BE(1))
+    this.windows.set(id, { start, seriesKey: key.toString('utf8', 9), value: readVersioned(value, 49) })
+  }
+
+  toRestoredState(): RestoredState {
+    const n = this.windows.size
+    const states: WindowStates = {
+      seriesKeys: new Array<string>(n),
+      windowStart: new Float64Array(n),
+      count: new Float64Array(n),
+      sum: new Float64Array(n),
+      compensation: new Float64Array(n),
+      min: new Float64Array(n),
+      max: new Float64Array(n),
+      firstOffset: new Float64Array(n),
+    }
+    let i = 0
+    for (const { start, seriesKey, value } of this.windows.values()) {
+      states.seriesKeys[i] = seriesKey
+      states.windowStart[i] = start
+      states.count[i] = value.readDoubleLE(1)
+      states.sum[i] = value.readDoubleLE(9)
+      states.compensation[i] = value.readDoubleLE(17)
+      states.min[i] = value.readDoubleLE(25)
+      states.max[i] = value.readDoubleLE(33)
+      states.firstOffset[i] = value.readDoubleLE(41)
+      i++
+    }
+    return { states, streamTime: this.streamTime, records: this.records }
+  }
+}
+
+function readVersioned(value: Buffer, length: number): Buffer {
+  if (value.length !== length || value[0] !== formatVersion) {
+    throw new ChangelogError(`changelog value of an unknown format (${value.length} bytes, version ${value[0]})`)
+  }
+  return value
+}
+
+/**
+ * Creates the changelog topic when missing: compacted, with the input's partition count. Refuses
+ * to go on when an existing one has another partition count or is not compacted.
+ */
+export async function ensureChangelogTopic(admin: Admin, inputTopic: string, changelogTopic: string): Promise<void> {
+  const metadata = await admin.fetchTopicMetadata({ topics: [inputTopic] })
+  const partitions = metadata.topics[0]?.partitions.length ?? 0
+  if (partitions === 0) throw new KwaError(`input topic ${inputTopic} not found`)
+  const existing = await admin.listTopics()
+  if (!existing.includes(changelogTopic)) {
+    await admin.createTopics({
+      waitForLeaders: true,
+      topics: [
+        {
+          topic: changelogTopic,
+          numPartitions: partitions,
+          configEntries: [{ name: 'cleanup.policy', value: 'compact' }],
+        },
+      ],
+    })
+    return
+  }
+  const [changelog] = (await admin.fetchTopicMetadata({ topics: [changelogTopic] })).topics
+  const count = changelog?.partitions.length ?? 0
+  if (count !== partitions) {
+    throw new KwaError(
+      `changelog topic ${changelogTopic} has ${count} partitions but input topic ${inputTopic} has ${partitions}: ` +
+        'they must match (co-partitioned); delete the changelog topic or use another --changelog-topic',
+    )
+  }
+  const configs = await admin.describeConfigs({
+    includeSynonyms: false,
+    resources: [{ type: 2 /* TOPIC */, name: changelogTopic, configNames: ['cleanup.policy'] }],
+  })
+  const policy = configs.resources[0]?.configEntries.find((e) => e.configName === 'cleanup.policy')?.configValue
+  if (policy === undefined || !policy.split(',').includes('compact')) {
+    throw new KwaError(`changelog topic ${changelogTopic} has cleanup.policy=${policy}: it must be compact`)
+  }
+}
+
+interface PendingRestore {
+  state: ChangelogState
+  endOffset: bigint
+  resolve: () => void
+  reject: (error: unknown) => void
+}
+
+/**
+ * Reads whole changelog partitions on demand. kafkajs has no manual assignment, so one consumer
+ * in a private group holds every changelog partition, paused; a restore seeks one partition to
+ * its start, resumes it until its end offset, and pauses it again.
+ */
+export class ChangelogReader {
+  private readonly consumer: Consumer
+  private readonly admin: Admin
+  private readonly pending = new Map<number, PendingRestore>()
+
+  constructor(
+    kafka: Kafka,
+    private readonly topic: string,
+    groupId: string,
+    private readonly log: Logger,
+  ) {
+    this.consumer = kafka.consumer({
+      groupId: `${groupId}.restore.${randomUUID()}`,
+      maxWaitTimeInMs: 100,
+      readUncommitted: false,
+    })
+    this.admin = kafka.admin()
+  }
+
+  async start(): Promise<void> {
+    await Promise.all([this.consumer.connect(), this.admin.connect()])
+    await this.consumer.subscribe({ topic: this.topic, fromBeginning: true })
+    // Batches of transaction markers only never reach eachBatch; their end still counts.
+    this.consumer.on(this.consumer.events.END_BATCH_PROCESS, ({ payload }) => {
+      this.advance(payload.partition, BigInt(payload.lastOffset) + 1n)
+    })
+    await this.consumer.run({
+      autoCommit: false,
+      eachBatch: async ({ batch }) => {
+        const restore = this.pending.get(batch.partition)
+        if (restore === undefined) return
+        try {
+          for (const m of batch.messages) {
+            if (BigInt(m.offset) < restore.endOffset) restore.state.apply(m.key, m.value)
+          }
+        } catch (error) {
+          this.finish(batch.partition, error)
+        }
+        await Promise.resolve()
+      },
+    })
+    this.consumer.pause([{ topic: this.topic }])
+  }
+
+  async stop(): Promise<void> {
+    for (const partition of [...this.pending.keys()]) this.finish(partition, new KwaError('stopping'))
+    await Promise.all([this.consumer.disconnect(), this.admin.disconnect()])
+  }
+
+  /** The latest state of one changelog partition (read_committed, up to its current end). */
+  async restore(partition: number, timeoutMs = 120_000): Promise<RestoredState> {
+    if (this.pending.has(partition)) throw new KwaError(`partition ${partition} is already being restored`)
+    const offsets = await this.admin.fetchTopicOffsets(this.topic)
+    const entry = offsets.find((o) => o.partition === partition)
+    if (entry === undefined) throw new KwaError(`changelog ${this.topic} has no partition ${partition}`)
+    const state = new ChangelogState()
+    const endOffset = BigInt(entry.high)
+    if (endOffset <= BigInt(entry.low)) return state.toRestoredState()
+    const done = new Promise<void>((resolve, reject) => {
+      this.pending.set(partition, { state, endOffset, resolve, reject })
+    })
+    const timer = setTimeout(
+      () => this.finish(partition, new KwaError(`restoring ${this.topic}[${partition}] timed out`, { retriable: true })),
+      timeoutMs,
+    )
+    try {
+      this.consumer.seek({ topic: this.topic, partition, offset: entry.low })
+      this.consumer.resume([{ topic: this.topic, partitions: [partition] }])
+      await done
+    } finally {
+      clearTimeout(timer)
+      this.consumer.pause([{ topic: this.topic, partitions: [partition] }])
+    }
+    this.log.debug({ topic: this.topic, partition, records: state.records }, 'changelog read')
+    return state.toRestoredState()
+  }
+
+  private advance(partition: number, position: bigint): void {
+    const restore = this.pending.get(partition)
+    if (restore !== undefined && position >= restore.endOffset) this.finish(partition)
+  }
+
+  private finish(partition: number, error?: unknown): void {
+    const restore = this.pending.get(partition)
+    if (restore === undefined) return
+    this.pending.delete(partition)
+    if (error === undefined) restore.resolve()
+    else restore.reject(error)
+  }
+}
