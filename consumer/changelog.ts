@@ -51,10 +51,16 @@ export function changelogRecords(
       changes.firstOffset[i],
     ]
     fields.forEach((f, j) => value.writeDoubleLE(f as number, 1 + 8 * j))
-    records.push({ key: windowKey(changes.windowStart[i] as number, changes.seriesKeys[i] as string), value })
+    records.push({
+      key: windowKey(changes.windowStart[i] as number, changes.seriesKeys[i] as string),
+      value,
+    })
   }
   for (let i = 0; i < closed.seriesKeys.length; i++) {
-    records.push({ key: windowKey(closed.windowStart[i] as number, closed.seriesKeys[i] as string), value: null })
+    records.push({
+      key: windowKey(closed.windowStart[i] as number, closed.seriesKeys[i] as string),
+      value: null,
+    })
   }
   if (streamTime !== null) {
     const value = Buffer.allocUnsafe(9)
@@ -81,21 +87,26 @@ export class ChangelogState {
   private streamTime: number | null = null
   records = 0
 
-  apply(key: Buffer | null, value: Buffer | null): void {
+  fold(key: Buffer | null, value: Buffer | null): void {
     this.records++
     if (key === null || key.length === 0) throw new ChangelogError('changelog record without a key')
     if (key.equals(streamTimeKey)) {
       if (value !== null) this.streamTime = readVersioned(value, 9).readDoubleLE(1)
       return
     }
-    if (key[0] !== windowTag || key.length < 9) throw new ChangelogError(`unknown changelog key ${key.toString('hex')}`)
+    if (key[0] !== windowTag || key.length < 9)
+      throw new ChangelogError(`unknown changelog key ${key.toString('hex')}`)
     const id = key.toString('latin1')
     if (value === null) {
       this.windows.delete(id)
       return
     }
     const start = Number(key.readBigInt64BE(1))
-    this.windows.set(id, { start, seriesKey: key.toString('utf8', 9), value: readVersioned(value, 49) })
+    this.windows.set(id, {
+      start,
+      seriesKey: key.toString('utf8', 9),
+      value: readVersioned(value, 49),
+    })
   }
 
   toRestoredState(): RestoredState {
@@ -128,7 +139,9 @@ export class ChangelogState {
 
 function readVersioned(value: Buffer, length: number): Buffer {
   if (value.length !== length || value[0] !== formatVersion) {
-    throw new ChangelogError(`changelog value of an unknown format (${value.length} bytes, version ${value[0]})`)
+    throw new ChangelogError(
+      `changelog value of an unknown format (${value.length} bytes, version ${value[0]})`,
+    )
   }
   return value
 }
@@ -137,7 +150,11 @@ function readVersioned(value: Buffer, length: number): Buffer {
  * Creates the changelog topic when missing: compacted, with the input's partition count. Refuses
  * to go on when an existing one has another partition count or is not compacted.
  */
-export async function ensureChangelogTopic(admin: Admin, inputTopic: string, changelogTopic: string): Promise<void> {
+export async function ensureChangelogTopic(
+  admin: Admin,
+  inputTopic: string,
+  changelogTopic: string,
+): Promise<void> {
   const metadata = await admin.fetchTopicMetadata({ topics: [inputTopic] })
   const partitions = metadata.topics[0]?.partitions.length ?? 0
   if (partitions === 0) throw new KwaError(`input topic ${inputTopic} not found`)
@@ -167,9 +184,13 @@ export async function ensureChangelogTopic(admin: Admin, inputTopic: string, cha
     includeSynonyms: false,
     resources: [{ type: 2 /* TOPIC */, name: changelogTopic, configNames: ['cleanup.policy'] }],
   })
-  const policy = configs.resources[0]?.configEntries.find((e) => e.configName === 'cleanup.policy')?.configValue
+  const policy = configs.resources[0]?.configEntries.find(
+    (e) => e.configName === 'cleanup.policy',
+  )?.configValue
   if (policy === undefined || !policy.split(',').includes('compact')) {
-    throw new KwaError(`changelog topic ${changelogTopic} has cleanup.policy=${policy}: it must be compact`)
+    throw new KwaError(
+      `changelog topic ${changelogTopic} has cleanup.policy=${policy}: it must be compact`,
+    )
   }
 }
 
@@ -218,7 +239,7 @@ export class ChangelogReader {
         if (restore === undefined) return
         try {
           for (const m of batch.messages) {
-            if (BigInt(m.offset) < restore.endOffset) restore.state.apply(m.key, m.value)
+            if (BigInt(m.offset) < restore.endOffset) restore.state.fold(m.key, m.value)
           }
         } catch (error) {
           this.finish(batch.partition, error)
@@ -230,16 +251,19 @@ export class ChangelogReader {
   }
 
   async stop(): Promise<void> {
-    for (const partition of [...this.pending.keys()]) this.finish(partition, new KwaError('stopping'))
+    for (const partition of [...this.pending.keys()])
+      this.finish(partition, new KwaError('stopping'))
     await Promise.all([this.consumer.disconnect(), this.admin.disconnect()])
   }
 
   /** The latest state of one changelog partition (read_committed, up to its current end). */
   async restore(partition: number, timeoutMs = 120_000): Promise<RestoredState> {
-    if (this.pending.has(partition)) throw new KwaError(`partition ${partition} is already being restored`)
+    if (this.pending.has(partition))
+      throw new KwaError(`partition ${partition} is already being restored`)
     const offsets = await this.admin.fetchTopicOffsets(this.topic)
     const entry = offsets.find((o) => o.partition === partition)
-    if (entry === undefined) throw new KwaError(`changelog ${this.topic} has no partition ${partition}`)
+    if (entry === undefined)
+      throw new KwaError(`changelog ${this.topic} has no partition ${partition}`)
     const state = new ChangelogState()
     const endOffset = BigInt(entry.high)
     if (endOffset <= BigInt(entry.low)) return state.toRestoredState()
@@ -247,7 +271,11 @@ export class ChangelogReader {
       this.pending.set(partition, { state, endOffset, resolve, reject })
     })
     const timer = setTimeout(
-      () => this.finish(partition, new KwaError(`restoring ${this.topic}[${partition}] timed out`, { retriable: true })),
+      () =>
+        this.finish(
+          partition,
+          new KwaError(`restoring ${this.topic}[${partition}] timed out`, { retriable: true }),
+        ),
       timeoutMs,
     )
     try {

@@ -170,7 +170,8 @@ export class PartitionPipeline {
       streamTime: checkpoint?.streamTime ?? undefined,
       trackChanges: this.trackChanges,
     })
-    if ('restored' in start) this.aggregator.restore(start.restored.states, start.restored.streamTime)
+    if ('restored' in start)
+      this.aggregator.restore(start.restored.states, start.restored.streamTime)
     this.replayBelow = checkpoint?.processedUpTo ?? 0
     this.processedUpTo = this.replayBelow
   }

@@ -119,7 +119,12 @@ export class AggregatorService {
     await Promise.all([this.producer.connect(), this.admin.connect(), this.consumer.connect()])
     if (this.delivery === 'exactly-once') {
       await ensureChangelogTopic(this.admin, this.config.inputTopic, this.changelogTopic)
-      this.changelog = new ChangelogReader(this.kafka, this.changelogTopic, this.config.groupId, this.log)
+      this.changelog = new ChangelogReader(
+        this.kafka,
+        this.changelogTopic,
+        this.config.groupId,
+        this.log,
+      )
       await this.changelog.start()
     }
     this.consumer.on(this.consumer.events.GROUP_JOIN, ({ payload }) => {
@@ -159,7 +164,11 @@ export class AggregatorService {
       clearInterval(this.statsTimer)
       await this.consumer.disconnect()
       await Promise.all([...this.owned.keys()].map((partition) => this.release(partition)))
-      await Promise.all([this.producer.disconnect(), this.admin.disconnect(), this.changelog?.stop()])
+      await Promise.all([
+        this.producer.disconnect(),
+        this.admin.disconnect(),
+        this.changelog?.stop(),
+      ])
       this.logStats()
       this.log.info('stopped')
     })()
@@ -194,9 +203,15 @@ export class AggregatorService {
   /** At least once: publish (acks=all), then commit the checkpointed offset. */
   private async publishThenCommit(partition: number, outcome: BatchOutcome): Promise<void> {
     if (outcome.results.length > 0) {
-      await this.producer.send({ topic: this.config.outputTopic, acks: -1, messages: outcome.results })
+      await this.producer.send({
+        topic: this.config.outputTopic,
+        acks: -1,
+        messages: outcome.results,
+      })
     }
-    await this.consumer.commitOffsets([{ topic: this.config.inputTopic, partition, ...outcome.commit }])
+    await this.consumer.commitOffsets([
+      { topic: this.config.inputTopic, partition, ...outcome.commit },
+    ])
   }
 
   /** Exactly once: results, changelog entries and the next offset in one transaction. */
@@ -209,7 +224,10 @@ export class AggregatorService {
     await transactor.commit({
       records: [
         { topic: this.config.outputTopic, messages: outcome.results },
-        { topic: this.changelogTopic, messages: outcome.changelog.map((r) => ({ ...r, partition })) },
+        {
+          topic: this.changelogTopic,
+          messages: outcome.changelog.map((r) => ({ ...r, partition })),
+        },
       ],
       offsets: {
         consumerGroupId: this.config.groupId,
@@ -230,7 +248,10 @@ export class AggregatorService {
    * The state of a partition, restored from what is committed when this generation has none.
    * Returns undefined after seeking the partition back to its committed offset.
    */
-  private async ownedPartition(partition: number, firstOffset: string): Promise<OwnedPartition | undefined> {
+  private async ownedPartition(
+    partition: number,
+    firstOffset: string,
+  ): Promise<OwnedPartition | undefined> {
     const owned = this.owned.get(partition)
     if (owned !== undefined && owned.generation === this.generation) return owned
     await this.release(partition)
@@ -257,7 +278,10 @@ export class AggregatorService {
           return undefined
         }
         // Sought once and still elsewhere: the records were deleted (retention); go on from here.
-        this.log.warn({ ...where, committed: committed.offset }, 'committed offset no longer readable')
+        this.log.warn(
+          { ...where, committed: committed.offset },
+          'committed offset no longer readable',
+        )
       }
       this.seeking.delete(partition)
       const restored = await this.changelog?.restore(partition)
@@ -272,7 +296,11 @@ export class AggregatorService {
       this.owned.set(partition, state)
       this.log.info(
         restored !== undefined
-          ? { ...where, windows: restored.states.seriesKeys.length, streamTime: restored.streamTime }
+          ? {
+              ...where,
+              windows: restored.states.seriesKeys.length,
+              streamTime: restored.streamTime,
+            }
           : { ...where, checkpoint: committed?.checkpoint ?? null },
         'partition restored',
       )

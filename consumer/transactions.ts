@@ -24,7 +24,11 @@ const transientTypes = new Set([
   'NETWORK_EXCEPTION',
 ])
 /** Another producer with our transactional id took over: this replica is a zombie. */
-const fencedTypes = new Set(['INVALID_PRODUCER_EPOCH', 'PRODUCER_FENCED', 'TRANSACTIONAL_ID_AUTHORIZATION_FAILED'])
+const fencedTypes = new Set([
+  'INVALID_PRODUCER_EPOCH',
+  'PRODUCER_FENCED',
+  'TRANSACTIONAL_ID_AUTHORIZATION_FAILED',
+])
 
 const errorType = (error: unknown): string | undefined => {
   const type = (error as { type?: unknown } | null)?.type
@@ -85,7 +89,10 @@ export class PartitionTransactor {
           if (messages.length > 0) await transaction.send({ topic, messages })
         }
         const { consumerGroupId, topic, partition, offset } = content.offsets
-        await transaction.sendOffsets({ consumerGroupId, topics: [{ topic, partitions: [{ partition, offset }] }] })
+        await transaction.sendOffsets({
+          consumerGroupId,
+          topics: [{ topic, partitions: [{ partition, offset }] }],
+        })
         content.beforeCommit?.()
         committing = true
         await transaction.commit()
@@ -93,13 +100,18 @@ export class PartitionTransactor {
       } catch (error) {
         const type = errorType(error)
         if (fencedTypes.has(type ?? '')) {
-          throw new FencedError(`${this.transactionalId} was fenced by a newer owner`, { cause: error })
+          throw new FencedError(`${this.transactionalId} was fenced by a newer owner`, {
+            cause: error,
+          })
         }
         if (committing || !transientTypes.has(type ?? '') || attempt >= this.maxAttempts) {
           await this.reinitialise()
           throw error
         }
-        this.log.warn({ transactionalId: this.transactionalId, attempt, err: error }, 'transaction retried')
+        this.log.warn(
+          { transactionalId: this.transactionalId, attempt, err: error },
+          'transaction retried',
+        )
         await transaction.abort().catch(() => this.reinitialise())
         await sleep(Math.min(2_000, 100 * 2 ** attempt))
       }
@@ -111,7 +123,10 @@ export class PartitionTransactor {
     await this.producer.disconnect().catch(() => undefined)
     this.producer = this.newProducer()
     await this.producer.connect().catch((error: unknown) => {
-      this.log.warn({ transactionalId: this.transactionalId, err: error }, 'producer re-initialisation failed')
+      this.log.warn(
+        { transactionalId: this.transactionalId, err: error },
+        'producer re-initialisation failed',
+      )
     })
   }
 }

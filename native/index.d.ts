@@ -32,6 +32,27 @@ export declare class PartitionAggregator {
    * Rejected samples do not move streamTime.
    */
   ingest(keys: Array<string>, keyIndex: Uint32Array, timestamps: Float64Array, values: Float64Array, offsets: Float64Array): IngestResult
+  /** The state of every open window, ordered by windowStart, then series key. */
+  snapshot(): WindowStates
+  /**
+   * Loads open windows (a snapshot(), or a changelog compacted from
+   * IngestResult.changes and closed) and the stream time they were taken at
+   * into this aggregator, which must be fresh: no open windows and no batch
+   * ingested (a config streamTime is fine, and replaced). Rows may come in
+   * any order. Afterwards the aggregator behaves exactly like the one the
+   * states came from: same lateness decisions, same closed windows bit for
+   * bit, same lowWatermark and stats.openWindows (totals restart at 0).
+   *
+   * Throws (code InvalidArg, nothing loaded) if the aggregator is not fresh,
+   * columns have unequal lengths, streamTime is not null or an integer in
+   * [0, 2^53), or is null while windows are given, or a row is invalid:
+   * windowStart not an integer multiple of advanceMs in
+   * (-sizeMs, streamTime], a window already closed
+   * (windowStart + sizeMs <= streamTime - graceMs), count not an integer
+   * >= 1, firstOffset not an integer in [0, 2^53), min/max not finite with
+   * min <= max, or a (seriesKey, windowStart) given twice.
+   */
+  restore(states: WindowStates, streamTime: number | null): void
   /** Counters and footprint, computed on each access. */
   get stats(): AggregatorStats
   /** Maximum accepted event time so far (epoch ms), or null before the first one. */
@@ -63,6 +84,11 @@ export interface AggregatorConfig {
   graceMs?: number
   /** Stream time to resume at (epoch ms), from a checkpoint; unset for a fresh partition. */
   streamTime?: number
+  /**
+   * Report IngestResult.changes (the state of every window a batch created
+   * or updated that is still open), e.g. to write a changelog. Default false.
+   */
+  trackChanges?: boolean
 }
 
 /** Counters and footprint of one aggregator. */
@@ -115,4 +141,37 @@ export interface IngestResult {
   rejectedReasons: Uint8Array
   /** Windows closed by this batch; each window is returned exactly once. */
   closed: ClosedWindows
+  /**
+   * Only with trackChanges: the state after this batch of every window the
+   * batch created or updated and that is still open, once each (windows
+   * this batch closed are only in closed). Undefined when tracking is off.
+   */
+  changes?: WindowStates
+}
+
+/**
+ * Full state of open (series key, window) aggregates as parallel columns, in
+ * the order of ClosedWindows (windowStart, then series key in code point
+ * order). Returned by snapshot() and in IngestResult.changes, accepted by
+ * restore() (in any row order). Keyed by (seriesKey, windowStart): upserting
+ * each batch's changes and deleting its closed windows gives a compacted
+ * changelog equal to snapshot().
+ */
+export interface WindowStates {
+  seriesKeys: Array<string>
+  /** Inclusive window start, epoch ms; a multiple of advanceMs. */
+  windowStart: Float64Array
+  /** Samples in the window; an integer >= 1. */
+  count: Float64Array
+  /** Raw running sum, without the compensation term (may be ±Infinity after overflow). */
+  sum: Float64Array
+  /** Neumaier compensation term: a closed window reports sum + compensation. */
+  compensation: Float64Array
+  min: Float64Array
+  max: Float64Array
+  /**
+   * Input offset of the window's first sample; the lowest one among open
+   * windows is the lowWatermark.
+   */
+  firstOffset: Float64Array
 }

@@ -8,12 +8,17 @@ use napi::bindgen_prelude::{Float64Array, Uint8Array, Uint32Array};
 use napi::{Error, Result, Status};
 use napi_derive::napi;
 
-use window::{Aggregator, ClosedWindows as CoreClosed, IngestOutcome, WindowSpec};
+use window::{
+    Aggregator, ClosedWindows as CoreClosed, IngestOutcome, WindowSpec, WindowStates as CoreStates,
+    WindowStatesView,
+};
 
 /// The single conversion point from core errors to JS errors.
 fn map_error(err: window::Error) -> Error {
     let status = match err {
-        window::Error::InvalidConfig(_) | window::Error::InvalidInput(_) => Status::InvalidArg,
+        window::Error::InvalidConfig(_)
+        | window::Error::InvalidInput(_)
+        | window::Error::InvalidRestore(_) => Status::InvalidArg,
         window::Error::Freed => Status::GenericFailure,
     };
     Error::new(status, err.to_string())
@@ -32,6 +37,9 @@ pub struct AggregatorConfig {
     pub grace_ms: Option<f64>,
     /// Stream time to resume at (epoch ms), from a checkpoint; unset for a fresh partition.
     pub stream_time: Option<f64>,
+    /// Report IngestResult.changes (the state of every window a batch created
+    /// or updated that is still open), e.g. to write a changelog. Default false.
+    pub track_changes: Option<bool>,
 }
 
 /// Closed (series key, window) aggregates as parallel columns. Rows are ordered
@@ -51,6 +59,31 @@ pub struct ClosedWindows {
     pub max: Float64Array,
 }
 
+/// Full state of open (series key, window) aggregates as parallel columns, in
+/// the order of ClosedWindows (windowStart, then series key in code point
+/// order). Returned by snapshot() and in IngestResult.changes, accepted by
+/// restore() (in any row order). Keyed by (seriesKey, windowStart): upserting
+/// each batch's changes and deleting its closed windows gives a compacted
+/// changelog equal to snapshot().
+#[napi(object)]
+pub struct WindowStates {
+    pub series_keys: Vec<String>,
+    /// Inclusive window start, epoch ms; a multiple of advanceMs.
+    pub window_start: Float64Array,
+    /// Samples in the window; an integer >= 1.
+    pub count: Float64Array,
+    /// Raw running sum, without the compensation term (may be ±Infinity after overflow).
+    pub sum: Float64Array,
+    /// Neumaier compensation term: a closed window reports sum + compensation
+    /// (just sum once that is infinite).
+    pub compensation: Float64Array,
+    pub min: Float64Array,
+    pub max: Float64Array,
+    /// Input offset of the window's first sample; the lowest one among open
+    /// windows is the lowWatermark.
+    pub first_offset: Float64Array,
+}
+
 /// Outcome of one batch: every sample is exactly one of aggregated, late or rejected.
 #[napi(object, object_from_js = false)]
 pub struct IngestResult {
@@ -67,6 +100,10 @@ pub struct IngestResult {
     pub rejected_reasons: Uint8Array,
     /// Windows closed by this batch; each window is returned exactly once.
     pub closed: ClosedWindows,
+    /// Only with trackChanges: the state after this batch of every window the
+    /// batch created or updated and that is still open, once each (windows
+    /// this batch closed are only in closed). Undefined when tracking is off.
+    pub changes: Option<WindowStates>,
 }
 
 /// Counters and footprint of one aggregator.
@@ -101,6 +138,37 @@ impl From<CoreClosed> for ClosedWindows {
     }
 }
 
+impl From<CoreStates> for WindowStates {
+    fn from(s: CoreStates) -> Self {
+        Self {
+            series_keys: s.series_keys,
+            window_start: Float64Array::new(s.window_start),
+            count: Float64Array::new(s.count),
+            sum: Float64Array::new(s.sum),
+            compensation: Float64Array::new(s.compensation),
+            min: Float64Array::new(s.min),
+            max: Float64Array::new(s.max),
+            first_offset: Float64Array::new(s.first_offset),
+        }
+    }
+}
+
+impl WindowStates {
+    /// Borrows the columns (typed arrays from JS are not copied).
+    fn view(&self) -> WindowStatesView<'_, String> {
+        WindowStatesView {
+            series_keys: &self.series_keys,
+            window_start: &self.window_start,
+            count: &self.count,
+            sum: &self.sum,
+            compensation: &self.compensation,
+            min: &self.min,
+            max: &self.max,
+            first_offset: &self.first_offset,
+        }
+    }
+}
+
 impl From<IngestOutcome> for IngestResult {
     fn from(o: IngestOutcome) -> Self {
         // The core caps batches at u32::MAX samples, so the counts fit.
@@ -112,6 +180,7 @@ impl From<IngestOutcome> for IngestResult {
             rejected_indexes: Uint32Array::new(o.rejected_indexes),
             rejected_reasons: Uint8Array::new(o.rejected_reasons),
             closed: o.closed.into(),
+            changes: o.changes.map(Into::into),
         }
     }
 }
@@ -136,8 +205,10 @@ impl PartitionAggregator {
             .map(|t| window::whole_ms("streamTime", t, 0, "an integer >= 0"))
             .transpose()
             .map_err(map_error)?;
+        let aggregator = Aggregator::restored(spec, stream_time)
+            .with_change_tracking(config.track_changes.unwrap_or(false));
         Ok(Self {
-            inner: Some(Aggregator::restored(spec, stream_time)),
+            inner: Some(aggregator),
         })
     }
 
@@ -168,6 +239,35 @@ impl PartitionAggregator {
             .ingest(&keys, key_index, timestamps, values, offsets)
             .map_err(map_error)?;
         Ok(outcome.into())
+    }
+
+    /// The state of every open window, ordered by windowStart, then series key.
+    #[napi]
+    pub fn snapshot(&self) -> Result<WindowStates> {
+        Ok(self.live()?.snapshot().into())
+    }
+
+    /// Loads open windows (a snapshot(), or a changelog compacted from
+    /// IngestResult.changes and closed) and the stream time they were taken at
+    /// into this aggregator, which must be fresh: no open windows and no batch
+    /// ingested (a config streamTime is fine, and replaced). Rows may come in
+    /// any order. Afterwards the aggregator behaves exactly like the one the
+    /// states came from: same lateness decisions, same closed windows bit for
+    /// bit, same lowWatermark and stats.openWindows (totals restart at 0).
+    ///
+    /// Throws (code InvalidArg, nothing loaded) if the aggregator is not fresh,
+    /// columns have unequal lengths, streamTime is not null or an integer in
+    /// [0, 2^53), or is null while windows are given, or a row is invalid:
+    /// windowStart not an integer multiple of advanceMs in
+    /// (-sizeMs, streamTime], a window already closed
+    /// (windowStart + sizeMs <= streamTime - graceMs), count not an integer
+    /// >= 1, firstOffset not an integer in [0, 2^53), min/max not finite with
+    /// min <= max, or a (seriesKey, windowStart) given twice.
+    #[napi(ts_args_type = "states: WindowStates, streamTime: number | null")]
+    pub fn restore(&mut self, states: WindowStates, stream_time: Option<f64>) -> Result<()> {
+        self.live_mut()?
+            .restore(states.view(), stream_time)
+            .map_err(map_error)
     }
 
     /// Counters and footprint, computed on each access.

@@ -22,13 +22,36 @@
 //! * After the whole batch, every open window with `end <= streamTime - grace`
 //!   is removed and returned exactly once, ordered by window start and then
 //!   by series key (see [`ClosedWindows`]).
+//!
+//! # Changelog support: change tracking, snapshot and restore
+//!
+//! The full state of an open window is a [`WindowStates`] row: key, start,
+//! count, the *raw* running sum and its Neumaier compensation term (reported
+//! sums are `sum + compensation`), min, max and first offset.
+//!
+//! * With change tracking on ([`Aggregator::with_change_tracking`]), each
+//!   [`IngestOutcome`] also carries `changes`: the state after the batch of
+//!   every window the batch created or updated and that is still open, once
+//!   per window, in the order of closed windows. Windows closed by the batch
+//!   are only in `closed`. So upserting `changes` and then deleting `closed`
+//!   into a map keyed by (series key, window start) keeps it equal to
+//!   [`Aggregator::snapshot`]: a compacted changelog. With tracking off
+//!   `changes` is `None` and the hot path does no extra work beyond one
+//!   predictable branch per (sample, window).
+//! * [`Aggregator::snapshot`] returns every open window, in the same order.
+//! * [`Aggregator::restore`] loads such rows (in any order) and a stream time
+//!   into a fresh aggregator. Afterwards it behaves exactly like the
+//!   aggregator they were taken from: the same lateness decisions, the same
+//!   closed windows bit for bit, the same low watermark and open window
+//!   count. Only what the rows cannot carry differs: totals restart at 0 and
+//!   only the keys of open windows are interned.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, btree_map};
 use std::fmt;
 use std::mem::size_of;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// Exclusive upper bound for timestamps and config values: 2^53, beyond which
 /// a JS number no longer represents every integer.
@@ -42,6 +65,9 @@ pub enum Error {
     InvalidConfig(String),
     /// The batch columns are malformed (e.g. unequal lengths).
     InvalidInput(String),
+    /// [`Aggregator::restore`] was given invalid window states, or the
+    /// aggregator is not fresh.
+    InvalidRestore(String),
     /// The aggregator was released by its owner and can no longer be used.
     Freed,
 }
@@ -51,6 +77,7 @@ impl fmt::Display for Error {
         match self {
             Error::InvalidConfig(msg) => write!(f, "invalid window config: {msg}"),
             Error::InvalidInput(msg) => write!(f, "invalid batch: {msg}"),
+            Error::InvalidRestore(msg) => write!(f, "cannot restore: {msg}"),
             Error::Freed => f.write_str("aggregator has been freed"),
         }
     }
@@ -248,6 +275,87 @@ impl ClosedWindows {
     }
 }
 
+/// Full state of open (series key, window) aggregates as parallel columns,
+/// ordered like [`ClosedWindows`]: what [`Aggregator::restore`] needs to
+/// rebuild them exactly.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WindowStates {
+    pub series_keys: Vec<String>,
+    /// Inclusive window start, epoch ms.
+    pub window_start: Vec<f64>,
+    pub count: Vec<f64>,
+    /// Raw running sum, without the compensation term.
+    pub sum: Vec<f64>,
+    /// Neumaier compensation term: the compensated sum is `sum + compensation`.
+    pub compensation: Vec<f64>,
+    pub min: Vec<f64>,
+    pub max: Vec<f64>,
+    /// Input offset of the window's first sample.
+    pub first_offset: Vec<f64>,
+}
+
+impl WindowStates {
+    fn with_capacity(rows: usize) -> Self {
+        Self {
+            series_keys: Vec::with_capacity(rows),
+            window_start: Vec::with_capacity(rows),
+            count: Vec::with_capacity(rows),
+            sum: Vec::with_capacity(rows),
+            compensation: Vec::with_capacity(rows),
+            min: Vec::with_capacity(rows),
+            max: Vec::with_capacity(rows),
+            first_offset: Vec::with_capacity(rows),
+        }
+    }
+
+    fn push(&mut self, key: &str, start: i64, agg: &Aggregate) {
+        self.series_keys.push(key.to_owned());
+        self.window_start.push(start as f64);
+        self.count.push(agg.count as f64);
+        self.sum.push(agg.sum);
+        self.compensation.push(agg.compensation);
+        self.min.push(agg.min);
+        self.max.push(agg.max);
+        self.first_offset.push(agg.first_offset as f64);
+    }
+
+    pub fn len(&self) -> usize {
+        self.series_keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series_keys.is_empty()
+    }
+
+    /// Borrows the columns, e.g. to pass them to [`Aggregator::restore`].
+    pub fn view(&self) -> WindowStatesView<'_, String> {
+        WindowStatesView {
+            series_keys: &self.series_keys,
+            window_start: &self.window_start,
+            count: &self.count,
+            sum: &self.sum,
+            compensation: &self.compensation,
+            min: &self.min,
+            max: &self.max,
+            first_offset: &self.first_offset,
+        }
+    }
+}
+
+/// Borrowed [`WindowStates`] columns, the input of [`Aggregator::restore`];
+/// rows may come in any order.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowStatesView<'a, K> {
+    pub series_keys: &'a [K],
+    pub window_start: &'a [f64],
+    pub count: &'a [f64],
+    pub sum: &'a [f64],
+    pub compensation: &'a [f64],
+    pub min: &'a [f64],
+    pub max: &'a [f64],
+    pub first_offset: &'a [f64],
+}
+
 /// Result of one [`Aggregator::ingest`] call. Every sample of the batch is in
 /// exactly one of: aggregated, `late_indexes`, `rejected_indexes`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -260,6 +368,10 @@ pub struct IngestOutcome {
     /// [`Rejection`] codes, parallel to `rejected_indexes`.
     pub rejected_reasons: Vec<u8>,
     pub closed: ClosedWindows,
+    /// With change tracking on: the state after the batch of every window the
+    /// batch created or updated and that is still open (closed ones are only
+    /// in `closed`), once each, ordered like `closed`. `None` when tracking is off.
+    pub changes: Option<WindowStates>,
 }
 
 /// Snapshot of an aggregator's counters and footprint.
@@ -323,6 +435,8 @@ pub struct Aggregator {
     late_total: u64,
     aggregated_total: u64,
     rejected_total: u64,
+    /// Whether [`IngestOutcome::changes`] is reported.
+    track_changes: bool,
 }
 
 impl Aggregator {
@@ -342,7 +456,14 @@ impl Aggregator {
             late_total: 0,
             aggregated_total: 0,
             rejected_total: 0,
+            track_changes: false,
         }
+    }
+
+    /// Turns change tracking (see the module docs) on or off; off by default.
+    pub fn with_change_tracking(mut self, on: bool) -> Self {
+        self.track_changes = on;
+        self
     }
 
     pub fn stream_time(&self) -> Option<i64> {
@@ -397,6 +518,9 @@ impl Aggregator {
         // Batch key index -> interned id, filled lazily so keys whose samples
         // are all late or rejected create no state.
         let mut ids: Vec<Option<u32>> = vec![None; keys.len()];
+        // (window start, key id) of every aggregate created or updated, once each.
+        let mut touched: Option<FxHashSet<(i64, u32)>> =
+            self.track_changes.then(FxHashSet::default);
         let samples = key_index.iter().zip(timestamps).zip(values).zip(offsets);
         for (i, (((&key, &ts), &value), &offset)) in (0u32..).zip(samples) {
             let ts = match check_sample(keys.len(), key, ts, value) {
@@ -428,6 +552,9 @@ impl Aggregator {
                             *self.first_offsets.entry(offset).or_default() += 1;
                         }
                     }
+                    if let Some(touched) = touched.as_mut() {
+                        touched.insert((start, id));
+                    }
                 }
             }
             out.aggregated += 1;
@@ -437,7 +564,207 @@ impl Aggregator {
         self.late_total += out.late_indexes.len() as u64;
         self.rejected_total += out.rejected_indexes.len() as u64;
         out.closed = self.close_windows();
+        out.changes = touched.map(|touched| self.touched_states(touched));
         Ok(out)
+    }
+
+    /// States of the `touched` windows that are still open, in output order.
+    fn touched_states(&self, touched: FxHashSet<(i64, u32)>) -> WindowStates {
+        // Closing removes a prefix of the starts, so a touched window is still
+        // open iff its start is not below the oldest open one.
+        let Some(&oldest) = self.windows.keys().next() else {
+            return WindowStates::default();
+        };
+        let mut rows: Vec<(i64, u32)> = touched
+            .into_iter()
+            .filter(|&(start, _)| start >= oldest)
+            .collect();
+        rows.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| self.keys.name(a.1).cmp(self.keys.name(b.1)))
+        });
+        let mut states = WindowStates::with_capacity(rows.len());
+        for group in rows.chunk_by(|a, b| a.0 == b.0) {
+            let start = group[0].0;
+            let window = &self.windows[&start];
+            for (_, id) in group {
+                states.push(self.keys.name(*id), start, &window[id]);
+            }
+        }
+        states
+    }
+
+    /// The aggregates of one window start, ordered by series key.
+    fn by_key_name<'a>(&self, window: &'a WindowMap) -> Vec<(u32, &'a Aggregate)> {
+        let mut rows: Vec<(u32, &Aggregate)> = window.iter().map(|(&id, agg)| (id, agg)).collect();
+        // Keys are unique within a window, so an unstable sort is deterministic.
+        rows.sort_unstable_by(|a, b| self.keys.name(a.0).cmp(self.keys.name(b.0)));
+        rows
+    }
+
+    /// The state of every open window, ordered by start and then series key.
+    pub fn snapshot(&self) -> WindowStates {
+        let mut states = WindowStates::with_capacity(self.open_windows());
+        for (&start, window) in &self.windows {
+            for (id, agg) in self.by_key_name(window) {
+                states.push(self.keys.name(id), start, agg);
+            }
+        }
+        states
+    }
+
+    /// Loads open windows (e.g. a [`snapshot`](Self::snapshot), or a changelog
+    /// compacted from [`IngestOutcome::changes`] and `closed`) and the stream
+    /// time they were taken at into this aggregator, which must be fresh: no
+    /// open windows and no samples ingested (a `stream_time` given at
+    /// construction is fine and replaced). Rows may come in any order.
+    ///
+    /// Validates everything before changing anything: equal column lengths;
+    /// `stream_time` an integer in `[0, 2^53)`, and set if any row is given;
+    /// per row, `window_start` an integer multiple of `advance` in
+    /// `(-size, stream_time]` whose window is still open
+    /// (`end > stream_time - grace`), `count` an integer in `[1, 2^53)`,
+    /// `first_offset` an integer in `[0, 2^53)`, finite `min <= max`, and no
+    /// (key, start) twice. `sum` and `compensation` are taken as they are (an
+    /// overflowed sum is infinite and its compensation NaN).
+    pub fn restore<K: AsRef<str>>(
+        &mut self,
+        states: WindowStatesView<'_, K>,
+        stream_time: Option<f64>,
+    ) -> Result<(), Error> {
+        let ingested = self.aggregated_total + self.late_total + self.rejected_total;
+        if !self.windows.is_empty() || ingested > 0 {
+            return Err(Error::InvalidRestore(format!(
+                "the aggregator must be fresh (it holds {} open windows and has ingested \
+                 {ingested} samples)",
+                self.open_windows()
+            )));
+        }
+        let len = states.series_keys.len();
+        let columns = [
+            states.window_start,
+            states.count,
+            states.sum,
+            states.compensation,
+            states.min,
+            states.max,
+            states.first_offset,
+        ];
+        if columns.iter().any(|c| c.len() != len) {
+            return Err(Error::InvalidRestore(format!(
+                "seriesKeys, windowStart, count, sum, compensation, min, max and firstOffset \
+                 must have equal length (got {len}, {}, {}, {}, {}, {}, {}, {})",
+                columns[0].len(),
+                columns[1].len(),
+                columns[2].len(),
+                columns[3].len(),
+                columns[4].len(),
+                columns[5].len(),
+                columns[6].len()
+            )));
+        }
+        let stream_time = match stream_time {
+            None => None,
+            Some(t) if is_safe_whole(t) => Some(t as i64),
+            Some(t) => {
+                return Err(Error::InvalidRestore(format!(
+                    "streamTime must be null or an integer in [0, 2^53) (got {t})"
+                )));
+            }
+        };
+        let Some(now) = stream_time else {
+            if len > 0 {
+                return Err(Error::InvalidRestore(format!(
+                    "streamTime is null but {len} windows are given (a window only opens \
+                     with an accepted sample, which sets streamTime)"
+                )));
+            }
+            self.stream_time = None;
+            return Ok(());
+        };
+
+        let mut keys = Interner::default();
+        let mut windows: BTreeMap<i64, WindowMap> = BTreeMap::new();
+        let mut first_offsets: BTreeMap<i64, u32> = BTreeMap::new();
+        for i in 0..len {
+            let key = states.series_keys[i].as_ref();
+            let (start, agg) = self
+                .restored_row(&states, i, now)
+                .map_err(|msg| Error::InvalidRestore(format!("row {i} (key {key:?}): {msg}")))?;
+            let id = keys.intern(key);
+            if windows.entry(start).or_default().insert(id, agg).is_some() {
+                return Err(Error::InvalidRestore(format!(
+                    "row {i} (key {key:?}): window {start} appears twice"
+                )));
+            }
+            *first_offsets.entry(agg.first_offset).or_default() += 1;
+        }
+        self.keys = keys;
+        self.windows = windows;
+        self.first_offsets = first_offsets;
+        self.stream_time = stream_time;
+        Ok(())
+    }
+
+    /// Validates row `i` of `states` for a restore at stream time `now`.
+    fn restored_row<K>(
+        &self,
+        states: &WindowStatesView<'_, K>,
+        i: usize,
+        now: i64,
+    ) -> Result<(i64, Aggregate), String> {
+        let WindowSpec {
+            size,
+            advance,
+            grace,
+        } = self.spec;
+        let start = states.window_start[i];
+        let integral = start.fract() == 0.0 && start > -(size as f64) && start <= now as f64;
+        if !integral || (start as i64).rem_euclid(advance) != 0 {
+            return Err(format!(
+                "windowStart must be an integer multiple of advanceMs ({advance}) in \
+                 (-sizeMs, streamTime] = ({}, {now}] (got {start})",
+                -size
+            ));
+        }
+        let start = start as i64;
+        if start + size <= now - grace {
+            return Err(format!(
+                "window [{start}, {}) had already closed at streamTime {now} \
+                 (end <= streamTime - graceMs = {}); a changelog never holds closed windows",
+                start + size,
+                now - grace
+            ));
+        }
+        let count = states.count[i];
+        if !(count.fract() == 0.0 && (1.0..SAFE_LIMIT).contains(&count)) {
+            return Err(format!(
+                "count must be an integer in [1, 2^53) (got {count})"
+            ));
+        }
+        let first_offset = states.first_offset[i];
+        if !is_safe_whole(first_offset) {
+            return Err(format!(
+                "firstOffset must be an integer in [0, 2^53) (got {first_offset})"
+            ));
+        }
+        let (min, max) = (states.min[i], states.max[i]);
+        if !(min.is_finite() && max.is_finite() && min <= max) {
+            return Err(format!(
+                "min and max must be finite with min <= max (got min {min}, max {max})"
+            ));
+        }
+        Ok((
+            start,
+            Aggregate {
+                first_offset: first_offset as i64,
+                count: count as u64,
+                sum: states.sum[i],
+                compensation: states.compensation[i],
+                min,
+                max,
+            },
+        ))
     }
 
     /// Removes and returns every window with `end <= streamTime - grace`.
@@ -453,20 +780,22 @@ impl Aggregator {
             if end > close_time {
                 break;
             }
-            let mut rows: Vec<(u32, Aggregate)> = entry.remove().into_iter().collect();
-            // Keys are unique within a window, so an unstable sort is deterministic.
-            rows.sort_unstable_by(|a, b| self.keys.name(a.0).cmp(self.keys.name(b.0)));
-            for (id, agg) in &rows {
-                closed.push(self.keys.name(*id), start, end, agg);
+            let window = entry.remove();
+            for (id, agg) in self.by_key_name(&window) {
+                closed.push(self.keys.name(id), start, end, agg);
                 release_offset(&mut self.first_offsets, agg.first_offset);
             }
         }
         closed
     }
 
+    fn open_windows(&self) -> usize {
+        self.windows.values().map(WindowMap::len).sum()
+    }
+
     pub fn stats(&self) -> Stats {
         Stats {
-            open_windows: self.windows.values().map(WindowMap::len).sum(),
+            open_windows: self.open_windows(),
             series_keys: self.keys.names.len(),
             late_total: self.late_total,
             aggregated_total: self.aggregated_total,
@@ -534,7 +863,11 @@ mod tests {
     }
 
     /// Ingests `(key, ts, value)` samples with the key table `keys`.
-    fn ingest(agg: &mut Aggregator, keys: &[&str], samples: &[(u32, f64, f64)]) -> IngestOutcome {
+    fn ingest<K: AsRef<str>>(
+        agg: &mut Aggregator,
+        keys: &[K],
+        samples: &[(u32, f64, f64)],
+    ) -> IngestOutcome {
         let key_index: Vec<u32> = samples.iter().map(|s| s.0).collect();
         let timestamps: Vec<f64> = samples.iter().map(|s| s.1).collect();
         let values: Vec<f64> = samples.iter().map(|s| s.2).collect();
@@ -877,6 +1210,490 @@ mod tests {
         assert!(out.closed.is_empty());
         assert_eq!(agg.stream_time(), Some(21));
         assert_eq!(agg.stats().open_windows, 2);
+    }
+
+    /// Rows of window states as `(key, start, count, raw sum, compensation, first offset)`.
+    fn state_rows(states: &WindowStates) -> Vec<(&str, f64, f64, f64, f64, f64)> {
+        (0..states.len())
+            .map(|i| {
+                (
+                    states.series_keys[i].as_str(),
+                    states.window_start[i],
+                    states.count[i],
+                    states.sum[i],
+                    states.compensation[i],
+                    states.first_offset[i],
+                )
+            })
+            .collect()
+    }
+
+    fn tracked(size: f64, advance: Option<f64>, grace: Option<f64>) -> Aggregator {
+        Aggregator::new(spec(size, advance, grace)).with_change_tracking(true)
+    }
+
+    #[test]
+    fn change_tracking_is_off_by_default() {
+        let mut agg = Aggregator::new(spec(10.0, None, None));
+        let out = ingest(&mut agg, &["a"], &[(0, 1.0, 1.0)]);
+        assert_eq!(out.changes, None);
+    }
+
+    #[test]
+    fn changes_hold_each_touched_open_window_once() {
+        let mut agg = tracked(10.0, Some(5.0), None);
+        // Offsets 0..: `ingest` numbers the samples of the run consecutively.
+        let out = ingest(
+            &mut agg,
+            &["b", "a"],
+            &[
+                (0, 7.0, 1.0),  // b: [0,10) [5,15)
+                (1, 8.0, 2.0),  // a: [0,10) [5,15)
+                (0, 9.0, 4.0),  // b again: updates, still one row per window
+                (1, 12.0, 8.0), // a: [5,15) [10,20); closes [0,10) at batch end
+            ],
+        );
+        assert_eq!(
+            rows(&out.closed),
+            [("a", 0.0, 10.0, 1.0, 2.0), ("b", 0.0, 10.0, 2.0, 5.0)]
+        );
+        // Windows closed by the batch are only in `closed`.
+        assert_eq!(
+            state_rows(out.changes.as_ref().expect("tracking on")),
+            [
+                ("a", 5.0, 2.0, 10.0, 0.0, 1.0),
+                ("b", 5.0, 2.0, 5.0, 0.0, 0.0),
+                ("a", 10.0, 1.0, 8.0, 0.0, 3.0),
+            ]
+        );
+
+        // Only windows of this batch's samples: b@5 is untouched, and [0,10) had closed.
+        let out = ingest(&mut agg, &["a"], &[(0, 5.0, 16.0), (0, 13.0, 1.0)]);
+        assert!(out.closed.is_empty());
+        let changes = out.changes.expect("tracking on");
+        assert_eq!(
+            state_rows(&changes),
+            [
+                ("a", 5.0, 4.0, 27.0, 0.0, 1.0),
+                ("a", 10.0, 2.0, 9.0, 0.0, 3.0)
+            ]
+        );
+        assert_eq!((changes.min[0], changes.max[0]), (1.0, 16.0));
+
+        // Late, rejected and empty batches change no window.
+        let out = ingest(&mut agg, &["a"], &[(0, 1.0, 1.0), (0, 11.0, f64::NAN)]);
+        assert_eq!(out.late_indexes, [0]);
+        assert_eq!(out.changes, Some(WindowStates::default()));
+        let out = ingest(&mut agg, &[] as &[&str], &[]);
+        assert_eq!(out.changes, Some(WindowStates::default()));
+    }
+
+    #[test]
+    fn a_window_opened_and_closed_in_one_batch_is_only_in_closed() {
+        let mut agg = tracked(10.0, None, Some(2.0));
+        let out = ingest(&mut agg, &["a", "b"], &[(0, 3.0, 1.0), (1, 25.0, 2.0)]);
+        assert_eq!(rows(&out.closed), [("a", 0.0, 10.0, 1.0, 1.0)]);
+        assert_eq!(
+            state_rows(&out.changes.expect("tracking on")),
+            [("b", 20.0, 1.0, 2.0, 0.0, 1.0)]
+        );
+    }
+
+    #[test]
+    fn changes_report_the_raw_sum_and_compensation() {
+        let mut agg = tracked(10.0, None, None);
+        let out = ingest(
+            &mut agg,
+            &["a"],
+            &[(0, 1.0, 1e16), (0, 2.0, 1.0), (0, 3.0, -1e16)],
+        );
+        let changes = out.changes.expect("tracking on");
+        // The raw running sum lost the 1; the compensation term kept it.
+        assert_eq!(state_rows(&changes), [("a", 0.0, 3.0, 0.0, 1.0, 0.0)]);
+        assert_eq!(agg.snapshot(), changes);
+    }
+
+    /// Deterministic pseudo-random numbers (SplitMix64) for the property tests.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// `(key index, timestamp, value)` samples of one batch.
+    type Batch = Vec<(u32, f64, f64)>;
+
+    /// Random out-of-order batches over `keys` keys, with some invalid samples:
+    /// each batch is `(key table, samples)`.
+    fn random_batches(seed: u64, keys: usize, batches: usize) -> (Vec<String>, Vec<Batch>) {
+        let mut rng = Rng(seed);
+        let names: Vec<String> = (0..keys).map(|k| format!("key-{k}")).collect();
+        let mut clock = 1_000.0;
+        let batches = (0..batches)
+            .map(|_| {
+                let len = 1 + rng.below(60) as usize;
+                (0..len)
+                    .map(|_| {
+                        clock += rng.below(4) as f64;
+                        let ts = if rng.below(5) == 0 {
+                            (clock - rng.below(40) as f64).max(0.0)
+                        } else {
+                            clock
+                        };
+                        let value = match rng.below(20) {
+                            0 => f64::NAN,
+                            1 => 1e16,
+                            2 => -1e16,
+                            _ => rng.below(1_000) as f64 / 8.0 - 60.0,
+                        };
+                        (rng.below(keys as u64) as u32, ts, value)
+                    })
+                    .collect()
+            })
+            .collect();
+        (names, batches)
+    }
+
+    /// Upserts `changes` and deletes `closed` into a (start, key) -> row map.
+    fn apply(mirror: &mut BTreeMap<(i64, String), [u64; 7]>, out: &IngestOutcome) {
+        let changes = out.changes.as_ref().expect("tracking on");
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..changes.len() {
+            let id = (
+                changes.window_start[i] as i64,
+                changes.series_keys[i].clone(),
+            );
+            assert!(
+                seen.insert(id.clone()),
+                "{id:?} reported twice in one batch"
+            );
+            let row = [
+                changes.count[i],
+                changes.sum[i],
+                changes.compensation[i],
+                changes.min[i],
+                changes.max[i],
+                changes.first_offset[i],
+                0.0,
+            ];
+            mirror.insert(id, row.map(f64::to_bits));
+        }
+        for i in 0..out.closed.len() {
+            let id = (
+                out.closed.window_start[i] as i64,
+                out.closed.series_keys[i].clone(),
+            );
+            assert!(!seen.contains(&id), "{id:?} is both changed and closed");
+            mirror.remove(&id);
+        }
+    }
+
+    /// A snapshot in the mirror's shape (start, then key in `str` order).
+    fn mirror_of(states: &WindowStates) -> BTreeMap<(i64, String), [u64; 7]> {
+        (0..states.len())
+            .map(|i| {
+                let id = (states.window_start[i] as i64, states.series_keys[i].clone());
+                let row = [
+                    states.count[i],
+                    states.sum[i],
+                    states.compensation[i],
+                    states.min[i],
+                    states.max[i],
+                    states.first_offset[i],
+                    0.0,
+                ];
+                (id, row.map(f64::to_bits))
+            })
+            .collect()
+    }
+
+    const GEOMETRIES: [(f64, Option<f64>, Option<f64>); 4] = [
+        (10.0, None, None),
+        (10.0, None, Some(7.0)),
+        (12.0, Some(4.0), None),
+        (12.0, Some(3.0), Some(5.0)),
+    ];
+
+    #[test]
+    fn changes_compact_to_the_snapshot() {
+        for (n, (size, advance, grace)) in GEOMETRIES.into_iter().enumerate() {
+            let (keys, batches) = random_batches(n as u64, 12, 300);
+            let mut agg = tracked(size, advance, grace);
+            let mut mirror = BTreeMap::new();
+            for batch in &batches {
+                let out = ingest(&mut agg, &keys, batch);
+                apply(&mut mirror, &out);
+                let snapshot = agg.snapshot();
+                assert_eq!(mirror, mirror_of(&snapshot));
+                // The snapshot is in output order: start, then key.
+                let order: Vec<_> = (0..snapshot.len())
+                    .map(|i| (snapshot.window_start[i], &snapshot.series_keys[i]))
+                    .collect();
+                assert!(order.is_sorted(), "{order:?}");
+            }
+            assert!(agg.stats().late_total > 0 && agg.stats().open_windows > 0);
+        }
+    }
+
+    #[test]
+    fn restore_from_a_snapshot_continues_identically() {
+        for (n, (size, advance, grace)) in GEOMETRIES.into_iter().enumerate() {
+            let (keys, batches) = random_batches(100 + n as u64, 12, 200);
+            let mut original = tracked(size, advance, grace);
+            let mut restored: Vec<Aggregator> = Vec::new();
+            for (b, batch) in batches.iter().enumerate() {
+                if b % 40 == 17 {
+                    let snapshot = original.snapshot();
+                    let mut copy = tracked(size, advance, grace);
+                    let stream_time = original.stream_time().map(|t| t as f64);
+                    copy.restore(snapshot.view(), stream_time)
+                        .expect("valid states");
+                    assert_eq!(copy.snapshot(), snapshot);
+                    assert_eq!(copy.low_watermark(), original.low_watermark());
+                    assert_eq!(copy.stats().open_windows, original.stats().open_windows);
+                    restored.push(copy);
+                }
+                let expected = ingest(&mut original, &keys, batch);
+                for copy in &mut restored {
+                    // `ingest` derives offsets from the totals, which restart at 0
+                    // after a restore: pass the original's offsets explicitly.
+                    let key_index: Vec<u32> = batch.iter().map(|s| s.0).collect();
+                    let ts: Vec<f64> = batch.iter().map(|s| s.1).collect();
+                    let values: Vec<f64> = batch.iter().map(|s| s.2).collect();
+                    let stats = original.stats();
+                    let first = stats.aggregated_total + stats.late_total + stats.rejected_total
+                        - batch.len() as u64;
+                    let offsets: Vec<f64> = (0..batch.len())
+                        .map(|i| (first + i as u64) as f64)
+                        .collect();
+                    let got = copy
+                        .ingest(&keys, &key_index, &ts, &values, &offsets)
+                        .expect("well-formed batch");
+                    assert_eq!(got, expected, "batch {b}");
+                    assert_eq!(copy.low_watermark(), original.low_watermark());
+                    assert_eq!(copy.stream_time(), original.stream_time());
+                    assert_eq!(copy.stats().open_windows, original.stats().open_windows);
+                }
+            }
+            assert_eq!(restored.len(), 5);
+        }
+    }
+
+    #[test]
+    fn restored_compensation_gives_the_same_closed_sum() {
+        let mut original = Aggregator::new(spec(10.0, None, None));
+        ingest(
+            &mut original,
+            &["a"],
+            &[(0, 1.0, 1e16), (0, 2.0, 1.0), (0, 3.0, -1e16)],
+        );
+        let mut copy = Aggregator::new(spec(10.0, None, None));
+        copy.restore(original.snapshot().view(), Some(3.0))
+            .expect("valid states");
+        let samples = [(0, 4.0, 0.5), (0, 10.0, 0.0)];
+        let out = ingest(&mut copy, &["a"], &samples);
+        assert_eq!(rows(&out.closed), [("a", 0.0, 10.0, 4.0, 1.5)]);
+        assert_eq!(out, ingest(&mut original, &["a"], &samples));
+    }
+
+    /// One valid window `a@10` (size 10, advance 5, grace 2) at stream time 20.
+    fn one_state() -> WindowStates {
+        WindowStates {
+            series_keys: vec!["a".into()],
+            window_start: vec![10.0],
+            count: vec![2.0],
+            sum: vec![3.0],
+            compensation: vec![0.0],
+            min: vec![1.0],
+            max: vec![2.0],
+            first_offset: vec![7.0],
+        }
+    }
+
+    fn restore_error(edit: impl FnOnce(&mut WindowStates), stream_time: Option<f64>) -> String {
+        let mut states = one_state();
+        edit(&mut states);
+        let mut agg = Aggregator::new(spec(10.0, Some(5.0), Some(2.0)));
+        let err = agg
+            .restore(states.view(), stream_time)
+            .expect_err("invalid states");
+        assert!(matches!(err, Error::InvalidRestore(_)), "{err:?}");
+        // Nothing was loaded, and the aggregator can still be restored.
+        assert_eq!(agg.stats().open_windows, 0);
+        assert_eq!(agg.stream_time(), None);
+        agg.restore(one_state().view(), Some(20.0))
+            .expect("valid states");
+        err.to_string()
+    }
+
+    #[test]
+    fn restore_validates_the_states() {
+        let mut agg = Aggregator::new(spec(10.0, Some(5.0), Some(2.0)));
+        agg.restore(one_state().view(), Some(20.0))
+            .expect("valid states");
+        assert_eq!(agg.low_watermark(), Some(7));
+        assert_eq!((agg.stream_time(), agg.stats().open_windows), (Some(20), 1));
+
+        type Edit = Box<dyn FnOnce(&mut WindowStates)>;
+        let cases: Vec<(Edit, Option<f64>, &str)> = vec![
+            (
+                Box::new(|s| s.max.push(1.0)),
+                Some(20.0),
+                "must have equal length (got 1, 1, 1, 1, 1, 1, 2, 1)",
+            ),
+            (
+                Box::new(|s| s.series_keys.clear()),
+                Some(20.0),
+                "equal length",
+            ),
+            (
+                Box::new(|_| {}),
+                None,
+                "streamTime is null but 1 windows are given",
+            ),
+            (
+                Box::new(|_| {}),
+                Some(20.5),
+                "streamTime must be null or an integer",
+            ),
+            (
+                Box::new(|_| {}),
+                Some(-1.0),
+                "streamTime must be null or an integer",
+            ),
+            (
+                Box::new(|s| s.window_start[0] = 12.0),
+                Some(20.0),
+                "row 0 (key \"a\"): windowStart must be an integer multiple of advanceMs (5)",
+            ),
+            (
+                Box::new(|s| s.window_start[0] = 10.5),
+                Some(20.0),
+                "windowStart must be",
+            ),
+            (
+                Box::new(|s| s.window_start[0] = f64::NAN),
+                Some(20.0),
+                "windowStart must be",
+            ),
+            (
+                Box::new(|s| s.window_start[0] = -10.0),
+                Some(20.0),
+                "in (-sizeMs, streamTime] = (-10, 20]",
+            ),
+            (
+                Box::new(|s| s.window_start[0] = 25.0),
+                Some(20.0),
+                "(got 25)",
+            ),
+            (
+                Box::new(|_| {}),
+                Some(22.0),
+                "window [10, 20) had already closed at streamTime 22 (end <= streamTime - graceMs = 20)",
+            ),
+            (
+                Box::new(|s| s.count[0] = 0.0),
+                Some(20.0),
+                "count must be an integer in [1, 2^53) (got 0)",
+            ),
+            (Box::new(|s| s.count[0] = 1.5), Some(20.0), "count must be"),
+            (
+                Box::new(|s| s.first_offset[0] = -1.0),
+                Some(20.0),
+                "firstOffset must be an integer in [0, 2^53) (got -1)",
+            ),
+            (
+                Box::new(|s| s.first_offset[0] = 2f64.powi(53)),
+                Some(20.0),
+                "firstOffset must be",
+            ),
+            (
+                Box::new(|s| s.min[0] = 3.0),
+                Some(20.0),
+                "min and max must be finite with min <= max (got min 3, max 2)",
+            ),
+            (
+                Box::new(|s| s.max[0] = f64::INFINITY),
+                Some(20.0),
+                "min and max must be finite",
+            ),
+            (
+                Box::new(|s| {
+                    let row = one_state();
+                    s.series_keys.extend(row.series_keys);
+                    s.window_start.extend(row.window_start);
+                    s.count.extend(row.count);
+                    s.sum.extend(row.sum);
+                    s.compensation.extend(row.compensation);
+                    s.min.extend(row.min);
+                    s.max.extend(row.max);
+                    s.first_offset.extend(row.first_offset);
+                }),
+                Some(20.0),
+                "row 1 (key \"a\"): window 10 appears twice",
+            ),
+        ];
+        for (edit, stream_time, expected) in cases {
+            let msg = restore_error(edit, stream_time);
+            assert!(msg.starts_with("cannot restore: "), "{msg}");
+            assert!(
+                msg.contains(expected),
+                "{msg:?} should contain {expected:?}"
+            );
+        }
+        // The oldest window still open at streamTime 21 (close time 19) ends at 20;
+        // the start may be negative for early timestamps.
+        let mut states = one_state();
+        states.window_start[0] = -5.0;
+        let mut agg = Aggregator::new(spec(10.0, Some(5.0), Some(2.0)));
+        agg.restore(states.view(), Some(2.0)).expect("valid states");
+        // Sum and compensation are taken as they are: an overflowed sum is infinite.
+        let mut states = one_state();
+        (states.sum[0], states.compensation[0]) = (f64::INFINITY, f64::NAN);
+        let mut agg = Aggregator::new(spec(10.0, Some(5.0), Some(2.0)));
+        agg.restore(states.view(), Some(21.0))
+            .expect("valid states");
+        assert!(agg.snapshot().compensation[0].is_nan());
+    }
+
+    #[test]
+    fn restore_needs_a_fresh_aggregator() {
+        let mut agg = Aggregator::new(spec(10.0, Some(5.0), Some(2.0)));
+        agg.restore(one_state().view(), Some(20.0))
+            .expect("valid states");
+        let err = agg.restore(one_state().view(), Some(20.0)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot restore: the aggregator must be fresh (it holds 1 open windows and has \
+             ingested 0 samples)"
+        );
+
+        // Having ingested samples counts, even if they opened no window.
+        let mut agg = Aggregator::new(spec(10.0, None, None));
+        ingest(&mut agg, &["a"], &[(0, 1.0, f64::NAN)]);
+        let err = agg
+            .restore(WindowStates::default().view(), None)
+            .unwrap_err();
+        assert!(err.to_string().contains("has ingested 1 samples"), "{err}");
+
+        // An empty restore only sets the stream time, replacing one from construction.
+        let mut agg = Aggregator::restored(spec(10.0, None, None), Some(50));
+        agg.restore(WindowStates::default().view(), Some(30.0))
+            .expect("valid");
+        assert_eq!(agg.stream_time(), Some(30));
+        agg.restore(WindowStates::default().view(), None)
+            .expect("valid");
+        assert_eq!(agg.stream_time(), None);
     }
 
     #[test]

@@ -1,0 +1,87 @@
+import { describe, expect, it } from 'vitest'
+import { ChangelogError, ChangelogState, changelogRecords } from '../consumer/changelog'
+import type { ClosedWindows, WindowStates } from '../consumer/native'
+
+const states = (
+  rows: [string, number, number, number, number, number, number, number][],
+): WindowStates => ({
+  seriesKeys: rows.map((r) => r[0]),
+  windowStart: Float64Array.from(rows.map((r) => r[1])),
+  count: Float64Array.from(rows.map((r) => r[2])),
+  sum: Float64Array.from(rows.map((r) => r[3])),
+  compensation: Float64Array.from(rows.map((r) => r[4])),
+  min: Float64Array.from(rows.map((r) => r[5])),
+  max: Float64Array.from(rows.map((r) => r[6])),
+  firstOffset: Float64Array.from(rows.map((r) => r[7])),
+})
+
+const closed = (rows: [string, number][]): ClosedWindows => ({
+  seriesKeys: rows.map((r) => r[0]),
+  windowStart: Float64Array.from(rows.map((r) => r[1])),
+  windowEnd: Float64Array.from(rows.map((r) => r[1] + 10)),
+  count: new Float64Array(rows.length).fill(1),
+  sum: new Float64Array(rows.length),
+  mean: new Float64Array(rows.length),
+  min: new Float64Array(rows.length),
+  max: new Float64Array(rows.length),
+})
+
+describe('changelog records', () => {
+  it('fold into the latest state the way compaction keeps it', () => {
+    const log = new ChangelogState()
+    const apply = (records: ReturnType<typeof changelogRecords>) =>
+      records.forEach((r) => log.fold(r.key, r.value))
+    apply(
+      changelogRecords(
+        states([
+          ['a', 0, 1, 1.5, 0, 1.5, 1.5, 7],
+          ['ü/b', -10, 2, 3, 1e-17, 1, 2, 8],
+        ]),
+        closed([]),
+        5,
+      ),
+    )
+    apply(
+      changelogRecords(
+        states([
+          ['a', 0, 2, 4, -1e-16, 1.5, 2.5, 7],
+          ['a', 10, 1, 9, 0, 9, 9, 9],
+        ]),
+        closed([['ü/b', -10]]),
+        12,
+      ),
+    )
+    const restored = log.toRestoredState()
+    expect(restored.streamTime).toBe(12)
+    expect(restored.records).toBe(7)
+    const rows = restored.states.seriesKeys.map((key, i) => [
+      key,
+      restored.states.windowStart[i],
+      restored.states.count[i],
+      restored.states.sum[i],
+      restored.states.compensation[i],
+      restored.states.min[i],
+      restored.states.max[i],
+      restored.states.firstOffset[i],
+    ])
+    expect(rows).toEqual([
+      ['a', 0, 2, 4, -1e-16, 1.5, 2.5, 7],
+      ['a', 10, 1, 9, 0, 9, 9, 9],
+    ])
+  })
+
+  it('restore nothing from an empty changelog', () => {
+    const restored = new ChangelogState().toRestoredState()
+    expect(restored.streamTime).toBeNull()
+    expect(restored.states.seriesKeys).toEqual([])
+  })
+
+  it('refuse records of another format', () => {
+    const log = new ChangelogState()
+    expect(() => log.fold(Buffer.from('X1'), Buffer.from([1]))).toThrow(ChangelogError)
+    expect(() => log.fold(Buffer.from('T'), Buffer.from([2, 0, 0, 0, 0, 0, 0, 0, 0]))).toThrow(
+      /unknown format/,
+    )
+    expect(() => log.fold(null, null)).toThrow(/without a key/)
+  })
+})
