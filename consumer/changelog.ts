@@ -232,11 +232,21 @@ export class ChangelogReader {
     this.consumer.on(this.consumer.events.END_BATCH_PROCESS, ({ payload }) => {
       this.advance(payload.partition, BigInt(payload.lastOffset) + 1n)
     })
+    const joined = new Promise<void>((resolve) => {
+      this.consumer.on(this.consumer.events.GROUP_JOIN, () => {
+        // Every (re)join: only partitions being restored are fetched.
+        this.consumer.pause([{ topic: this.topic }])
+        const restoring = [...this.pending.keys()]
+        if (restoring.length > 0)
+          this.consumer.resume([{ topic: this.topic, partitions: restoring }])
+        resolve()
+      })
+    })
     await this.consumer.run({
       autoCommit: false,
-      eachBatch: async ({ batch }) => {
+      eachBatch: ({ batch }) => {
         const restore = this.pending.get(batch.partition)
-        if (restore === undefined) return
+        if (restore === undefined) return Promise.resolve()
         try {
           for (const m of batch.messages) {
             if (BigInt(m.offset) < restore.endOffset) restore.state.fold(m.key, m.value)
@@ -244,10 +254,10 @@ export class ChangelogReader {
         } catch (error) {
           this.finish(batch.partition, error)
         }
-        await Promise.resolve()
+        return Promise.resolve()
       },
     })
-    this.consumer.pause([{ topic: this.topic }])
+    await joined
   }
 
   async stop(): Promise<void> {
