@@ -165,7 +165,10 @@ export interface WindowStates {
   count: Float64Array
   /** Raw running sum, without the compensation term (may be ±Infinity after overflow). */
   sum: Float64Array
-  /** Neumaier compensation term: a closed window reports sum + compensation. */
+  /**
+   * Neumaier compensation term: a closed window reports sum + compensation
+   * (just sum once that is infinite).
+   */
   compensation: Float64Array
   min: Float64Array
   max: Float64Array

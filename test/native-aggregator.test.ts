@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest'
 import { PartitionAggregator, type ClosedWindows, type IngestResult } from '../consumer/native'
 import {
   ReferenceAggregator,
+  compareCodePoints,
   compareWindows,
   exactSum,
   mulberry32,
@@ -629,6 +630,427 @@ describe('recovery from streamTime + lowWatermark', () => {
     expect(differences.some((d) => d?.startsWith('closed windows') === true)).toBe(true)
     original.free()
     restored.free()
+  })
+})
+
+// ---------------------------------------------------------------------------------------------
+// Changelog: change tracking, snapshot and restore
+// ---------------------------------------------------------------------------------------------
+
+type WindowStates = ReturnType<PartitionAggregator['snapshot']>
+
+/** One row of `WindowStates`. */
+interface StateRow {
+  key: string
+  start: number
+  count: number
+  sum: number
+  compensation: number
+  min: number
+  max: number
+  firstOffset: number
+}
+
+const stateColumns = [
+  'windowStart',
+  'count',
+  'sum',
+  'compensation',
+  'min',
+  'max',
+  'firstOffset',
+] as const
+
+function stateRows(states: WindowStates): StateRow[] {
+  return states.seriesKeys.map((key, i) => ({
+    key,
+    start: states.windowStart[i] as number,
+    count: states.count[i] as number,
+    sum: states.sum[i] as number,
+    compensation: states.compensation[i] as number,
+    min: states.min[i] as number,
+    max: states.max[i] as number,
+    firstOffset: states.firstOffset[i] as number,
+  }))
+}
+
+/** Rows as columns, in the given order. */
+function statesOf(rows: readonly StateRow[]): WindowStates {
+  const column = (f: (r: StateRow) => number) => Float64Array.from(rows, f)
+  return {
+    seriesKeys: rows.map((r) => r.key),
+    windowStart: column((r) => r.start),
+    count: column((r) => r.count),
+    sum: column((r) => r.sum),
+    compensation: column((r) => r.compensation),
+    min: column((r) => r.min),
+    max: column((r) => r.max),
+    firstOffset: column((r) => r.firstOffset),
+  }
+}
+
+/** The documented order of window states: start, then series key in code point order. */
+const inStateOrder = (rows: Iterable<StateRow>): StateRow[] =>
+  [...rows].sort((a, b) => a.start - b.start || compareCodePoints(a.key, b.key))
+
+/** The first difference between two sets of window states (bytewise), or undefined. */
+function statesDifference(a: WindowStates, b: WindowStates): string | undefined {
+  if (a.seriesKeys.length !== b.seriesKeys.length) {
+    return `rows: ${a.seriesKeys.length} vs ${b.seriesKeys.length}`
+  }
+  const differentKey = a.seriesKeys.findIndex((key, i) => key !== b.seriesKeys[i])
+  if (differentKey >= 0) return `row ${differentKey}: series key`
+  return stateColumns.find((column) => !sameBytes(a[column], b[column]))
+}
+
+/**
+ * A compacted changelog, keyed like a Kafka compacted topic by (series key, window start):
+ * `changes` are upserts, `closed` windows are tombstones.
+ */
+class MirrorLog {
+  readonly rows = new Map<string, StateRow>()
+
+  /**
+   * Applies one batch's outcome; fails the test if a window is reported twice in it. Returns how
+   * many closed windows were deleted from the log (the others opened and closed in the batch).
+   */
+  apply(out: IngestResult, context: string): number {
+    expect(out.changes, context).toBeDefined()
+    const changed = new Set<string>()
+    for (const row of stateRows(out.changes as WindowStates)) {
+      const id = windowId(row.key, row.start)
+      expect(changed.has(id), `${context}: ${id} changed twice in one batch`).toBe(false)
+      changed.add(id)
+      this.rows.set(id, row)
+    }
+    let deleted = 0
+    out.closed.seriesKeys.forEach((key, i) => {
+      const id = windowId(key, out.closed.windowStart[i] as number)
+      expect(changed.has(id), `${context}: ${id} both changed and closed`).toBe(false)
+      if (this.rows.delete(id)) deleted++
+    })
+    return deleted
+  }
+
+  /** The log's rows as restore() input, in map order (not the output order). */
+  columns(): WindowStates {
+    return statesOf([...this.rows.values()])
+  }
+}
+
+const changelogRuns: (DataSpec & { name: string })[] = [
+  { ...(runs[1] as DataSpec), name: 'tumbling 10s, grace 4s', seed: 0x3001, samples: 40_000 },
+  {
+    ...(runs[3] as DataSpec),
+    name: 'hopping 60s/15s, grace 20s',
+    seed: 0x3002,
+    samples: 40_000,
+  },
+  {
+    ...(runs[5] as DataSpec),
+    name: 'hopping 1s/250ms from the epoch, grace 300ms',
+    seed: 0x3003,
+    samples: 20_000,
+  },
+  { ...(runs[6] as DataSpec), name: 'boundary-dense hopping', seed: 0x3004, samples: 20_000 },
+]
+
+const configOf = (spec: DataSpec) => ({
+  sizeMs: spec.sizeMs,
+  advanceMs: spec.advanceMs,
+  graceMs: spec.graceMs,
+  trackChanges: true,
+})
+
+describe('change tracking', () => {
+  it('changes is undefined unless trackChanges is set', () => {
+    const batch = at(5, [1, 2])
+    for (const config of [{ sizeMs: 10 }, { sizeMs: 10, trackChanges: false }]) {
+      const aggregator = new PartitionAggregator(config)
+      const out = ingest(aggregator, batch)
+      expect(out.aggregated).toBe(2)
+      expect(out.changes).toBeUndefined()
+      expect('changes' in out).toBe(false)
+      aggregator.free()
+    }
+    const aggregator = new PartitionAggregator({ sizeMs: 10, trackChanges: true })
+    expect(stateRows(ingest(aggregator, batch).changes as WindowStates)).toHaveLength(1)
+    // A batch that touches no window reports no change, but still an (empty) changes.
+    expect(ingest(aggregator, []).changes?.seriesKeys).toEqual([])
+    aggregator.free()
+  })
+
+  it('reports each touched open window once, with its full state', () => {
+    const aggregator = new PartitionAggregator({
+      sizeMs: 10,
+      advanceMs: 5,
+      graceMs: 2,
+      trackChanges: true,
+    })
+    const out = ingest(aggregator, [
+      { key: 'b', ts: 7, value: 1e16, offset: 3 }, // [0,10) [5,15); closeTime 5
+      { key: 'a', ts: 4, value: 2, offset: 4 }, // [-5,5) is late, [0,10) takes it
+      { key: 'b', ts: 8, value: 1, offset: 5 }, // [0,10) [5,15) again
+      { key: 'b', ts: 9, value: -1e16, offset: 5 }, // and again
+      { key: 'a', ts: 12, value: 4, offset: 6 }, // [5,15) [10,20); closeTime 10
+    ])
+    // [0,10) opened and closed within the batch: only in closed.
+    expect(rowsOf(out.closed).map((w) => [w.key, w.start, w.sum])).toEqual([
+      ['a', 0, 2],
+      ['b', 0, 1],
+    ])
+    // b@5 once, with its raw sum: the 1 was lost by the running sum and kept by the compensation.
+    const b5 = { count: 3, sum: 0, compensation: 1, min: -1e16, max: 1e16, firstOffset: 3 }
+    const a = { count: 1, sum: 4, compensation: 0, min: 4, max: 4, firstOffset: 6 }
+    expect(stateRows(out.changes as WindowStates)).toEqual([
+      { key: 'a', start: 5, ...a },
+      { key: 'b', start: 5, ...b5 },
+      { key: 'a', start: 10, ...a },
+    ])
+    expect(statesDifference(out.changes as WindowStates, aggregator.snapshot())).toBeUndefined()
+    // A closing window reports the compensated sum; untouched windows are not in changes.
+    const next = ingest(aggregator, [{ key: 'c', ts: 17, value: 0, offset: 7 }])
+    expect(rowsOf(next.closed).map((w) => [w.key, w.start, w.sum])).toEqual([
+      ['a', 5, 4],
+      ['b', 5, 1],
+    ])
+    expect(stateRows(next.changes as WindowStates).map((r) => [r.key, r.start])).toEqual([
+      ['c', 10],
+      ['c', 15],
+    ])
+    expect(stateRows(aggregator.snapshot()).map((r) => [r.key, r.start])).toEqual([
+      ['a', 10],
+      ['c', 10],
+      ['c', 15],
+    ])
+    aggregator.free()
+  })
+
+  it.each(changelogRuns)(
+    '$name: changes upserted and closed windows deleted equal snapshot() after every batch',
+    (spec) => {
+      const batches = batchesOf(generate(spec), spec.seed, false)
+      const aggregator = new PartitionAggregator(configOf(spec))
+      const log = new MirrorLog()
+      const seen = { deleted: 0, closed: 0, repeatedTouches: 0, compensated: 0, maxOpen: 0 }
+      try {
+        batches.forEach((batch, b) => {
+          const context = `seed=0x${spec.seed.toString(16)} batch=${b}/${batches.length}`
+          const out = ingest(aggregator, batch)
+          seen.deleted += log.apply(out, context)
+          const snapshot = aggregator.snapshot()
+          const expected = statesOf(inStateOrder(log.rows.values()))
+          expect(statesDifference(snapshot, expected), context).toBeUndefined()
+          expect(snapshot.seriesKeys.length, context).toBe(aggregator.stats.openWindows)
+          const changes = out.changes as WindowStates
+          seen.closed += out.closed.seriesKeys.length
+          seen.repeatedTouches += changes.count.filter((c) => c > 1).length
+          seen.compensated += changes.compensation.filter((c) => c !== 0).length
+          seen.maxOpen = Math.max(seen.maxOpen, snapshot.seriesKeys.length)
+        })
+      } finally {
+        aggregator.free()
+      }
+      // The data exercised what it is meant to.
+      expect(batches.length).toBeGreaterThan(20)
+      expect(seen.closed).toBeGreaterThan(spec.keys / 2)
+      // Closed windows both had been logged by earlier batches, and opened and closed in one.
+      expect(seen.deleted).toBeGreaterThan(0)
+      expect(seen.deleted).toBeLessThan(seen.closed)
+      expect(seen.repeatedTouches).toBeGreaterThan(0)
+      expect(seen.maxOpen).toBeGreaterThan(Math.min(500, spec.keys / 2))
+      if (spec.values === 'mixed') expect(seen.compensated).toBeGreaterThan(0)
+    },
+  )
+})
+
+describe('restore from a compacted changelog', () => {
+  it.each(changelogRuns)(
+    '$name: a restored aggregator continues bit-for-bit identically',
+    (spec) => {
+      const batches = batchesOf(generate(spec), spec.seed ^ 0x77, false)
+      const config = configOf(spec)
+      const rand = mulberry32(spec.seed ^ 0xc0ffee)
+      const restorePoints = new Set<number>()
+      while (restorePoints.size < 5) {
+        restorePoints.add(1 + Math.floor(rand() * (batches.length - 2)))
+      }
+      const original = new PartitionAggregator(config)
+      const log = new MirrorLog()
+      const restored: { from: number; aggregator: PartitionAggregator }[] = []
+      let restoredWindows = 0
+      try {
+        batches.forEach((batch, b) => {
+          const context = `seed=0x${spec.seed.toString(16)} batch=${b}/${batches.length}`
+          if (restorePoints.has(b)) {
+            const aggregator = new PartitionAggregator(config)
+            restored.push({ from: b, aggregator })
+            aggregator.restore(log.columns(), original.streamTime)
+            restoredWindows += log.rows.size
+            expect(statesDifference(aggregator.snapshot(), original.snapshot()), context).toBe(
+              undefined,
+            )
+            expect(aggregator.streamTime, context).toBe(original.streamTime)
+            expect(aggregator.lowWatermark, context).toBe(original.lowWatermark)
+            expect(aggregator.stats.openWindows, context).toBe(original.stats.openWindows)
+          }
+          const columns = columnsOf(batch)
+          const expected = ingestColumns(original, columns)
+          log.apply(expected, context)
+          for (const r of restored) {
+            const where = `${context}, restored at batch ${r.from}`
+            const got = ingestColumns(r.aggregator, columns)
+            expect(outcomeDifference(got, expected), where).toBeUndefined()
+            expect(
+              statesDifference(got.changes as WindowStates, expected.changes as WindowStates),
+              where,
+            ).toBeUndefined()
+            expect(r.aggregator.lowWatermark, where).toBe(original.lowWatermark)
+            expect(r.aggregator.streamTime, where).toBe(original.streamTime)
+            expect(r.aggregator.stats.openWindows, where).toBe(original.stats.openWindows)
+          }
+        })
+        for (const r of restored) {
+          expect(statesDifference(r.aggregator.snapshot(), original.snapshot())).toBeUndefined()
+        }
+      } finally {
+        original.free()
+        for (const r of restored) r.aggregator.free()
+      }
+      expect(restored.length).toBe(5)
+      expect(restoredWindows).toBeGreaterThan(0)
+    },
+  )
+
+  it('dropping the compensation terms would change closed sums (the check has teeth)', () => {
+    const spec = changelogRuns[1] as DataSpec
+    const batches = batchesOf(generate(spec), spec.seed ^ 0x77, false)
+    const cut = Math.floor(batches.length / 2)
+    const original = new PartitionAggregator(configOf(spec))
+    const log = new MirrorLog()
+    for (const batch of batches.slice(0, cut)) log.apply(ingest(original, batch), 'prefix')
+    const states = log.columns()
+    states.compensation.fill(0)
+    const restored = new PartitionAggregator(configOf(spec))
+    restored.restore(states, original.streamTime)
+    const differences = batches
+      .slice(cut)
+      .map((batch) => outcomeDifference(ingest(restored, batch), ingest(original, batch)))
+    expect(differences).toContain('closed windows: sum')
+    original.free()
+    restored.free()
+  })
+
+  /** A valid state (size 10, advance 5, grace 2): a@10 with two samples, at streamTime 20. */
+  const valid = (): StateRow => ({
+    key: 'a',
+    start: 10,
+    count: 2,
+    sum: 3,
+    compensation: 0,
+    min: 1,
+    max: 2,
+    firstOffset: 7,
+  })
+  const geometry = { sizeMs: 10, advanceMs: 5, graceMs: 2 }
+
+  it('restores an empty changelog and sets stream time', () => {
+    const aggregator = new PartitionAggregator({ ...geometry, streamTime: 50 })
+    aggregator.restore(statesOf([]), 30)
+    expect(aggregator.streamTime).toBe(30)
+    // Close time 28: [15,25) is late, [20,30) takes the sample.
+    const out = ingest(aggregator, [{ key: 'a', ts: 24, value: 1, offset: 0 }])
+    expect([out.aggregated, aggregator.stats.openWindows]).toEqual([1, 1])
+    aggregator.free()
+  })
+
+  const badStates: { name: string; states: () => WindowStates; streamTime: number | null }[] = [
+    {
+      name: 'columns of unequal length',
+      states: () => ({ ...statesOf([valid()]), max: new Float64Array(2) }),
+      streamTime: 20,
+    },
+    { name: 'windows without a stream time', states: () => statesOf([valid()]), streamTime: null },
+    { name: 'a fractional stream time', states: () => statesOf([valid()]), streamTime: 20.5 },
+    {
+      name: 'a start that is not a multiple of advanceMs',
+      states: () => statesOf([{ ...valid(), start: 12 }]),
+      streamTime: 20,
+    },
+    {
+      name: 'a start after streamTime',
+      states: () => statesOf([{ ...valid(), start: 25 }]),
+      streamTime: 20,
+    },
+    { name: 'an already closed window', states: () => statesOf([valid()]), streamTime: 22 },
+    { name: 'count 0', states: () => statesOf([{ ...valid(), count: 0 }]), streamTime: 20 },
+    { name: 'count 1.5', states: () => statesOf([{ ...valid(), count: 1.5 }]), streamTime: 20 },
+    {
+      name: 'a negative firstOffset',
+      states: () => statesOf([{ ...valid(), firstOffset: -1 }]),
+      streamTime: 20,
+    },
+    {
+      name: 'an unsafe firstOffset',
+      states: () => statesOf([{ ...valid(), firstOffset: 2 ** 53 }]),
+      streamTime: 20,
+    },
+    { name: 'min > max', states: () => statesOf([{ ...valid(), min: 3 }]), streamTime: 20 },
+    { name: 'a duplicate window', states: () => statesOf([valid(), valid()]), streamTime: 20 },
+  ]
+
+  it.each(badStates)('rejects $name with InvalidArg, loading nothing', ({ states, streamTime }) => {
+    const aggregator = new PartitionAggregator(geometry)
+    const call = () => aggregator.restore(states(), streamTime)
+    expect(call).toThrow(/^cannot restore: /)
+    expect(call).toThrow(expect.objectContaining({ code: 'InvalidArg' }))
+    expect(aggregator.stats.openWindows).toBe(0)
+    expect(aggregator.streamTime).toBeNull()
+    // Still fresh: a valid restore works.
+    aggregator.restore(statesOf([valid()]), 20)
+    expect(aggregator.lowWatermark).toBe(7)
+    aggregator.free()
+  })
+
+  it('names the problem and the row', () => {
+    const aggregator = new PartitionAggregator(geometry)
+    const restore = (rows: StateRow[], streamTime: number | null) => () =>
+      aggregator.restore(statesOf(rows), streamTime)
+    expect(restore([valid()], 22)).toThrow(
+      'cannot restore: row 0 (key "a"): window [10, 20) had already closed at streamTime 22 ' +
+        '(end <= streamTime - graceMs = 20); a changelog never holds closed windows',
+    )
+    expect(restore([valid(), { ...valid(), key: 'b', count: 0 }], 20)).toThrow(
+      'cannot restore: row 1 (key "b"): count must be an integer in [1, 2^53) (got 0)',
+    )
+    aggregator.free()
+  })
+
+  it('needs a fresh aggregator', () => {
+    const withWindows = new PartitionAggregator(geometry)
+    withWindows.restore(statesOf([valid()]), 20)
+    const again = () => withWindows.restore(statesOf([valid()]), 20)
+    expect(again).toThrow('the aggregator must be fresh')
+    expect(again).toThrow(expect.objectContaining({ code: 'InvalidArg' }))
+    // Samples count even if none opened a window.
+    const afterSamples = new PartitionAggregator(geometry)
+    ingest(afterSamples, [{ key: 'a', ts: 5, value: Number.NaN, offset: 0 }])
+    expect(() => afterSamples.restore(statesOf([]), 20)).toThrow('has ingested 1 samples')
+    withWindows.free()
+    afterSamples.free()
+    expect(() => withWindows.restore(statesOf([]), 20)).toThrow('aggregator has been freed')
+    expect(() => withWindows.snapshot()).toThrow('aggregator has been freed')
+  })
+
+  it('takes Float64Array columns only', () => {
+    const aggregator = new PartitionAggregator(geometry)
+    const asArray = { ...statesOf([valid()]), count: [2] } as unknown as WindowStates
+    expect(() => aggregator.restore(asArray, 20)).toThrow()
+    const missing = { ...statesOf([valid()]) } as Partial<WindowStates>
+    delete missing.firstOffset
+    expect(() => aggregator.restore(missing as WindowStates, 20)).toThrow('firstOffset')
+    expect(aggregator.stats.openWindows).toBe(0)
+    aggregator.free()
   })
 })
 

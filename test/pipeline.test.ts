@@ -227,7 +227,13 @@ describe('PartitionPipeline', () => {
     const inputs = generatePartition(spec)
     const batches = fetchBatches(inputs, spec.seed)
     const { logger, lines } = capturingLogger()
-    const pipeline = new PartitionPipeline(topic, partition, spec.window, { checkpoint: null }, logger)
+    const pipeline = new PartitionPipeline(
+      topic,
+      partition,
+      spec.window,
+      { checkpoint: null },
+      logger,
+    )
     const ref = new ReferenceAggregator(spec.window)
     let badMessages = 0
     const totals = { late: 0, rejected: 0, closed: 0, emptyCommits: 0 }
@@ -286,7 +292,13 @@ describe('PartitionPipeline', () => {
       const inputs = generatePartition(spec)
       const batches = fetchBatches(inputs, spec.seed)
       const silent = pino({ level: 'silent' })
-      const original = new PartitionPipeline(topic, partition, spec.window, { checkpoint: null }, silent)
+      const original = new PartitionPipeline(
+        topic,
+        partition,
+        spec.window,
+        { checkpoint: null },
+        silent,
+      )
       const outcomes = batches.map((batch) => original.process(batch.map((i) => i.message)))
       original.free()
       const rand = mulberry32(spec.seed ^ 0x7e57)
@@ -298,7 +310,13 @@ describe('PartitionPipeline', () => {
         const context = `seed=0x${spec.seed.toString(16)} restored after batch ${b}`
         const commit = (outcomes[b] as BatchOutcome).commit
         const checkpoint = decodeCheckpoint(commit.metadata)
-        const restored = new PartitionPipeline(topic, partition, spec.window, { checkpoint }, silent)
+        const restored = new PartitionPipeline(
+          topic,
+          partition,
+          spec.window,
+          { checkpoint },
+          silent,
+        )
         const processedUpTo = Number(batches[b + 1]?.[0]?.message.offset)
         const replay = batches
           .slice(0, b + 1)
