@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { Command } from 'commander'
 import { commanderOption, parseConfig, type OptionName } from './config'
-import { ConfigError, isConfigError } from './errors'
+import { ConfigError, isConfigError, isKwaError } from './errors'
 import { createLogger, type Logger } from './logger'
 import { produceTelemetry } from './produce'
 import { AggregatorService } from './service'
@@ -18,6 +18,13 @@ const runOptions = [
   'grace',
   'delivery',
   'changelogTopic',
+  'deadLetterTopic',
+  'lateTopic',
+  'onPoison',
+  'maxFutureSkew',
+  'minEventTime',
+  'maxKeyBytes',
+  'maxOpenWindows',
   'sessionTimeout',
 ] as const satisfies readonly OptionName[]
 const produceOptions = [
@@ -87,6 +94,15 @@ export function buildProgram(): Command {
           sessionTimeoutMs: c.sessionTimeout,
           delivery: c.delivery,
           changelogTopic: c.changelogTopic,
+          deadLetterTopic: c.deadLetterTopic,
+          lateTopic: c.lateTopic,
+          onPoison: c.onPoison,
+          limits: {
+            maxFutureSkewMs: c.maxFutureSkew,
+            minEventTimeMs: c.minEventTime,
+            maxKeyBytes: c.maxKeyBytes,
+            maxOpenWindows: c.maxOpenWindows,
+          },
           // Fault injection for the chaos suite only; deliberately not a documented option.
           crashAfterSendProbability: Number(process.env['KWA_FAULT_CRASH_AFTER_SEND'] ?? 0),
         },
@@ -94,8 +110,9 @@ export function buildProgram(): Command {
       )
       const signal = shutdownSignal(logger)
       await service.start()
-      await waitFor(signal)
+      const failure = await Promise.race([waitFor(signal), service.failed])
       await service.stop()
+      if (failure instanceof Error) throw failure
     },
   )
 
@@ -152,6 +169,10 @@ export async function main(argv: readonly string[]): Promise<number> {
     if (isConfigError(error)) {
       process.stderr.write(`kwa: ${error.message}\n`)
       return 2
+    }
+    if (isKwaError(error)) {
+      process.stderr.write(`kwa: ${error.message}\n`)
+      return 1
     }
     process.stderr.write(
       `kwa: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,

@@ -160,6 +160,68 @@ export const optionSpecs = {
       'missing (default: <group-id>-window-state-changelog)',
     schema: topic.optional(),
   }),
+  deadLetterTopic: spec({
+    flags: '--dead-letter-topic <topic>',
+    env: 'KWA_DEAD_LETTER_TOPIC',
+    description:
+      'poison messages (raw bytes) and rejected samples, with error headers; created when missing ' +
+      '(default: <input-topic>-dead-letter)',
+    schema: topic.optional(),
+  }),
+  lateTopic: spec({
+    flags: '--late-topic <topic>',
+    env: 'KWA_LATE_TOPIC',
+    description: 'publish each late sample and the window it missed here (default: count only)',
+    schema: topic.optional(),
+  }),
+  onPoison: spec({
+    flags: '--on-poison <policy>',
+    env: 'KWA_ON_POISON',
+    description: 'dead-letter (skip it, keep going) or fail (stop, naming the offset)',
+    default: 'dead-letter',
+    schema: z.enum(['dead-letter', 'fail']),
+  }),
+  maxFutureSkew: spec({
+    flags: '--max-future-skew <duration>',
+    env: 'KWA_MAX_FUTURE_SKEW',
+    description:
+      'reject samples stamped further ahead of the wall clock (they never move stream time)',
+    default: '5m',
+    schema: duration({ min: 0 }),
+  }),
+  minEventTime: spec({
+    flags: '--min-event-time <time>',
+    env: 'KWA_MIN_EVENT_TIME',
+    description: 'reject samples stamped earlier (ISO 8601 date or epoch ms)',
+    default: '2000-01-01T00:00:00Z',
+    schema: z.string().transform((text, ctx) => {
+      const ms = /^\d+$/.test(text.trim()) ? Number(text) : Date.parse(text)
+      if (!Number.isSafeInteger(ms) || ms < 0) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `expected an ISO 8601 date or epoch ms, got "${text}"`,
+        })
+        return z.NEVER
+      }
+      return ms
+    }),
+  }),
+  maxKeyBytes: spec({
+    flags: '--max-key-bytes <n>',
+    env: 'KWA_MAX_KEY_BYTES',
+    description: 'reject samples whose series key is longer (UTF-8 bytes)',
+    default: '1024',
+    schema: integer(1, 1_000_000),
+  }),
+  maxOpenWindows: spec({
+    flags: '--max-open-windows <n>',
+    env: 'KWA_MAX_OPEN_WINDOWS',
+    description:
+      'per partition bound on open (series, window) aggregates; samples that would open more are ' +
+      'rejected (window-limit) and counted',
+    default: '5000000',
+    schema: integer(1),
+  }),
   sessionTimeout: spec({
     flags: '--session-timeout <duration>',
     env: 'KWA_SESSION_TIMEOUT',

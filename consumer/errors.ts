@@ -43,9 +43,30 @@ export class DecodeError extends KwaError {
   }
 }
 
+/** A poison message when the service is set to stop on one (`--on-poison fail`). */
+export class PoisonMessageError extends KwaError {
+  readonly topic: string
+  readonly partition: number
+  readonly offset: string
+  readonly kind: string
+
+  constructor(position: RecordPosition, kind: string, reason: string) {
+    super(
+      `poison message at ${position.topic}[${position.partition}]@${position.offset} (${kind}): ${reason}; ` +
+        'fix or skip it (e.g. move the group offset past it), or run with --on-poison dead-letter',
+    )
+    this.topic = position.topic
+    this.partition = position.partition
+    this.offset = position.offset
+    this.kind = kind
+  }
+}
+
 /** Committed checkpoint metadata that this version cannot read. */
 export class CheckpointError extends KwaError {}
 
 export const isKwaError = (error: unknown): error is KwaError => error instanceof KwaError
 export const isConfigError = (error: unknown): error is ConfigError => error instanceof ConfigError
 export const isDecodeError = (error: unknown): error is DecodeError => error instanceof DecodeError
+export const isPoisonMessageError = (error: unknown): error is PoisonMessageError =>
+  error instanceof PoisonMessageError

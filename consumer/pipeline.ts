@@ -1,7 +1,13 @@
-import type { KafkaMessage } from 'kafkajs'
+import type { KafkaMessage, Message } from 'kafkajs'
 import { changelogRecords, type ChangelogRecord, type RestoredState } from './changelog'
 import { encodeCheckpoint, type Checkpoint } from './checkpoint'
-import { DecodeError } from './errors'
+import {
+  lateSampleRecord,
+  poisonMessageRecord,
+  rejectedSamplesRecord,
+  type Source,
+} from './dead-letter'
+import { PoisonMessageError } from './errors'
 import type { Logger } from './logger'
 import {
   PartitionAggregator,
@@ -9,13 +15,55 @@ import {
   type ClosedWindows,
   type IngestResult,
 } from './native'
-import { decodeTelemetryBatch, encodeWindowAggregate, type TelemetryBatch } from './schemas'
+import {
+  decodeTelemetryBatch,
+  encodeWindowAggregate,
+  type Sample,
+  type TelemetryBatch,
+} from './schemas'
 
 /** Window geometry, in milliseconds. */
 export interface WindowConfig {
   sizeMs: number
   advanceMs: number
   graceMs: number
+}
+
+/** Decodes one message value, or says why it cannot (`kind`: a short machine-readable tag). */
+export type MessageDecoder = (
+  value: Buffer | null,
+) => { ok: true; batch: TelemetryBatch } | { ok: false; failure: { kind: string; message: string } }
+
+/** Plain Avro with the current input schema. */
+export const plainDecoder: MessageDecoder = (value) => {
+  if (value === null || value.length === 0) {
+    return { ok: false, failure: { kind: 'empty', message: 'empty message value' } }
+  }
+  try {
+    return { ok: true, batch: decodeTelemetryBatch(value) }
+  } catch (error) {
+    const message = `not a TelemetryBatch: ${(error as Error).message}`
+    return { ok: false, failure: { kind: 'malformed', message } }
+  }
+}
+
+export interface PipelineOptions {
+  window: WindowConfig
+  /** Default: `plainDecoder`. */
+  decoder?: MessageDecoder
+  /** A message that cannot be decoded goes to the dead-letter topic, or stops the service. */
+  onPoison?: 'dead-letter' | 'fail'
+  /** Publish each late sample (to the late topic). */
+  routeLate?: boolean
+  /** Samples stamped further ahead of the wall clock are rejected (reason future-timestamp). */
+  maxFutureSkewMs?: number | null
+  /** Samples stamped before this are rejected as invalid timestamps. */
+  minEventTimeMs?: number
+  maxKeyBytes?: number
+  /** Bound on open (series, window) aggregates; samples needing more are rejected. */
+  maxOpenWindows?: number | null
+  /** Wall clock, for the future-timestamp bound. */
+  now?: () => number
 }
 
 /** What one batch did; every sample of a decoded message is aggregated, late or rejected. */
@@ -55,6 +103,10 @@ export interface OutputRecord {
 
 export interface BatchOutcome {
   results: OutputRecord[]
+  /** Poison messages and rejected samples, for the dead-letter topic. */
+  deadLetters: Message[]
+  /** Late samples, for the late topic (only with `routeLate`). */
+  late: Message[]
   /** At least once: commit this offset with this metadata once `results` are published. */
   commit: { offset: string; metadata: string }
   /** Exactly once: the state changes to write to the changelog with the results. */
@@ -75,6 +127,7 @@ export type PipelineStart =
 interface DecodedMessage {
   offset: number
   batch: TelemetryBatch
+  message: KafkaMessage
 }
 
 /** The samples of some messages as columns for one native call (no object per sample). */
@@ -117,8 +170,18 @@ export function toColumns(messages: readonly DecodedMessage[]): SampleColumns {
   return columns
 }
 
-const ingest = (aggregator: PartitionAggregator, c: SampleColumns): IngestResult =>
-  aggregator.ingest(c.keys, c.keyIndex, c.timestamps, c.values, c.offsets)
+const ingest = (
+  aggregator: PartitionAggregator,
+  c: SampleColumns,
+  maxEventTime: number | null = null,
+): IngestResult =>
+  aggregator.ingest(c.keys, c.keyIndex, c.timestamps, c.values, c.offsets, maxEventTime)
+
+const sampleAt = (c: SampleColumns, i: number): Sample => ({
+  seriesKey: c.keys[c.keyIndex[i] as number] ?? '',
+  eventTime: c.timestamps[i] as number,
+  value: c.values[i] as number,
+})
 
 export function encodeClosedWindows(closed: ClosedWindows): OutputRecord[] {
   const records: OutputRecord[] = new Array<OutputRecord>(closed.seriesKeys.length)
@@ -153,43 +216,62 @@ export class PartitionPipeline {
   private freed = false
 
   private readonly trackChanges: boolean
+  private readonly decoder: MessageDecoder
+  private readonly window: WindowConfig
 
   constructor(
     readonly topic: string,
     readonly partition: number,
-    window: WindowConfig,
+    private readonly options: PipelineOptions,
     start: PipelineStart,
     private readonly logger: Logger,
   ) {
     const checkpoint = 'checkpoint' in start ? start.checkpoint : null
+    this.window = options.window
+    this.decoder = options.decoder ?? plainDecoder
     this.trackChanges = 'restored' in start
     this.aggregator = new PartitionAggregator({
-      sizeMs: window.sizeMs,
-      advanceMs: window.advanceMs,
-      graceMs: window.graceMs,
+      sizeMs: this.window.sizeMs,
+      advanceMs: this.window.advanceMs,
+      graceMs: this.window.graceMs,
       streamTime: checkpoint?.streamTime ?? undefined,
       trackChanges: this.trackChanges,
+      minEventTimeMs: options.minEventTimeMs,
+      maxKeyBytes: options.maxKeyBytes,
+      maxOpenWindows: options.maxOpenWindows,
     })
-    if ('restored' in start)
+    if ('restored' in start) {
       this.aggregator.restore(start.restored.states, start.restored.streamTime)
+    }
     this.replayBelow = checkpoint?.processedUpTo ?? 0
     this.processedUpTo = this.replayBelow
   }
 
   process(messages: readonly KafkaMessage[]): BatchOutcome {
     const counts = emptyCounts()
+    const deadLetters: Message[] = []
     const replay: DecodedMessage[] = []
     const live: DecodedMessage[] = []
     for (const message of messages) {
       const offset = Number(message.offset)
       const isReplay = offset < this.replayBelow
-      if (!isReplay) counts.messages++
-      const decoded = this.decode(message, !isReplay)
-      if (decoded === undefined) {
-        if (!isReplay) counts.badMessages++
+      const decoded = this.decoder(message.value)
+      if (isReplay) {
+        // Processed (and dead-lettered) by an earlier owner: only rebuild open windows.
+        if (decoded.ok) replay.push({ offset, batch: decoded.batch, message })
         continue
       }
-      ;(isReplay ? replay : live).push({ offset, batch: decoded })
+      counts.messages++
+      if (decoded.ok) {
+        live.push({ offset, batch: decoded.batch, message })
+        continue
+      }
+      counts.badMessages++
+      const { kind, message: reason } = decoded.failure
+      const position = { topic: this.topic, partition: this.partition, offset: message.offset }
+      if (this.options.onPoison === 'fail') throw new PoisonMessageError(position, kind, reason)
+      this.logger.warn({ ...position, kind, reason }, 'poison message to the dead-letter topic')
+      deadLetters.push(poisonMessageRecord(this.source(message), kind, reason))
     }
 
     if (replay.length > 0) {
@@ -201,9 +283,12 @@ export class PartitionPipeline {
 
     let results: OutputRecord[] = []
     let changelog: ChangelogRecord[] = []
+    let late: Message[] = []
     if (live.length > 0) {
       const columns = toColumns(live)
-      const result = ingest(this.aggregator, columns)
+      const skew = this.options.maxFutureSkewMs
+      const now = this.options.now ?? Date.now
+      const result = ingest(this.aggregator, columns, skew == null ? null : now() + skew)
       counts.samples = columns.values.length
       counts.aggregated = result.aggregated
       counts.late = result.late
@@ -214,6 +299,8 @@ export class PartitionPipeline {
       if (this.trackChanges && result.changes) {
         changelog = changelogRecords(result.changes, result.closed, this.aggregator.streamTime)
       }
+      deadLetters.push(...this.rejectedRecords(result, columns, live))
+      if (this.options.routeLate === true) late = this.lateRecords(result, columns)
     }
 
     const last = messages[messages.length - 1]
@@ -224,6 +311,8 @@ export class PartitionPipeline {
     const checkpoint = { streamTime: this.aggregator.streamTime, processedUpTo: this.processedUpTo }
     return {
       results,
+      deadLetters,
+      late,
       commit: { offset: String(commitOffset), metadata: encodeCheckpoint(checkpoint) },
       changelog,
       lastOffset,
@@ -243,21 +332,54 @@ export class PartitionPipeline {
     this.aggregator.free()
   }
 
-  private decode(message: KafkaMessage, report: boolean): TelemetryBatch | undefined {
-    const position = { topic: this.topic, partition: this.partition, offset: message.offset }
-    try {
-      if (message.value === null || message.value.length === 0) {
-        throw new DecodeError(position, 'empty message value')
-      }
-      try {
-        return decodeTelemetryBatch(message.value)
-      } catch (cause) {
-        throw new DecodeError(position, `not a TelemetryBatch: ${(cause as Error).message}`, cause)
-      }
-    } catch (error) {
-      if (report) this.logger.warn({ ...position, err: error }, 'skipping bad message')
-      return undefined
-    }
+  private source(message: KafkaMessage): Source {
+    return { topic: this.topic, partition: this.partition, message }
+  }
+
+  /** One dead-letter record per (message, reason) holding that message's rejected samples. */
+  private rejectedRecords(
+    result: IngestResult,
+    columns: SampleColumns,
+    live: readonly DecodedMessage[],
+  ): Message[] {
+    const groups = new Map<string, { offset: number; reason: number; samples: Sample[] }>()
+    result.rejectedIndexes.forEach((i, n) => {
+      const offset = columns.offsets[i] as number
+      const reason = result.rejectedReasons[n] as number
+      const id = `${offset}/${reason}`
+      let group = groups.get(id)
+      if (group === undefined) groups.set(id, (group = { offset, reason, samples: [] }))
+      group.samples.push(sampleAt(columns, i))
+    })
+    if (groups.size === 0) return []
+    const byOffset = new Map(live.map((m) => [m.offset, m]))
+    return [...groups.values()].map(({ offset, reason, samples }) => {
+      const decoded = byOffset.get(offset) as DecodedMessage
+      return rejectedSamplesRecord(
+        this.source(decoded.message),
+        decoded.batch.sourceId,
+        reason,
+        samples,
+      )
+    })
+  }
+
+  private lateRecords(result: IngestResult, columns: SampleColumns): Message[] {
+    const { sizeMs, advanceMs } = this.window
+    const streamTime = this.aggregator.streamTime ?? 0
+    return Array.from(result.lateIndexes, (i) => {
+      const sample = sampleAt(columns, i)
+      const windowStart =
+        sample.eventTime - (((sample.eventTime % advanceMs) + advanceMs) % advanceMs)
+      return lateSampleRecord(sample, {
+        topic: this.topic,
+        partition: this.partition,
+        offset: columns.offsets[i] as number,
+        streamTime,
+        windowStart,
+        windowEnd: windowStart + sizeMs,
+      })
+    })
   }
 
   private logDropped(result: IngestResult, columns: SampleColumns): void {

@@ -28,6 +28,19 @@ export interface WindowAggregate {
   max: number
 }
 
+/** A sample published to the late topic (`schemas/late-sample.avsc`). */
+export interface LateSample {
+  seriesKey: string
+  eventTime: number
+  value: number
+  windowStart: number
+  windowEnd: number
+  streamTime: number
+  sourceTopic: string
+  sourcePartition: number
+  sourceOffset: number
+}
+
 function loadType(file: string): avro.Type {
   return avro.Type.forSchema(JSON.parse(readFileSync(schemaPath(file), 'utf8')) as avro.Schema)
 }
@@ -35,6 +48,7 @@ function loadType(file: string): avro.Type {
 /** Built once: avsc compiles a reader/writer per type. */
 export const telemetryBatchType = loadType('telemetry-batch.avsc')
 export const windowAggregateType = loadType('window-aggregate.avsc')
+export const lateSampleType = loadType('late-sample.avsc')
 
 /** Decodes one input message; throws on truncated or trailing bytes (avsc's own checks). */
 export const decodeTelemetryBatch = (bytes: Buffer): TelemetryBatch =>
@@ -48,3 +62,8 @@ export const encodeWindowAggregate = (aggregate: WindowAggregate): Buffer =>
 
 export const decodeWindowAggregate = (bytes: Buffer): WindowAggregate =>
   windowAggregateType.fromBuffer(bytes) as WindowAggregate
+
+export const encodeLateSample = (sample: LateSample): Buffer => lateSampleType.toBuffer(sample)
+
+export const decodeLateSample = (bytes: Buffer): LateSample =>
+  lateSampleType.fromBuffer(bytes) as LateSample

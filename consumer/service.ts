@@ -1,6 +1,8 @@
-import type { Admin, Consumer, EachBatchPayload, Kafka, Producer } from 'kafkajs'
+import type { Admin, Consumer, EachBatchPayload, Kafka, Message, Producer } from 'kafkajs'
 import { Partitioners } from 'kafkajs'
-import { ChangelogReader, ensureChangelogTopic } from './changelog'
+import { ChangelogReader } from './changelog'
+import { isPoisonMessageError } from './errors'
+import { ensureChangelogTopic, ensureTopics } from './topics'
 import { decodeCheckpoint, type Checkpoint } from './checkpoint'
 import { createKafka } from './kafka'
 import { namespace, type Logger } from './logger'
@@ -10,6 +12,8 @@ import {
   PartitionPipeline,
   type BatchCounts,
   type BatchOutcome,
+  type MessageDecoder,
+  type PipelineOptions,
   type WindowConfig,
 } from './pipeline'
 import { PartitionTransactor } from './transactions'
@@ -29,6 +33,19 @@ export interface ServiceConfig {
   delivery?: Delivery
   /** Exactly once: the compacted state topic; default `<groupId>-window-state-changelog`. */
   changelogTopic?: string
+  /** Poison messages and rejected samples; default `<inputTopic>-dead-letter`. */
+  deadLetterTopic?: string
+  /** Late samples are published here when set. */
+  lateTopic?: string
+  /** Stop the service on a poison message instead of dead-lettering it. */
+  onPoison?: 'dead-letter' | 'fail'
+  /** Input limits (see PipelineOptions); undefined fields keep their defaults. */
+  limits?: Pick<
+    PipelineOptions,
+    'maxFutureSkewMs' | 'minEventTimeMs' | 'maxKeyBytes' | 'maxOpenWindows'
+  >
+  /** Decodes message values; default plain Avro. */
+  decoder?: MessageDecoder
   /** How often to log running totals; 0 turns it off. */
   statsIntervalMs?: number
   /** Chaos testing only: probability of SIGKILLing this process between send and commit. */
@@ -54,6 +71,7 @@ interface OwnedPartition {
 }
 
 export const defaultChangelogTopic = (groupId: string) => `${groupId}-window-state-changelog`
+export const defaultDeadLetterTopic = (inputTopic: string) => `${inputTopic}-dead-letter`
 
 /**
  * One replica of the aggregator: a kafkajs consumer group member on the input topic.
@@ -72,6 +90,11 @@ export class AggregatorService {
   private readonly admin: Admin
   private readonly delivery: Delivery
   private readonly changelogTopic: string
+  private readonly deadLetterTopic: string
+  private readonly pipelineOptions: PipelineOptions
+  private failure: ((error: Error) => void) | undefined
+  /** Settles when the service cannot go on (a poison message with `onPoison: 'fail'`). */
+  readonly failed: Promise<Error>
   private changelog: ChangelogReader | undefined
   private readonly owned = new Map<number, OwnedPartition>()
   /** Partitions sought back to their committed offset, awaiting the batch that starts there. */
@@ -89,6 +112,15 @@ export class AggregatorService {
     this.log = namespace(logger, 'Aggregator')
     this.delivery = config.delivery ?? 'exactly-once'
     this.changelogTopic = config.changelogTopic ?? defaultChangelogTopic(config.groupId)
+    this.deadLetterTopic = config.deadLetterTopic ?? defaultDeadLetterTopic(config.inputTopic)
+    this.pipelineOptions = {
+      window: config.window,
+      decoder: config.decoder,
+      onPoison: config.onPoison,
+      routeLate: config.lateTopic !== undefined,
+      ...config.limits,
+    }
+    this.failed = new Promise((resolve) => (this.failure = resolve))
     this.kafka = createKafka({ brokers: config.brokers, clientId: config.clientId, logger })
     this.consumer = this.kafka.consumer({
       groupId: config.groupId,
@@ -117,6 +149,8 @@ export class AggregatorService {
 
   async start(): Promise<void> {
     await Promise.all([this.producer.connect(), this.admin.connect(), this.consumer.connect()])
+    const sideTopics = [this.deadLetterTopic, this.config.lateTopic].filter((t) => t !== undefined)
+    await ensureTopics(this.admin, this.config.inputTopic, sideTopics)
     if (this.delivery === 'exactly-once') {
       await ensureChangelogTopic(this.admin, this.config.inputTopic, this.changelogTopic)
       this.changelog = new ChangelogReader(
@@ -135,6 +169,12 @@ export class AggregatorService {
       this.releaseUnassigned()
       this.log.info({ generation: this.generation, partitions: this.assigned }, 'joined group')
     })
+    this.consumer.on(this.consumer.events.CRASH, ({ payload }) => {
+      if (payload.restart) return
+      // kafkajs gave up: exit (and let the orchestrator restart us) rather than idle silently.
+      this.log.fatal({ err: payload.error }, 'consumer crashed and will not restart')
+      this.failure?.(payload.error)
+    })
     await this.consumer.subscribe({ topic: this.config.inputTopic, fromBeginning: true })
     await this.consumer.run({
       autoCommit: false,
@@ -152,6 +192,8 @@ export class AggregatorService {
         inputTopic: this.config.inputTopic,
         outputTopic: this.config.outputTopic,
         delivery: this.delivery,
+        deadLetterTopic: this.deadLetterTopic,
+        lateTopic: this.config.lateTopic,
         window: this.config.window,
       },
       'started',
@@ -192,6 +234,11 @@ export class AggregatorService {
       const where = { topic: batch.topic, partition: batch.partition, offset: batch.firstOffset() }
       if (isRebalancing(error)) {
         this.log.info(where, 'rebalance during batch; partition will be restored')
+      } else if (isPoisonMessageError(error)) {
+        this.log.fatal({ ...where, err: error }, 'poison message; stopping (--on-poison fail)')
+        this.consumer.pause([{ topic: this.config.inputTopic }])
+        this.failure?.(error)
+        return
       } else {
         this.log.error({ ...where, err: error }, 'batch failed; partition will be restored')
       }
@@ -200,15 +247,22 @@ export class AggregatorService {
     await payload.heartbeat()
   }
 
+  /** Everything a batch publishes, by topic. */
+  private records(outcome: BatchOutcome): { topic: string; messages: Message[] }[] {
+    const records = [
+      { topic: this.config.outputTopic, messages: outcome.results },
+      { topic: this.deadLetterTopic, messages: outcome.deadLetters },
+    ]
+    if (this.config.lateTopic !== undefined) {
+      records.push({ topic: this.config.lateTopic, messages: outcome.late })
+    }
+    return records.filter((r) => r.messages.length > 0)
+  }
+
   /** At least once: publish (acks=all), then commit the checkpointed offset. */
   private async publishThenCommit(partition: number, outcome: BatchOutcome): Promise<void> {
-    if (outcome.results.length > 0) {
-      await this.producer.send({
-        topic: this.config.outputTopic,
-        acks: -1,
-        messages: outcome.results,
-      })
-    }
+    const topicMessages = this.records(outcome)
+    if (topicMessages.length > 0) await this.producer.sendBatch({ acks: -1, topicMessages })
     await this.consumer.commitOffsets([
       { topic: this.config.inputTopic, partition, ...outcome.commit },
     ])
@@ -288,7 +342,7 @@ export class AggregatorService {
       const pipeline = new PartitionPipeline(
         this.config.inputTopic,
         partition,
-        this.config.window,
+        this.pipelineOptions,
         restored !== undefined ? { restored } : { checkpoint: committed?.checkpoint ?? null },
         this.log,
       )

@@ -25,13 +25,33 @@ export declare class PartitionAggregator {
    * series keys. keyIndex, timestamps, values and offsets must have equal
    * length (else throws, code InvalidArg).
    *
-   * Per accepted sample: streamTime = max(streamTime, ts), then
-   * closeTime = streamTime - graceMs. The sample is added to each of its
-   * windows with end > closeTime. It is late iff none qualifies, i.e. iff its
-   * newest window (start ts - ts % advanceMs) has end <= closeTime.
-   * Rejected samples do not move streamTime.
+   * Every sample is exactly one of aggregated, late or rejected. A sample
+   * is rejected with the lowest code that applies, checked in order:
+   * 1 value not finite; 2 timestamp not an integer in
+   * [minEventTimeMs, 2^53); 3 keyIndex outside keys; 4 empty series key;
+   * 5 series key longer than maxKeyBytes UTF-8 bytes; 6 timestamp greater
+   * than maxEventTime (e.g. wall clock + allowed skew; null or omitted: no
+   * bound; NaN throws InvalidArg). Codes 4 and 5 are decided once per entry
+   * of keys. A sample rejected with codes 1-6 changes nothing: a sample from
+   * the future does not move streamTime.
+   *
+   * Otherwise: streamTime = max(streamTime, ts), then
+   * closeTime = streamTime - graceMs. The sample's open windows are those
+   * with end > closeTime. It is late iff it has none, i.e. iff its newest
+   * window (start ts - ts % advanceMs) has end <= closeTime.
+   * Else, with maxOpenWindows set, if the sample needs new aggregates (its
+   * open windows that don't hold its key yet) and the open aggregates (not
+   * counting windows already due, end <= closeTime) plus the new ones would
+   * exceed maxOpenWindows, it is rejected whole with code 7: added to no
+   * window (not even existing ones), though its timestamp did move
+   * streamTime (so windows keep closing and the limit cannot stall the
+   * partition). Else it is aggregated: added to each of its open windows.
+   * So stats.openWindows never exceeds maxOpenWindows (unless restore()
+   * loaded more), samples for existing windows always aggregate, and (for
+   * the same maxEventTime) the outcome of each sample does not depend on how
+   * the samples are split into batches.
    */
-  ingest(keys: Array<string>, keyIndex: Uint32Array, timestamps: Float64Array, values: Float64Array, offsets: Float64Array): IngestResult
+  ingest(keys: Array<string>, keyIndex: Uint32Array, timestamps: Float64Array, values: Float64Array, offsets: Float64Array, maxEventTime?: number | null): IngestResult
   /** The state of every open window, ordered by windowStart, then series key. */
   snapshot(): WindowStates
   /**
@@ -42,6 +62,8 @@ export declare class PartitionAggregator {
    * any order. Afterwards the aggregator behaves exactly like the one the
    * states came from: same lateness decisions, same closed windows bit for
    * bit, same lowWatermark and stats.openWindows (totals restart at 0).
+   * Every row is loaded even beyond maxOpenWindows (e.g. after lowering
+   * it): new aggregates are then refused until enough windows close.
    *
    * Throws (code InvalidArg, nothing loaded) if the aggregator is not fresh,
    * columns have unequal lengths, streamTime is not null or an integer in
@@ -70,7 +92,7 @@ export declare class PartitionAggregator {
   free(): void
 }
 
-/** Window geometry, in milliseconds of event time. */
+/** Window geometry, in milliseconds of event time, and bounds on hostile input. */
 export interface AggregatorConfig {
   /** Window length; an integer > 0. */
   sizeMs: number
@@ -89,6 +111,26 @@ export interface AggregatorConfig {
    * or updated that is still open), e.g. to write a changelog. Default false.
    */
   trackChanges?: boolean
+  /**
+   * Samples stamped before this (epoch ms) are rejected with reason 2, like
+   * other invalid timestamps: e.g. 946684800000 refuses anything before the
+   * year 2000. An integer >= 0; default 0.
+   */
+  minEventTimeMs?: number
+  /**
+   * Samples whose series key is longer than this many UTF-8 bytes are
+   * rejected with reason 5. An integer > 0; default 1024.
+   */
+  maxKeyBytes?: number
+  /**
+   * Bound on open (series key, window) aggregates; null or unset for none.
+   * An integer >= sizeMs / advanceMs (the windows one sample can open).
+   * A sample that would need new aggregates beyond it is rejected whole
+   * (reason 7), before touching any window, and unlike reasons 1-6 still
+   * moves streamTime; samples whose windows all exist keep aggregating.
+   * See ingest().
+   */
+  maxOpenWindows?: number | null
 }
 
 /** Counters and footprint of one aggregator. */
@@ -100,6 +142,12 @@ export interface AggregatorStats {
   lateTotal: number
   aggregatedTotal: number
   rejectedTotal: number
+  /**
+   * Rejected samples by reason code: rejectedByReason[code] for codes 1-7
+   * (see IngestResult.rejectedReasons); length 8, entry 0 is always 0. The
+   * entries add up to rejectedTotal.
+   */
+  rejectedByReason: Float64Array
   /** Estimate of native heap bytes held. */
   bytesHeld: number
   /** Maximum accepted event time so far, or null before the first one. */
@@ -135,8 +183,14 @@ export interface IngestResult {
   rejectedIndexes: Uint32Array
   /**
    * Reason per rejected sample, parallel to rejectedIndexes; the lowest
-   * applicable code is reported: 1 = value not finite, 2 = timestamp not an
-   * integer in [0, 2^53), 3 = keyIndex outside keys.
+   * applicable code is reported:
+   * 1 = value not finite,
+   * 2 = timestamp not an integer in [minEventTimeMs, 2^53),
+   * 3 = keyIndex outside keys,
+   * 4 = empty series key,
+   * 5 = series key longer than maxKeyBytes UTF-8 bytes,
+   * 6 = timestamp > maxEventTime (from the future),
+   * 7 = would exceed maxOpenWindows.
    */
   rejectedReasons: Uint8Array
   /** Windows closed by this batch; each window is returned exactly once. */

@@ -200,11 +200,18 @@ function columnsOf(samples: readonly RefSample[]): Columns {
   return columns
 }
 
-const ingestColumns = (aggregator: PartitionAggregator, c: Columns): IngestResult =>
-  aggregator.ingest(c.keys, c.keyIndex, c.timestamps, c.values, c.offsets)
+const ingestColumns = (
+  aggregator: PartitionAggregator,
+  c: Columns,
+  maxEventTime?: number | null,
+): IngestResult =>
+  aggregator.ingest(c.keys, c.keyIndex, c.timestamps, c.values, c.offsets, maxEventTime)
 
-const ingest = (aggregator: PartitionAggregator, samples: readonly RefSample[]): IngestResult =>
-  ingestColumns(aggregator, columnsOf(samples))
+const ingest = (
+  aggregator: PartitionAggregator,
+  samples: readonly RefSample[],
+  maxEventTime?: number | null,
+): IngestResult => ingestColumns(aggregator, columnsOf(samples), maxEventTime)
 
 type Typed = Uint8Array | Uint32Array | Float64Array
 
@@ -537,6 +544,388 @@ describe('PartitionAggregator against the TS reference', () => {
     expect([...reasonsSeen].sort()).toEqual([1, 2, 3])
     expect(Math.min(...batches.map((b) => b.length))).toBeLessThan(20)
     expect(Math.max(...batches.map((b) => b.length))).toBeGreaterThan(2000)
+  })
+})
+
+// ---------------------------------------------------------------------------------------------
+// Hostile input: input bounds (reasons 2, 4-6) and the window limit (reason 7)
+// ---------------------------------------------------------------------------------------------
+
+/** 2000-01-01T00:00:00Z: earlier event times are treated as absurd. */
+const YEAR_2000 = 946_684_800_000
+
+interface HostileSpec extends DataSpec {
+  name: string
+  minEventTimeMs: number
+  maxKeyBytes: number
+  maxOpenWindows: number | null
+  /** Allowed clock skew: a batch's maxEventTime is its wall clock plus this. */
+  skewMs: number
+  /** Fraction of samples given one of the defects of `sabotage`. */
+  hostile: number
+}
+
+/** A series key of exactly `bytes` UTF-8 bytes (2-byte 'é's and an ASCII tail), distinct per n. */
+function keyOfBytes(bytes: number, n: number): string {
+  const tail = `-${n}`
+  const body = bytes - tail.length
+  return 'é'.repeat(Math.floor(body / 2)) + 'x'.repeat(body % 2) + tail
+}
+
+/**
+ * Gives a sample one of the defects of reasons 2 and 4-6, or several (the lowest code must win),
+ * or puts it exactly on a bound (still valid). Without a maxEventTime nothing is from the future,
+ * so a sample is not sent there: it would rightly move stream time.
+ */
+function sabotage(
+  sample: RefSample,
+  rand: () => number,
+  spec: HostileSpec,
+  maxEventTime: number | null,
+): void {
+  const n = Math.floor(rand() * 50)
+  const long = keyOfBytes(spec.maxKeyBytes + 1 + Math.floor(rand() * 3), n)
+  const ancient = Math.max(0, spec.minEventTimeMs - 1 - Math.floor(rand() * 1e6))
+  if (maxEventTime === null) {
+    ;[
+      () => (sample.key = ''),
+      () => (sample.key = long),
+      () => (sample.key = keyOfBytes(spec.maxKeyBytes, n)),
+      () => (sample.ts = ancient),
+      () => (sample.ts = spec.minEventTimeMs),
+    ][Math.floor(rand() * 5)]?.()
+    return
+  }
+  const future = Math.floor(maxEventTime) + 1 + Math.floor(rand() * 10 * spec.sizeMs)
+  switch (Math.floor(rand() * 12)) {
+    case 0:
+      sample.key = '' // 4
+      break
+    case 1:
+      sample.key = long // 5
+      break
+    case 2:
+      sample.key = keyOfBytes(spec.maxKeyBytes, n) // valid: on the bound
+      break
+    case 3:
+      sample.ts = ancient // 2
+      break
+    case 4:
+      sample.ts = spec.minEventTimeMs // valid (and probably late)
+      break
+    case 5:
+      sample.ts = future // 6
+      break
+    case 6: // valid: on the bound (rarely: it moves stream time well ahead of the batch)
+      sample.ts = rand() < 0.1 ? Math.floor(maxEventTime) : future
+      break
+    case 7:
+      sample.key = '' // 4 over 6
+      sample.ts = future
+      break
+    case 8:
+      sample.key = long // 1 over 5
+      sample.value = Number.NaN
+      break
+    case 9:
+      sample.key = null // 3 over 6
+      sample.ts = future
+      break
+    case 10:
+      sample.key = '' // 2 over 4
+      sample.ts = ancient
+      break
+    default:
+      sample.key = long // 5 over 6
+      sample.ts = future
+  }
+}
+
+interface HostileBatch {
+  batch: RefSample[]
+  /** The newest valid timestamp generated so far. */
+  wall: number
+  /** wall + skew (sometimes + 0.5), or (1 in 10) null for no bound. */
+  maxEventTime: number | null
+}
+
+/** Sabotaged batches with their wall clock and maxEventTime. */
+function hostileBatches(spec: HostileSpec): HostileBatch[] {
+  const batches = batchesOf(generate(spec), spec.seed, false)
+  const rand = mulberry32(spec.seed ^ 0x4057)
+  let wall = 0
+  return batches.map((batch) => {
+    // The wall clock is at least the newest valid timestamp generated so far.
+    for (const s of batch) if (Number.isSafeInteger(s.ts)) wall = Math.max(wall, s.ts)
+    const r = rand()
+    const maxEventTime = r < 0.1 ? null : wall + spec.skewMs + (r < 0.2 ? 0.5 : 0)
+    for (const sample of batch)
+      if (rand() < spec.hostile) sabotage(sample, rand, spec, maxEventTime)
+    return { batch, wall, maxEventTime }
+  })
+}
+
+const hostileRuns: HostileSpec[] = [
+  {
+    name: 'tumbling 10s, grace 2s, at most 400 open windows',
+    seed: 0x4001,
+    sizeMs: 10_000,
+    advanceMs: 10_000,
+    graceMs: 2_000,
+    keys: 600,
+    samples: 30_000,
+    spanWindows: 40,
+    base,
+    outOfOrder: 0.1,
+    invalid: 0.01,
+    values: 'mixed',
+    minEventTimeMs: YEAR_2000,
+    maxKeyBytes: 24,
+    maxOpenWindows: 400,
+    skewMs: 5_000,
+    hostile: 0.03,
+  },
+  {
+    name: 'hopping 60s/15s, grace 20s, at most 500 open windows',
+    seed: 0x4002,
+    sizeMs: 60_000,
+    advanceMs: 15_000,
+    graceMs: 20_000,
+    keys: 300,
+    samples: 30_000,
+    spanWindows: 25,
+    base: base + 7,
+    outOfOrder: 0.1,
+    invalid: 0.01,
+    values: 'dyadic',
+    minEventTimeMs: YEAR_2000,
+    maxKeyBytes: 20,
+    maxOpenWindows: 500,
+    skewMs: 30_000,
+    hostile: 0.03,
+  },
+  {
+    name: 'boundary-dense: size 6, advance 2, grace 3, at most 12 open windows',
+    seed: 0x4003,
+    sizeMs: 6,
+    advanceMs: 2,
+    graceMs: 3,
+    keys: 20,
+    samples: 20_000,
+    spanWindows: 7_000,
+    base: 0,
+    outOfOrder: 0.2,
+    invalid: 0.02,
+    values: 'dyadic',
+    minEventTimeMs: 50,
+    maxKeyBytes: 16,
+    maxOpenWindows: 12,
+    skewMs: 2,
+    hostile: 0.05,
+  },
+  {
+    name: 'hopping 1s/250ms from the epoch, no window limit',
+    seed: 0x4004,
+    sizeMs: 1000,
+    advanceMs: 250,
+    graceMs: 300,
+    keys: 500,
+    samples: 20_000,
+    spanWindows: 40,
+    base: 0,
+    outOfOrder: 0.1,
+    invalid: 0.01,
+    values: 'mixed',
+    minEventTimeMs: 1000,
+    maxKeyBytes: 18,
+    maxOpenWindows: null,
+    skewMs: 100,
+    hostile: 0.03,
+  },
+]
+
+const limitsOf = (spec: HostileSpec) => ({
+  sizeMs: spec.sizeMs,
+  advanceMs: spec.advanceMs,
+  graceMs: spec.graceMs,
+  minEventTimeMs: spec.minEventTimeMs,
+  maxKeyBytes: spec.maxKeyBytes,
+  maxOpenWindows: spec.maxOpenWindows,
+})
+
+const reasonsOf = (out: IngestResult): number[] => Array.from(out.rejectedReasons)
+
+describe('hostile input', () => {
+  it('reports each reason, the lowest applicable one first, as the reference does', () => {
+    const config = { sizeMs: 10, minEventTimeMs: 10, maxKeyBytes: 4, maxOpenWindows: 1 }
+    const sample = (key: string | null, ts: number, value = 1): RefSample => ({
+      key,
+      ts,
+      value,
+      offset: 0,
+    })
+    const batch: RefSample[] = [
+      sample('ok', 10), // aggregated: opens ok@10, the only window allowed
+      sample(null, 10, Number.NaN), // 1 over 3
+      sample('', 5), // 2 (before minEventTimeMs) over 4
+      sample(null, 10.5), // 2 over 3
+      sample(null, 99), // 3 over 6
+      sample('', 99), // 4 over 6
+      sample('toolong', 99), // 5 over 6
+      sample('\u00e9\u{1F600}', 12), // 5: 2 characters but 6 bytes
+      sample('ok', 51), // 6: after maxEventTime
+      sample('ab', 12), // 7: ab@10 would be a second open window
+      sample('ok', 12), // aggregated: ok@10 exists
+      sample('ok', 50), // aggregated: ok@10 is due (closes), so ok@50 fits
+    ]
+    const native = new PartitionAggregator(config)
+    const ref = new ReferenceAggregator(config)
+    const got = ingest(native, batch, 50)
+    const want = ref.ingest(batch, 50)
+    expect(want).toMatchObject({
+      aggregated: 3,
+      late: 0,
+      rejectedIdx: [1, 2, 3, 4, 5, 6, 7, 8, 9],
+      reasons: [1, 2, 2, 3, 4, 5, 5, 6, 7],
+    })
+    expect(want.closed.map((w) => [w.key, w.start, w.count])).toEqual([['ok', 10, 2]])
+    expectSameOutcome('hand-worked', got, want, true)
+    expect(Array.from(native.stats.rejectedByReason)).toEqual([0, 1, 2, 1, 1, 2, 1, 1])
+    expect(ref.rejectedByReason).toEqual([0, 1, 2, 1, 1, 2, 1, 1])
+    expect([native.streamTime, native.stats.openWindows, native.stats.seriesKeys]).toEqual([
+      50, 1, 1,
+    ])
+    native.free()
+  })
+
+  it('future samples are rejected and do not move stream time', () => {
+    const native = new PartitionAggregator({ sizeMs: 10 })
+    const ref = new ReferenceAggregator({ sizeMs: 10 })
+    const batch: RefSample[] = [
+      { key: 'a', ts: 100, value: 1, offset: 0 },
+      { key: 'a', ts: 4_102_444_800_000, value: 1, offset: 1 }, // year 2100
+      { key: 'a', ts: 105, value: 2, offset: 2 }, // would be late after the one above
+      { key: 'a', ts: 120, value: 4, offset: 3 }, // on the bound: accepted
+    ]
+    const got = ingest(native, batch, 120)
+    const want = ref.ingest(batch, 120)
+    expect(want).toMatchObject({ aggregated: 3, late: 0, rejectedIdx: [1], reasons: [6] })
+    expectSameOutcome('future', got, want, true)
+    expect([native.streamTime, ref.streamTime]).toEqual([120, 120])
+    native.free()
+  })
+
+  it('maxEventTime omitted, undefined or null sets no bound; NaN throws InvalidArg', () => {
+    const far = [{ key: 'a', ts: 1e15, value: 1, offset: 0 }]
+    const c = columnsOf(far)
+    const calls = [
+      (a: PartitionAggregator) => a.ingest(c.keys, c.keyIndex, c.timestamps, c.values, c.offsets),
+      (a: PartitionAggregator) => ingest(a, far, undefined),
+      (a: PartitionAggregator) => ingest(a, far, null),
+    ]
+    for (const call of calls) {
+      const aggregator = new PartitionAggregator({ sizeMs: 10 })
+      expect(call(aggregator).aggregated).toBe(1)
+      aggregator.free()
+    }
+    const aggregator = new PartitionAggregator({ sizeMs: 10 })
+    const nan = () => ingest(aggregator, far, Number.NaN)
+    expect(nan).toThrow('maxEventTime must be null or a number, not NaN')
+    expect(nan).toThrow(expect.objectContaining({ code: 'InvalidArg' }))
+    expect(aggregator.stats).toMatchObject({ rejectedTotal: 0, streamTime: null })
+    // -Infinity refuses everything; a fractional bound compares as a number.
+    expect(reasonsOf(ingest(aggregator, far, -Infinity))).toEqual([6])
+    const two = [
+      { key: 'a', ts: 10, value: 1, offset: 1 },
+      { key: 'a', ts: 11, value: 1, offset: 2 },
+    ]
+    expect(Array.from(ingest(aggregator, two, 10.5).rejectedIndexes)).toEqual([1])
+    aggregator.free()
+  })
+
+  it('the window limit refuses new windows, not stream time: a full table still drains', () => {
+    // Room for one aggregate; grace 5 keeps a@0 open until stream time 15.
+    const config = { sizeMs: 10, graceMs: 5, maxOpenWindows: 1 }
+    const native = new PartitionAggregator(config)
+    const ref = new ReferenceAggregator(config)
+    const batch: RefSample[] = [
+      { key: 'a', ts: 1, value: 1, offset: 0 }, // opens a@0
+      { key: 'b', ts: 12, value: 1, offset: 1 }, // b@10 does not fit: 7, stream time 12
+      { key: 'a', ts: 9, value: 2, offset: 2 }, // a@0 still aggregates
+      { key: 'b', ts: 15, value: 4, offset: 3 }, // close time 10: a@0 is due, b@10 fits
+      { key: 'a', ts: 16, value: 1, offset: 4 }, // a@10 would be a second aggregate: 7
+    ]
+    const got = ingest(native, batch)
+    const want = ref.ingest(batch)
+    expect(want).toMatchObject({ aggregated: 3, rejectedIdx: [1, 4], reasons: [7, 7] })
+    expect(want.closed.map((w) => [w.key, w.start, w.sum])).toEqual([['a', 0, 3]])
+    expectSameOutcome('window limit', got, want, true)
+    expect([native.streamTime, native.stats.openWindows, native.lowWatermark]).toEqual([16, 1, 3])
+    expect(native.stats.rejectedByReason[7]).toBe(2)
+    native.free()
+  })
+
+  it('stats.rejectedByReason is indexed by code and adds up to rejectedTotal', () => {
+    const aggregator = new PartitionAggregator({ sizeMs: 10 })
+    const empty = aggregator.stats.rejectedByReason
+    expect(empty).toBeInstanceOf(Float64Array)
+    expect(Array.from(empty)).toEqual([0, 0, 0, 0, 0, 0, 0, 0])
+    ingest(aggregator, [
+      { key: 'a', ts: 5, value: Infinity, offset: 0 },
+      { key: '', ts: 5, value: 1, offset: 1 },
+      { key: '', ts: 5, value: 1, offset: 2 },
+    ])
+    const stats = aggregator.stats
+    expect(Array.from(stats.rejectedByReason)).toEqual([0, 1, 0, 0, 2, 0, 0, 0])
+    expect(stats.rejectedTotal).toBe(3)
+    aggregator.free()
+  })
+
+  it.each(hostileRuns)('$name: native agrees with the reference', (spec) => {
+    const batches = hostileBatches(spec)
+    const native = new PartitionAggregator(limitsOf(spec))
+    const ref = new ReferenceAggregator(limitsOf(spec))
+    const reasonsSeen = new Set<number>()
+    let bound = -Infinity
+    /** Samples aggregated after a sample of the same batch was refused by the window limit. */
+    let aggregatedAfterLimit = 0
+    try {
+      batches.forEach(({ batch, wall, maxEventTime }, b) => {
+        const context = `seed=0x${spec.seed.toString(16)} batch=${b}/${batches.length} (${batch.length} samples, maxEventTime ${maxEventTime})`
+        const got = ingest(native, batch, maxEventTime)
+        const want = ref.ingest(batch, maxEventTime)
+        expectSameOutcome(context, got, want, spec.values === 'dyadic')
+        expect(native.streamTime, context).toBe(ref.streamTime)
+        expect(native.lowWatermark, context).toBe(ref.lowWatermark)
+        const stats = native.stats
+        expect(stats.openWindows, context).toBe(ref.openCount)
+        if (spec.maxOpenWindows !== null) {
+          expect(stats.openWindows, context).toBeLessThanOrEqual(spec.maxOpenWindows)
+        }
+        // Samples from the future did not move stream time: it stays within the bounds given.
+        bound = Math.max(bound, maxEventTime ?? wall)
+        expect(native.streamTime ?? -Infinity, context).toBeLessThanOrEqual(bound)
+        for (const r of want.reasons) reasonsSeen.add(r)
+        const first = want.rejectedIdx[want.reasons.indexOf(7)]
+        if (first !== undefined) {
+          const dropped = new Set([...want.lateIdx, ...want.rejectedIdx])
+          for (let i = first + 1; i < batch.length; i++) if (!dropped.has(i)) aggregatedAfterLimit++
+        }
+      })
+      const stats = native.stats
+      expect(Array.from(stats.rejectedByReason)).toEqual(ref.rejectedByReason)
+      expect(stats.rejectedTotal).toBe(ref.rejectedByReason.reduce((x, y) => x + y, 0))
+    } finally {
+      native.free()
+    }
+    // The data exercised what it is meant to.
+    const expected = spec.maxOpenWindows === null ? [1, 2, 3, 4, 5, 6] : [1, 2, 3, 4, 5, 6, 7]
+    expect([...reasonsSeen].sort()).toEqual(expected)
+    if (spec.maxOpenWindows !== null) {
+      expect(ref.rejectedByReason[7]).toBeGreaterThan(50)
+      expect(aggregatedAfterLimit).toBeGreaterThan(50)
+    }
+    expect(batches.some((b) => b.maxEventTime === null)).toBe(true)
   })
 })
 
@@ -1217,6 +1606,51 @@ describe('lifecycle and errors', () => {
     const make = () => new PartitionAggregator(config as { sizeMs: number })
     expect(make).toThrow(field)
     expect(make).toThrow(expect.objectContaining({ code: 'InvalidArg' }))
+  })
+
+  const badLimits: { config: Record<string, number>; field: string }[] = [
+    ...[-1, 0.5, Number.NaN, -Infinity, 2 ** 53].map((minEventTimeMs) => ({
+      config: { sizeMs: 10, minEventTimeMs },
+      field: 'minEventTimeMs',
+    })),
+    ...[0, -1, 1.5, Number.NaN, Infinity].map((maxKeyBytes) => ({
+      config: { sizeMs: 10, maxKeyBytes },
+      field: 'maxKeyBytes',
+    })),
+    ...[0, -1, 1.5, Number.NaN, Infinity, 2 ** 53].map((maxOpenWindows) => ({
+      config: { sizeMs: 10, maxOpenWindows },
+      field: 'maxOpenWindows',
+    })),
+    // A hopping sample may need sizeMs / advanceMs = 4 new windows.
+    { config: { sizeMs: 60, advanceMs: 15, maxOpenWindows: 3 }, field: 'maxOpenWindows' },
+  ]
+
+  it.each(badLimits)(
+    'limit $config throws InvalidArg naming $field (and the reference refuses it)',
+    ({ config, field }) => {
+      const make = () => new PartitionAggregator(config as { sizeMs: number })
+      expect(make).toThrow(field)
+      expect(make).toThrow(expect.objectContaining({ code: 'InvalidArg' }))
+      expect(() => new ReferenceAggregator(config as { sizeMs: number })).toThrow(field)
+    },
+  )
+
+  it('limits accept their documented values', () => {
+    const valid = [
+      { sizeMs: 60, advanceMs: 15, maxOpenWindows: 4, minEventTimeMs: 0, maxKeyBytes: 1 },
+      { sizeMs: 60, maxOpenWindows: null, minEventTimeMs: YEAR_2000, maxKeyBytes: 2 ** 53 - 1 },
+      { sizeMs: 60, maxOpenWindows: undefined, minEventTimeMs: undefined, maxKeyBytes: undefined },
+    ]
+    for (const config of valid) {
+      const aggregator = new PartitionAggregator(config)
+      expect(() => new ReferenceAggregator(config)).not.toThrow()
+      aggregator.free()
+    }
+    const message = () => new PartitionAggregator({ sizeMs: 60, advanceMs: 15, maxOpenWindows: 3 })
+    expect(message).toThrow(
+      'invalid window config: maxOpenWindows (3) must be at least sizeMs / advanceMs (4), ' +
+        'the windows one sample can open',
+    )
   })
 
   it('a missing sizeMs is rejected', () => {

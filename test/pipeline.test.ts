@@ -230,7 +230,7 @@ describe('PartitionPipeline', () => {
     const pipeline = new PartitionPipeline(
       topic,
       partition,
-      spec.window,
+      { window: spec.window },
       { checkpoint: null },
       logger,
     )
@@ -275,7 +275,7 @@ describe('PartitionPipeline', () => {
       pipeline.free() // idempotent
     }
     // Each bad message was logged once, with its offset.
-    const skipped = lines.filter((l) => l.msg === 'skipping bad message')
+    const skipped = lines.filter((l) => l.msg === 'poison message to the dead-letter topic')
     expect(skipped.length).toBe(badMessages)
     // The data exercised what it is meant to.
     expect(badMessages).toBeGreaterThan(5)
@@ -295,7 +295,7 @@ describe('PartitionPipeline', () => {
       const original = new PartitionPipeline(
         topic,
         partition,
-        spec.window,
+        { window: spec.window },
         { checkpoint: null },
         silent,
       )
@@ -313,7 +313,7 @@ describe('PartitionPipeline', () => {
         const restored = new PartitionPipeline(
           topic,
           partition,
-          spec.window,
+          { window: spec.window },
           { checkpoint },
           silent,
         )

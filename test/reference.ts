@@ -7,17 +7,28 @@
  *
  * Rules, per partition, samples processed in order:
  * - A sample is rejected (reason 1) if its value is not finite, else (2) if its timestamp is not an
- *   integer in [0, 2^53), else (3) if it has no valid series key. Rejected samples change nothing.
+ *   integer in [minEventTimeMs, 2^53) (default 0), else (3) if it has no valid series key, else (4)
+ *   if its key is empty, else (5) if its key is longer than maxKeyBytes (default 1024) UTF-8 bytes,
+ *   else (6) if its timestamp is greater than the batch's maxEventTime (when one is given). Such a
+ *   rejected sample changes nothing (a sample from the future does not move stream time).
  * - Otherwise stream time = max(stream time, ts), and closeTime = streamTime - grace (including this
  *   sample). The sample's windows are [start, start + size) with start a multiple of advance and
- *   start <= ts < start + size (size / advance of them). It is added to each of them whose end is
- *   > closeTime; if there is none it is late, else aggregated.
+ *   start <= ts < start + size (size / advance of them). Its open windows are those whose end is
+ *   > closeTime; if there is none it is late.
+ * - Else, with maxOpenWindows set: the sample's "fresh" windows are its open windows that hold no
+ *   aggregate of its key yet. If there are some, and the open aggregates whose end is > closeTime
+ *   plus the fresh ones exceed maxOpenWindows, the sample is rejected (7) and added to no window;
+ *   its timestamp has still moved stream time.
+ * - Else it is aggregated: added to each of its open windows.
  * - After the batch, every open window with end <= streamTime - grace is closed and returned once,
  *   ordered by start, then by series key in code point order.
  */
 import type { Sample } from '../consumer/schemas'
 
-/** Window geometry (ms), as given to `PartitionAggregator`, plus an optional restored stream time. */
+/**
+ * Window geometry (ms) and input bounds, as given to `PartitionAggregator`, plus an optional
+ * restored stream time.
+ */
 export interface RefConfig {
   sizeMs: number
   /** Defaults to sizeMs (tumbling windows). */
@@ -26,6 +37,12 @@ export interface RefConfig {
   graceMs?: number
   /** Stream time to resume at (a checkpoint's); null or unset for a fresh partition. */
   streamTime?: number | null
+  /** Earlier timestamps are rejected (reason 2). Defaults to 0. */
+  minEventTimeMs?: number
+  /** Longer series keys (in UTF-8 bytes) are rejected (reason 5). Defaults to 1024. */
+  maxKeyBytes?: number
+  /** Bound on open (key, window) aggregates (reason 7); null or unset for none. */
+  maxOpenWindows?: number | null
 }
 
 /** One input sample, read from input offset `offset`. */
@@ -55,7 +72,15 @@ export interface RefWindow {
 }
 
 /** Rejection reason codes; when several apply, the lowest is reported. */
-export const RejectReason = { NonFiniteValue: 1, InvalidTimestamp: 2, UnknownKey: 3 } as const
+export const RejectReason = {
+  NonFiniteValue: 1,
+  InvalidTimestamp: 2,
+  UnknownKey: 3,
+  EmptyKey: 4,
+  KeyTooLong: 5,
+  FutureTimestamp: 6,
+  WindowLimit: 7,
+} as const
 export type RejectReason = (typeof RejectReason)[keyof typeof RejectReason]
 
 /** What one `ingest` call did; every sample is exactly one of aggregated, late or rejected. */
@@ -211,17 +236,51 @@ interface OpenAggregate {
   lowestOffset: number
 }
 
-function checkConfig(config: RefConfig): { size: number; advance: number; grace: number } {
+/** The per-sample bounds of reasons 2, 5 and 6. */
+export interface InputBounds {
+  /** Defaults to 0. */
+  minEventTimeMs?: number
+  /** Defaults to 1024. */
+  maxKeyBytes?: number
+  /** Null or unset: no bound. */
+  maxEventTime?: number | null
+}
+
+interface CheckedConfig {
+  size: number
+  advance: number
+  grace: number
+  minEventTime: number
+  maxKeyBytes: number
+  maxOpenWindows: number | null
+}
+
+function checkConfig(config: RefConfig): CheckedConfig {
   const size = config.sizeMs
   const advance = config.advanceMs ?? size
   const grace = config.graceMs ?? 0
+  const minEventTime = config.minEventTimeMs ?? 0
+  const maxKeyBytes = config.maxKeyBytes ?? 1024
+  const maxOpenWindows = config.maxOpenWindows ?? null
   const whole = (x: number, min: number) => Number.isInteger(x) && x >= min && x < TWO_POW_53
   if (!whole(size, 1)) throw new RangeError(`sizeMs must be an integer > 0, got ${size}`)
   if (!whole(advance, 1) || advance > size || size % advance !== 0) {
     throw new RangeError(`advanceMs must divide sizeMs (${size}), got ${advance}`)
   }
   if (!whole(grace, 0)) throw new RangeError(`graceMs must be an integer >= 0, got ${grace}`)
-  return { size, advance, grace }
+  if (!whole(minEventTime, 0)) {
+    throw new RangeError(`minEventTimeMs must be an integer >= 0, got ${minEventTime}`)
+  }
+  if (!whole(maxKeyBytes, 1)) {
+    throw new RangeError(`maxKeyBytes must be an integer > 0, got ${maxKeyBytes}`)
+  }
+  // One sample may need size / advance new windows: a smaller bound could refuse all of them.
+  if (maxOpenWindows !== null && !whole(maxOpenWindows, size / advance)) {
+    throw new RangeError(
+      `maxOpenWindows must be null or an integer >= ${size / advance}, got ${maxOpenWindows}`,
+    )
+  }
+  return { size, advance, grace, minEventTime, maxKeyBytes, maxOpenWindows }
 }
 
 /** Windowed aggregation of one partition, per the documented rules (see the module docs). */
@@ -229,16 +288,29 @@ export class ReferenceAggregator {
   readonly sizeMs: number
   readonly advanceMs: number
   readonly graceMs: number
+  readonly minEventTimeMs: number
+  readonly maxKeyBytes: number
+  readonly maxOpenWindows: number | null
   private time: number | null
   /** Open aggregates by `windowId(key, start)`. */
   private readonly open = new Map<string, OpenAggregate>()
+  /** Rejected samples so far, by reason code (index 0 unused). */
+  private readonly rejections: number[] = [0, 0, 0, 0, 0, 0, 0, 0]
 
   constructor(config: RefConfig) {
-    const { size, advance, grace } = checkConfig(config)
-    this.sizeMs = size
-    this.advanceMs = advance
-    this.graceMs = grace
+    const checked = checkConfig(config)
+    this.sizeMs = checked.size
+    this.advanceMs = checked.advance
+    this.graceMs = checked.grace
+    this.minEventTimeMs = checked.minEventTime
+    this.maxKeyBytes = checked.maxKeyBytes
+    this.maxOpenWindows = checked.maxOpenWindows
     this.time = config.streamTime ?? null
+  }
+
+  /** Rejected samples so far by reason code: `[0, count of 1, ..., count of 7]`. */
+  get rejectedByReason(): number[] {
+    return [...this.rejections]
   }
 
   /** Maximum accepted event time so far, or null before the first one. */
@@ -263,8 +335,11 @@ export class ReferenceAggregator {
     return starts.reverse()
   }
 
-  /** Processes `samples` in order, then closes the windows that are due (see the module docs). */
-  ingest(samples: readonly RefSample[]): RefIngestResult {
+  /**
+   * Processes `samples` in order, then closes the windows that are due (see the module docs).
+   * Samples stamped after `maxEventTime` are rejected (reason 6); null: no bound.
+   */
+  ingest(samples: readonly RefSample[], maxEventTime: number | null = null): RefIngestResult {
     const result: RefIngestResult = {
       aggregated: 0,
       late: 0,
@@ -274,11 +349,20 @@ export class ReferenceAggregator {
       reasons: [],
       closed: [],
     }
+    const bounds = {
+      minEventTimeMs: this.minEventTimeMs,
+      maxKeyBytes: this.maxKeyBytes,
+      maxEventTime,
+    }
+    const reject = (i: number, reason: RejectReason) => {
+      result.rejectedIdx.push(i)
+      result.reasons.push(reason)
+      this.rejections[reason] = (this.rejections[reason] ?? 0) + 1
+    }
     samples.forEach((sample, i) => {
-      const reason = rejectionOf(sample)
+      const reason = rejectionOf(sample, bounds)
       if (reason !== undefined) {
-        result.rejectedIdx.push(i)
-        result.reasons.push(reason)
+        reject(i, reason)
         return
       }
       const key = sample.key as string
@@ -289,6 +373,16 @@ export class ReferenceAggregator {
       if (open.length === 0) {
         result.lateIdx.push(i)
         return
+      }
+      if (this.maxOpenWindows !== null) {
+        const fresh = open.filter((start) => !this.open.has(windowId(key, start))).length
+        // Windows due to close (end <= closeTime) no longer count as open.
+        let stillOpen = 0
+        for (const agg of this.open.values()) if (agg.start + this.sizeMs > closeTime) stillOpen++
+        if (fresh > 0 && stillOpen + fresh > this.maxOpenWindows) {
+          reject(i, RejectReason.WindowLimit)
+          return
+        }
       }
       result.aggregated++
       for (const start of open) this.add(key, start, sample.value, sample.offset)
@@ -359,13 +453,23 @@ export class ReferenceAggregator {
   }
 }
 
-/** The rejection reason of a sample, or undefined if it is valid (lowest applicable code wins). */
-export function rejectionOf(sample: RefSample): RejectReason | undefined {
+/**
+ * The input rejection reason (1-6) of a sample, or undefined if it passes them (lowest applicable
+ * code wins). Reason 7 depends on the open windows: see `ReferenceAggregator.ingest`.
+ */
+export function rejectionOf(sample: RefSample, bounds: InputBounds = {}): RejectReason | undefined {
+  const minEventTime = bounds.minEventTimeMs ?? 0
+  const maxEventTime = bounds.maxEventTime ?? null
   if (!Number.isFinite(sample.value)) return RejectReason.NonFiniteValue
-  if (!Number.isInteger(sample.ts) || sample.ts < 0 || sample.ts >= TWO_POW_53) {
+  if (!Number.isInteger(sample.ts) || sample.ts < minEventTime || sample.ts >= TWO_POW_53) {
     return RejectReason.InvalidTimestamp
   }
   if (sample.key === null) return RejectReason.UnknownKey
+  if (sample.key === '') return RejectReason.EmptyKey
+  if (Buffer.byteLength(sample.key, 'utf8') > (bounds.maxKeyBytes ?? 1024)) {
+    return RejectReason.KeyTooLong
+  }
+  if (maxEventTime !== null && sample.ts > maxEventTime) return RejectReason.FutureTimestamp
   return undefined
 }
 

@@ -4,13 +4,13 @@
 
 pub mod window;
 
-use napi::bindgen_prelude::{Float64Array, Uint8Array, Uint32Array};
+use napi::bindgen_prelude::{Either, Float64Array, Null, Uint8Array, Uint32Array};
 use napi::{Error, Result, Status};
 use napi_derive::napi;
 
 use window::{
-    Aggregator, ClosedWindows as CoreClosed, IngestOutcome, WindowSpec, WindowStates as CoreStates,
-    WindowStatesView,
+    Aggregator, ClosedWindows as CoreClosed, IngestOutcome, Limits, WindowSpec,
+    WindowStates as CoreStates, WindowStatesView,
 };
 
 /// The single conversion point from core errors to JS errors.
@@ -24,7 +24,7 @@ fn map_error(err: window::Error) -> Error {
     Error::new(status, err.to_string())
 }
 
-/// Window geometry, in milliseconds of event time.
+/// Window geometry, in milliseconds of event time, and bounds on hostile input.
 #[napi(object, object_to_js = false)]
 pub struct AggregatorConfig {
     /// Window length; an integer > 0.
@@ -40,6 +40,22 @@ pub struct AggregatorConfig {
     /// Report IngestResult.changes (the state of every window a batch created
     /// or updated that is still open), e.g. to write a changelog. Default false.
     pub track_changes: Option<bool>,
+    /// Samples stamped before this (epoch ms) are rejected with reason 2, like
+    /// other invalid timestamps: e.g. 946684800000 refuses anything before the
+    /// year 2000. An integer >= 0; default 0.
+    pub min_event_time_ms: Option<f64>,
+    /// Samples whose series key is longer than this many UTF-8 bytes are
+    /// rejected with reason 5. An integer > 0; default 1024.
+    pub max_key_bytes: Option<f64>,
+    /// Bound on open (series key, window) aggregates; null or unset for none.
+    /// An integer >= sizeMs / advanceMs (the windows one sample can open).
+    /// A sample that would need new aggregates beyond it is rejected whole
+    /// (reason 7), before touching any window, and unlike reasons 1-6 still
+    /// moves streamTime; samples whose windows all exist keep aggregating.
+    /// See ingest().
+    // An `Option` field alone takes `undefined` but not `null`.
+    #[napi(ts_type = "number | null")]
+    pub max_open_windows: Option<Either<f64, Null>>,
 }
 
 /// Closed (series key, window) aggregates as parallel columns. Rows are ordered
@@ -95,8 +111,14 @@ pub struct IngestResult {
     /// Batch positions of rejected samples, ascending.
     pub rejected_indexes: Uint32Array,
     /// Reason per rejected sample, parallel to rejectedIndexes; the lowest
-    /// applicable code is reported: 1 = value not finite, 2 = timestamp not an
-    /// integer in [0, 2^53), 3 = keyIndex outside keys.
+    /// applicable code is reported:
+    /// 1 = value not finite,
+    /// 2 = timestamp not an integer in [minEventTimeMs, 2^53),
+    /// 3 = keyIndex outside keys,
+    /// 4 = empty series key,
+    /// 5 = series key longer than maxKeyBytes UTF-8 bytes,
+    /// 6 = timestamp > maxEventTime (from the future),
+    /// 7 = would exceed maxOpenWindows.
     pub rejected_reasons: Uint8Array,
     /// Windows closed by this batch; each window is returned exactly once.
     pub closed: ClosedWindows,
@@ -117,6 +139,10 @@ pub struct AggregatorStats {
     pub late_total: f64,
     pub aggregated_total: f64,
     pub rejected_total: f64,
+    /// Rejected samples by reason code: rejectedByReason[code] for codes 1-7
+    /// (see IngestResult.rejectedReasons); length 8, entry 0 is always 0. The
+    /// entries add up to rejectedTotal.
+    pub rejected_by_reason: Float64Array,
     /// Estimate of native heap bytes held.
     pub bytes_held: f64,
     /// Maximum accepted event time so far, or null before the first one.
@@ -205,7 +231,18 @@ impl PartitionAggregator {
             .map(|t| window::whole_ms("streamTime", t, 0, "an integer >= 0"))
             .transpose()
             .map_err(map_error)?;
+        let limits = Limits::new(
+            &spec,
+            config.min_event_time_ms,
+            config.max_key_bytes,
+            match config.max_open_windows {
+                Some(Either::A(n)) => Some(n),
+                Some(Either::B(Null)) | None => None,
+            },
+        )
+        .map_err(map_error)?;
         let aggregator = Aggregator::restored(spec, stream_time)
+            .with_limits(limits)
             .with_change_tracking(config.track_changes.unwrap_or(false));
         Ok(Self {
             inner: Some(aggregator),
@@ -220,12 +257,35 @@ impl PartitionAggregator {
     /// series keys. keyIndex, timestamps, values and offsets must have equal
     /// length (else throws, code InvalidArg).
     ///
-    /// Per accepted sample: streamTime = max(streamTime, ts), then
-    /// closeTime = streamTime - graceMs. The sample is added to each of its
-    /// windows with end > closeTime. It is late iff none qualifies, i.e. iff its
-    /// newest window (start ts - ts % advanceMs) has end <= closeTime.
-    /// Rejected samples do not move streamTime.
-    #[napi]
+    /// Every sample is exactly one of aggregated, late or rejected. A sample
+    /// is rejected with the lowest code that applies, checked in order:
+    /// 1 value not finite; 2 timestamp not an integer in
+    /// [minEventTimeMs, 2^53); 3 keyIndex outside keys; 4 empty series key;
+    /// 5 series key longer than maxKeyBytes UTF-8 bytes; 6 timestamp greater
+    /// than maxEventTime (e.g. wall clock + allowed skew; null or omitted: no
+    /// bound; NaN throws InvalidArg). Codes 4 and 5 are decided once per entry
+    /// of keys. A sample rejected with codes 1-6 changes nothing: a sample from
+    /// the future does not move streamTime.
+    ///
+    /// Otherwise: streamTime = max(streamTime, ts), then
+    /// closeTime = streamTime - graceMs. The sample's open windows are those
+    /// with end > closeTime. It is late iff it has none, i.e. iff its newest
+    /// window (start ts - ts % advanceMs) has end <= closeTime.
+    /// Else, with maxOpenWindows set, if the sample needs new aggregates (its
+    /// open windows that don't hold its key yet) and the open aggregates (not
+    /// counting windows already due, end <= closeTime) plus the new ones would
+    /// exceed maxOpenWindows, it is rejected whole with code 7: added to no
+    /// window (not even existing ones), though its timestamp did move
+    /// streamTime (so windows keep closing and the limit cannot stall the
+    /// partition). Else it is aggregated: added to each of its open windows.
+    /// So stats.openWindows never exceeds maxOpenWindows (unless restore()
+    /// loaded more), samples for existing windows always aggregate, and (for
+    /// the same maxEventTime) the outcome of each sample does not depend on how
+    /// the samples are split into batches.
+    #[napi(
+        ts_args_type = "keys: Array<string>, keyIndex: Uint32Array, timestamps: Float64Array, \
+                        values: Float64Array, offsets: Float64Array, maxEventTime?: number | null"
+    )]
     pub fn ingest(
         &mut self,
         keys: Vec<String>,
@@ -233,10 +293,18 @@ impl PartitionAggregator {
         timestamps: &[f64],
         values: &[f64],
         offsets: &[f64],
+        max_event_time: Option<f64>,
     ) -> Result<IngestResult> {
         let outcome = self
             .live_mut()?
-            .ingest(&keys, key_index, timestamps, values, offsets)
+            .ingest(
+                &keys,
+                key_index,
+                timestamps,
+                values,
+                offsets,
+                max_event_time,
+            )
             .map_err(map_error)?;
         Ok(outcome.into())
     }
@@ -254,6 +322,8 @@ impl PartitionAggregator {
     /// any order. Afterwards the aggregator behaves exactly like the one the
     /// states came from: same lateness decisions, same closed windows bit for
     /// bit, same lowWatermark and stats.openWindows (totals restart at 0).
+    /// Every row is loaded even beyond maxOpenWindows (e.g. after lowering
+    /// it): new aggregates are then refused until enough windows close.
     ///
     /// Throws (code InvalidArg, nothing loaded) if the aggregator is not fresh,
     /// columns have unequal lengths, streamTime is not null or an integer in
@@ -280,6 +350,9 @@ impl PartitionAggregator {
             late_total: s.late_total as f64,
             aggregated_total: s.aggregated_total as f64,
             rejected_total: s.rejected_total as f64,
+            rejected_by_reason: Float64Array::new(
+                s.rejected_by_reason.iter().map(|&n| n as f64).collect(),
+            ),
             bytes_held: s.bytes_held as f64,
             stream_time: s.stream_time.map(|t| t as f64),
         })

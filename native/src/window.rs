@@ -6,22 +6,62 @@
 //! * Windows are `[start, start + size)` with `start` a multiple of `advance`;
 //!   a timestamp `ts` belongs to the `size / advance` windows whose start `s`
 //!   satisfies `s <= ts < s + size` (starts may be negative for `ts < size`).
-//! * Stream time is the running maximum of accepted event timestamps, unset
-//!   until the first one. Samples are processed in batch order, and a sample
-//!   updates stream time *before* it is checked, so
-//!   `closeTime = streamTime - grace` already includes the sample itself.
+//! * Stream time is the running maximum of the event timestamps of samples
+//!   that pass the input checks (codes 1-6 below), unset until the first one.
+//!   Samples are processed in batch order, and a sample updates stream time
+//!   *before* it is checked for lateness, so `closeTime = streamTime - grace`
+//!   already includes the sample itself.
 //! * A (sample, window) pair is late when `windowEnd <= closeTime`; the sample
 //!   is then not added to that window.
 //! * A sample is counted **late** iff all of its windows are late, which is the
 //!   case iff its newest window (start `ts - ts % advance`) is late. Otherwise it
 //!   is **aggregated**: added to each of its windows that is still open.
-//! * A sample is **rejected** (and does not move stream time) when, checked in
-//!   this order so the lowest code wins: its value is not finite (code 1), its
-//!   timestamp is not an integer in `[0, 2^53)` (code 2), its key index is out of
-//!   range of the batch's key table (code 3).
 //! * After the whole batch, every open window with `end <= streamTime - grace`
 //!   is removed and returned exactly once, ordered by window start and then
 //!   by series key (see [`ClosedWindows`]).
+//!
+//! # Rejections (hostile-input defences)
+//!
+//! Every sample is exactly one of aggregated, late or **rejected**. A sample is
+//! rejected with the lowest [`Rejection`] code that applies, checked in this order:
+//!
+//! | code | [`Rejection`] | when |
+//! |---|---|---|
+//! | 1 | `NonFiniteValue` | the value is NaN or ±Infinity |
+//! | 2 | `InvalidTimestamp` | the timestamp is not an integer in `[minEventTime, 2^53)` ([`Limits`], default 0) |
+//! | 3 | `UnknownKey` | the key index is outside the batch's key table |
+//! | 4 | `EmptyKey` | the series key is the empty string |
+//! | 5 | `KeyTooLong` | the series key is longer than `maxKeyBytes` UTF-8 bytes ([`Limits`], default 1024) |
+//! | 6 | `FutureTimestamp` | the timestamp is greater than the batch's `max_event_time` (e.g. wall clock + allowed skew) |
+//! | 7 | `WindowLimit` | the sample would open more (key, window) aggregates than `maxOpenWindows` allows (see below) |
+//!
+//! * Codes 1-6 depend only on the sample, the batch's key table, the config
+//!   and `max_event_time`; codes 4 and 5 are decided once per entry of the key
+//!   table, not per sample. A sample rejected with one of them changes
+//!   nothing: in particular a sample from the future does **not** move stream
+//!   time (one bad clock would otherwise make every later sample late).
+//! * **Window limit** (code 7, only with `maxOpenWindows` set). It applies to
+//!   a sample that passed codes 1-6 and is not late. Such a sample needs its
+//!   open windows (those with `end > closeTime`); the ones that don't hold its
+//!   key yet are *new*. If the open aggregates, not counting windows already due
+//!   to close (`end <= closeTime`), plus the new ones would exceed
+//!   `maxOpenWindows`, the sample is rejected whole, before touching any
+//!   window: it is not added to the windows that do exist either, and its key
+//!   is not interned. A sample needing no new aggregate (all of its open
+//!   windows already hold its key) is always aggregated, so existing windows
+//!   keep aggregating while the limit is reached. The number of open
+//!   aggregates therefore never exceeds `maxOpenWindows` (except after a
+//!   [`restore`](Aggregator::restore) of more rows than that; new aggregates
+//!   are then refused until closing brings the count under the bound).
+//!   Unlike codes 1-6, a sample rejected with code 7 **does** move stream
+//!   time, as a late sample does: its timestamp passed every check, and if
+//!   refused samples could not advance stream time, a full table of windows
+//!   would never close and every later sample needing a new window would be
+//!   refused forever. When the bound is reached, the windows already due are
+//!   closed right away instead of at the end of the batch; they are returned
+//!   in `closed` just the same and in the same order (all windows closing
+//!   later start after them). So every decision depends only on the samples
+//!   and their order, not on how they are split into batches.
 //!
 //! # Changelog support: change tracking, snapshot and restore
 //!
@@ -85,16 +125,135 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// Why a sample was rejected; the discriminant is the reason code reported to JS.
+/// Why a sample was rejected; the discriminant is the reason code reported to
+/// JS. When several apply, the lowest code is reported (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Rejection {
     /// The value is NaN or ±Infinity.
     NonFiniteValue = 1,
-    /// The timestamp is not an integer in `[0, 2^53)`.
+    /// The timestamp is not an integer in `[minEventTime, 2^53)`.
     InvalidTimestamp = 2,
     /// The key index is outside the batch's key table.
     UnknownKey = 3,
+    /// The series key is empty.
+    EmptyKey = 4,
+    /// The series key is longer than `maxKeyBytes` UTF-8 bytes.
+    KeyTooLong = 5,
+    /// The timestamp is greater than the batch's `max_event_time`.
+    FutureTimestamp = 6,
+    /// Aggregating the sample would exceed `maxOpenWindows`.
+    WindowLimit = 7,
+}
+
+impl Rejection {
+    /// Every reason, by ascending code (precedence order).
+    pub const ALL: [Rejection; 7] = [
+        Rejection::NonFiniteValue,
+        Rejection::InvalidTimestamp,
+        Rejection::UnknownKey,
+        Rejection::EmptyKey,
+        Rejection::KeyTooLong,
+        Rejection::FutureTimestamp,
+        Rejection::WindowLimit,
+    ];
+
+    /// Length of an array indexed by code (index 0 is unused).
+    pub const SLOTS: usize = Rejection::ALL.len() + 1;
+
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// Default for [`Limits`]' `max_key_bytes`.
+pub const DEFAULT_MAX_KEY_BYTES: usize = 1024;
+
+/// Bounds on hostile input (rejection codes 2, 5 and 7); the defaults accept
+/// everything the window rules can handle except keys over 1024 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Lowest accepted event time (code 2 below it).
+    min_event_time: i64,
+    /// Longest accepted series key in UTF-8 bytes (code 5 above it).
+    max_key_bytes: usize,
+    /// Bound on open (key, window) aggregates (code 7); `None` for no bound.
+    max_open_windows: Option<usize>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            min_event_time: 0,
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            max_open_windows: None,
+        }
+    }
+}
+
+impl Limits {
+    /// Validates JS-number-shaped config: `minEventTimeMs` an integer in
+    /// `[0, 2^53)` (default 0), `maxKeyBytes` an integer in `[1, 2^53)`
+    /// (default 1024) and `maxOpenWindows` `None` (no bound) or an integer in
+    /// `[size / advance, 2^53)`: one sample may open `size / advance` windows,
+    /// so a smaller bound could refuse every sample of a new key.
+    pub fn new(
+        spec: &WindowSpec,
+        min_event_time: Option<f64>,
+        max_key_bytes: Option<f64>,
+        max_open_windows: Option<f64>,
+    ) -> Result<Self, Error> {
+        let min_event_time = match min_event_time {
+            None => 0,
+            Some(t) => whole_ms("minEventTimeMs", t, 0, "an integer >= 0")?,
+        };
+        let max_key_bytes = match max_key_bytes {
+            None => DEFAULT_MAX_KEY_BYTES,
+            Some(n) => whole_ms("maxKeyBytes", n, 1, "an integer > 0")? as usize,
+        };
+        let max_open_windows = match max_open_windows {
+            None => None,
+            Some(n) => {
+                let n = whole_ms("maxOpenWindows", n, 1, "null or an integer > 0")?;
+                let per_sample = spec.size / spec.advance;
+                if n < per_sample {
+                    return Err(Error::InvalidConfig(format!(
+                        "maxOpenWindows ({n}) must be at least sizeMs / advanceMs \
+                         ({per_sample}), the windows one sample can open"
+                    )));
+                }
+                Some(n as usize)
+            }
+        };
+        Ok(Self {
+            min_event_time,
+            max_key_bytes,
+            max_open_windows,
+        })
+    }
+
+    pub fn min_event_time(&self) -> i64 {
+        self.min_event_time
+    }
+
+    pub fn max_key_bytes(&self) -> usize {
+        self.max_key_bytes
+    }
+
+    pub fn max_open_windows(&self) -> Option<usize> {
+        self.max_open_windows
+    }
+
+    /// Codes 4 and 5 for one entry of a batch's key table.
+    fn check_key(&self, key: &str) -> Result<(), Rejection> {
+        if key.is_empty() {
+            Err(Rejection::EmptyKey)
+        } else if key.len() > self.max_key_bytes {
+            Err(Rejection::KeyTooLong)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// Validated window geometry, all in milliseconds.
@@ -151,7 +310,7 @@ impl WindowSpec {
     }
 
     /// Starts of all `size / advance` windows containing `ts`, oldest first.
-    pub fn window_starts(&self, ts: i64) -> impl Iterator<Item = i64> + use<> {
+    pub fn window_starts(&self, ts: i64) -> impl Iterator<Item = i64> + Clone + use<> {
         let newest = self.newest_start(ts);
         // `advance` is validated positive, so the cast is lossless.
         (newest - self.size + self.advance..=newest).step_by(self.advance as usize)
@@ -384,6 +543,9 @@ pub struct Stats {
     pub late_total: u64,
     pub aggregated_total: u64,
     pub rejected_total: u64,
+    /// Rejected samples by [`Rejection`] code (index 0 is unused and 0); the
+    /// entries add up to `rejected_total`.
+    pub rejected_by_reason: [u64; Rejection::SLOTS],
     /// Estimated heap bytes owned (ignores allocator and B-tree node overhead).
     pub bytes_held: usize,
     pub stream_time: Option<i64>,
@@ -407,6 +569,11 @@ impl Interner {
         id
     }
 
+    /// The id of an already interned key, without interning it.
+    fn get(&self, key: &str) -> Option<u32> {
+        self.ids.get(key).copied()
+    }
+
     fn name(&self, id: u32) -> &str {
         &self.names[id as usize]
     }
@@ -422,6 +589,18 @@ impl Interner {
 /// Aggregates of one window start, by series key id.
 type WindowMap = FxHashMap<u32, Aggregate>;
 
+/// What one batch knows about an entry of its key table.
+#[derive(Debug, Clone, Copy)]
+enum BatchKey {
+    /// Rejected (code 4 or 5): every sample with this key is.
+    Invalid(Rejection),
+    /// Not looked up in the interner yet.
+    Unresolved,
+    /// Looked up: not interned, so it holds no open window.
+    Absent,
+    Interned(u32),
+}
+
 /// Windowed aggregation state of one partition.
 #[derive(Debug)]
 pub struct Aggregator {
@@ -431,10 +610,13 @@ pub struct Aggregator {
     windows: BTreeMap<i64, WindowMap>,
     /// Multiset of the open windows' first offsets; its minimum is the low watermark.
     first_offsets: BTreeMap<i64, u32>,
+    /// Number of open (key, window) aggregates: the sum of the `windows` map sizes.
+    open_count: usize,
     stream_time: Option<i64>,
     late_total: u64,
     aggregated_total: u64,
-    rejected_total: u64,
+    rejected_by_reason: [u64; Rejection::SLOTS],
+    limits: Limits,
     /// Whether [`IngestOutcome::changes`] is reported.
     track_changes: bool,
 }
@@ -452,12 +634,25 @@ impl Aggregator {
             keys: Interner::default(),
             windows: BTreeMap::new(),
             first_offsets: BTreeMap::new(),
+            open_count: 0,
             stream_time,
             late_total: 0,
             aggregated_total: 0,
-            rejected_total: 0,
+            rejected_by_reason: [0; Rejection::SLOTS],
+            limits: Limits::default(),
             track_changes: false,
         }
+    }
+
+    /// Sets the input bounds (see [`Limits`] and the module docs); the
+    /// defaults otherwise.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Turns change tracking (see the module docs) on or off; off by default.
@@ -483,7 +678,9 @@ impl Aggregator {
     /// Sample `i` is `(keys[key_index[i]], timestamps[i], values[i])` read
     /// from input offset `offsets[i]`; `keys` is the batch's key table. The
     /// four sample columns must have equal length, at most `u32::MAX`, and
-    /// offsets must be integers in `[0, 2^53)`.
+    /// offsets must be integers in `[0, 2^53)`. Samples with a timestamp
+    /// greater than `max_event_time` are rejected (code 6); `None` sets no
+    /// bound, and NaN is an input error.
     pub fn ingest<K: AsRef<str>>(
         &mut self,
         keys: &[K],
@@ -491,6 +688,7 @@ impl Aggregator {
         timestamps: &[f64],
         values: &[f64],
         offsets: &[f64],
+        max_event_time: Option<f64>,
     ) -> Result<IngestOutcome, Error> {
         let len = key_index.len();
         if timestamps.len() != len || values.len() != len || offsets.len() != len {
@@ -513,21 +711,40 @@ impl Aggregator {
                 u32::MAX
             )));
         }
+        let checks = SampleChecks {
+            // Exact: validated below 2^53.
+            min_ts: self.limits.min_event_time as f64,
+            max_ts: match max_event_time {
+                None => f64::INFINITY,
+                Some(t) if t.is_nan() => {
+                    return Err(Error::InvalidInput(
+                        "maxEventTime must be null or a number, not NaN".to_owned(),
+                    ));
+                }
+                Some(t) => t,
+            },
+        };
 
         let mut out = IngestOutcome::default();
-        // Batch key index -> interned id, filled lazily so keys whose samples
-        // are all late or rejected create no state.
-        let mut ids: Vec<Option<u32>> = vec![None; keys.len()];
+        // Codes 4 and 5 once per key table entry; valid keys are interned
+        // lazily, so keys whose samples are all late or rejected create no state.
+        let mut batch_keys: Vec<BatchKey> = keys
+            .iter()
+            .map(|key| match self.limits.check_key(key.as_ref()) {
+                Ok(()) => BatchKey::Unresolved,
+                Err(reason) => BatchKey::Invalid(reason),
+            })
+            .collect();
         // (window start, key id) of every aggregate created or updated, once each.
         let mut touched: Option<FxHashSet<(i64, u32)>> =
             self.track_changes.then(FxHashSet::default);
         let samples = key_index.iter().zip(timestamps).zip(values).zip(offsets);
         for (i, (((&key, &ts), &value), &offset)) in (0u32..).zip(samples) {
-            let ts = match check_sample(keys.len(), key, ts, value) {
+            let ts = match checks.check(&batch_keys, key, ts, value) {
                 Ok(ts) => ts,
                 Err(reason) => {
                     out.rejected_indexes.push(i);
-                    out.rejected_reasons.push(reason as u8);
+                    out.rejected_reasons.push(reason.code());
                     continue;
                 }
             };
@@ -538,8 +755,24 @@ impl Aggregator {
                 out.late_indexes.push(i);
                 continue;
             }
+            // `check` rejected key indexes outside the table.
             let key = key as usize;
-            let id = *ids[key].get_or_insert_with(|| self.keys.intern(keys[key].as_ref()));
+            if let Some(max_open) = self.limits.max_open_windows {
+                let slot = &mut batch_keys[key];
+                if !self.has_room(slot, keys[key].as_ref(), ts, close_time, max_open, &mut out) {
+                    out.rejected_indexes.push(i);
+                    out.rejected_reasons.push(Rejection::WindowLimit.code());
+                    continue;
+                }
+            }
+            let id = match batch_keys[key] {
+                BatchKey::Interned(id) => id,
+                _ => {
+                    let id = self.keys.intern(keys[key].as_ref());
+                    batch_keys[key] = BatchKey::Interned(id);
+                    id
+                }
+            };
             let size = self.spec.size;
             let offset = offset as i64;
             for start in self.spec.window_starts(ts) {
@@ -549,6 +782,7 @@ impl Aggregator {
                         Entry::Occupied(mut agg) => agg.get_mut().add(value),
                         Entry::Vacant(slot) => {
                             slot.insert(Aggregate::new(value, offset));
+                            self.open_count += 1;
                             *self.first_offsets.entry(offset).or_default() += 1;
                         }
                     }
@@ -562,10 +796,61 @@ impl Aggregator {
 
         self.aggregated_total += u64::from(out.aggregated);
         self.late_total += out.late_indexes.len() as u64;
-        self.rejected_total += out.rejected_indexes.len() as u64;
-        out.closed = self.close_windows();
+        for &code in &out.rejected_reasons {
+            self.rejected_by_reason[usize::from(code)] += 1;
+        }
+        if let Some(stream_time) = self.stream_time {
+            self.close_windows(stream_time - self.spec.grace, &mut out.closed);
+        }
         out.changes = touched.map(|touched| self.touched_states(touched));
         Ok(out)
+    }
+
+    /// Whether a sample of the batch key `slot` (named `key`) at `ts` fits in
+    /// `max_open` open aggregates at `close_time` (rule 7 in the module docs).
+    /// May close windows that are already due into `out.closed`, and resolves
+    /// `slot` against the interner (without interning).
+    fn has_room(
+        &mut self,
+        slot: &mut BatchKey,
+        key: &str,
+        ts: i64,
+        close_time: i64,
+        max_open: usize,
+        out: &mut IngestOutcome,
+    ) -> bool {
+        let size = self.spec.size;
+        let open_starts = self
+            .spec
+            .window_starts(ts)
+            .filter(move |&start| start + size > close_time);
+        let wanted = open_starts.clone().count();
+        if self.open_count + wanted <= max_open {
+            return true; // fits even if every window is new
+        }
+        if let BatchKey::Unresolved = *slot {
+            *slot = self
+                .keys
+                .get(key)
+                .map_or(BatchKey::Absent, BatchKey::Interned);
+        }
+        let new = match *slot {
+            BatchKey::Interned(id) => open_starts
+                .filter(|start| {
+                    self.windows
+                        .get(start)
+                        .is_none_or(|window| !window.contains_key(&id))
+                })
+                .count(),
+            _ => wanted,
+        };
+        if new == 0 || self.open_count + new <= max_open {
+            return true;
+        }
+        // Windows already due don't count: close them now rather than at the
+        // end of the batch. The sample's own windows are all still open.
+        self.close_windows(close_time, &mut out.closed);
+        self.open_count + new <= max_open
     }
 
     /// States of the `touched` windows that are still open, in output order.
@@ -626,13 +911,14 @@ impl Aggregator {
     /// (`end > stream_time - grace`), `count` an integer in `[1, 2^53)`,
     /// `first_offset` an integer in `[0, 2^53)`, finite `min <= max`, and no
     /// (key, start) twice. `sum` and `compensation` are taken as they are (an
-    /// overflowed sum is infinite and its compensation NaN).
+    /// overflowed sum is infinite and its compensation NaN). Every row is
+    /// loaded even beyond `maxOpenWindows` (see the module docs).
     pub fn restore<K: AsRef<str>>(
         &mut self,
         states: WindowStatesView<'_, K>,
         stream_time: Option<f64>,
     ) -> Result<(), Error> {
-        let ingested = self.aggregated_total + self.late_total + self.rejected_total;
+        let ingested = self.aggregated_total + self.late_total + self.rejected_total();
         if !self.windows.is_empty() || ingested > 0 {
             return Err(Error::InvalidRestore(format!(
                 "the aggregator must be fresh (it holds {} open windows and has ingested \
@@ -702,6 +988,7 @@ impl Aggregator {
         self.keys = keys;
         self.windows = windows;
         self.first_offsets = first_offsets;
+        self.open_count = len;
         self.stream_time = stream_time;
         Ok(())
     }
@@ -767,13 +1054,10 @@ impl Aggregator {
         ))
     }
 
-    /// Removes and returns every window with `end <= streamTime - grace`.
-    fn close_windows(&mut self) -> ClosedWindows {
-        let mut closed = ClosedWindows::default();
-        let Some(stream_time) = self.stream_time else {
-            return closed;
-        };
-        let close_time = stream_time - self.spec.grace;
+    /// Removes every window with `end <= close_time` and appends it to
+    /// `closed`. As the close time never decreases, and no window is opened
+    /// once it could be closed, what is appended always starts after what was.
+    fn close_windows(&mut self, close_time: i64, closed: &mut ClosedWindows) {
         while let Some(entry) = self.windows.first_entry() {
             let start = *entry.key();
             let end = start + self.spec.size;
@@ -781,16 +1065,16 @@ impl Aggregator {
                 break;
             }
             let window = entry.remove();
+            self.open_count -= window.len();
             for (id, agg) in self.by_key_name(&window) {
                 closed.push(self.keys.name(id), start, end, agg);
                 release_offset(&mut self.first_offsets, agg.first_offset);
             }
         }
-        closed
     }
 
     fn open_windows(&self) -> usize {
-        self.windows.values().map(WindowMap::len).sum()
+        self.open_count
     }
 
     pub fn stats(&self) -> Stats {
@@ -799,10 +1083,15 @@ impl Aggregator {
             series_keys: self.keys.names.len(),
             late_total: self.late_total,
             aggregated_total: self.aggregated_total,
-            rejected_total: self.rejected_total,
+            rejected_total: self.rejected_total(),
+            rejected_by_reason: self.rejected_by_reason,
             bytes_held: self.bytes_held(),
             stream_time: self.stream_time,
         }
+    }
+
+    fn rejected_total(&self) -> u64 {
+        self.rejected_by_reason.iter().sum()
     }
 
     fn bytes_held(&self) -> usize {
@@ -834,15 +1123,34 @@ fn is_safe_whole(x: f64) -> bool {
     x.fract() == 0.0 && (0.0..SAFE_LIMIT).contains(&x)
 }
 
-/// Validates one sample; returns its timestamp as whole milliseconds.
-fn check_sample(key_count: usize, key: u32, ts: f64, value: f64) -> Result<i64, Rejection> {
-    if !value.is_finite() {
-        Err(Rejection::NonFiniteValue)
-    } else if !is_safe_whole(ts) {
-        Err(Rejection::InvalidTimestamp)
-    } else if key as usize >= key_count {
-        Err(Rejection::UnknownKey)
-    } else {
+/// The per-batch bounds of the sample checks (codes 1-6).
+#[derive(Debug, Clone, Copy)]
+struct SampleChecks {
+    /// Lowest valid timestamp: `minEventTime`.
+    min_ts: f64,
+    /// Highest valid timestamp: the batch's `max_event_time`, or +Infinity.
+    max_ts: f64,
+}
+
+impl SampleChecks {
+    /// Checks codes 1-6 in order; returns the timestamp as whole milliseconds.
+    #[inline]
+    fn check(&self, keys: &[BatchKey], key: u32, ts: f64, value: f64) -> Result<i64, Rejection> {
+        if !value.is_finite() {
+            return Err(Rejection::NonFiniteValue);
+        }
+        // NaN and ±Infinity have a NaN fractional part.
+        if !(ts.fract() == 0.0 && ts >= self.min_ts && ts < SAFE_LIMIT) {
+            return Err(Rejection::InvalidTimestamp);
+        }
+        match keys.get(key as usize) {
+            None => return Err(Rejection::UnknownKey),
+            Some(BatchKey::Invalid(reason)) => return Err(*reason),
+            Some(_) => {}
+        }
+        if ts > self.max_ts {
+            return Err(Rejection::FutureTimestamp);
+        }
         Ok(ts as i64)
     }
 }
@@ -868,6 +1176,16 @@ mod tests {
         keys: &[K],
         samples: &[(u32, f64, f64)],
     ) -> IngestOutcome {
+        ingest_until(agg, keys, samples, None)
+    }
+
+    /// [`ingest`] with a `max_event_time`.
+    fn ingest_until<K: AsRef<str>>(
+        agg: &mut Aggregator,
+        keys: &[K],
+        samples: &[(u32, f64, f64)],
+        max_event_time: Option<f64>,
+    ) -> IngestOutcome {
         let key_index: Vec<u32> = samples.iter().map(|s| s.0).collect();
         let timestamps: Vec<f64> = samples.iter().map(|s| s.1).collect();
         let values: Vec<f64> = samples.iter().map(|s| s.2).collect();
@@ -878,8 +1196,19 @@ mod tests {
             .map(|i| (first + i as u64) as f64)
             .collect();
         let out = agg
-            .ingest(keys, &key_index, &timestamps, &values, &offsets)
+            .ingest(
+                keys,
+                &key_index,
+                &timestamps,
+                &values,
+                &offsets,
+                max_event_time,
+            )
             .expect("well-formed batch");
+        assert_eq!(
+            agg.open_windows(),
+            agg.windows.values().map(WindowMap::len).sum()
+        );
         let accounted =
             out.aggregated as usize + out.late_indexes.len() + out.rejected_indexes.len();
         assert_eq!(accounted, samples.len(), "every sample is classified once");
@@ -1118,7 +1447,7 @@ mod tests {
     fn unequal_columns_are_an_input_error() {
         let mut agg = Aggregator::new(spec(10.0, None, None));
         let err = agg
-            .ingest(&["a"], &[0, 0], &[1.0], &[1.0, 2.0], &[0.0, 1.0])
+            .ingest(&["a"], &[0, 0], &[1.0], &[1.0, 2.0], &[0.0, 1.0], None)
             .unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -1477,7 +1806,7 @@ mod tests {
                         .map(|i| (first + i as u64) as f64)
                         .collect();
                     let got = copy
-                        .ingest(&keys, &key_index, &ts, &values, &offsets)
+                        .ingest(&keys, &key_index, &ts, &values, &offsets, None)
                         .expect("well-formed batch");
                     assert_eq!(got, expected, "batch {b}");
                     assert_eq!(copy.low_watermark(), original.low_watermark());
@@ -1696,11 +2025,702 @@ mod tests {
         assert_eq!(agg.stream_time(), None);
     }
 
+    fn limits(
+        spec: &WindowSpec,
+        min_event_time: Option<f64>,
+        max_key_bytes: Option<f64>,
+        max_open_windows: Option<f64>,
+    ) -> Result<Limits, Error> {
+        Limits::new(spec, min_event_time, max_key_bytes, max_open_windows)
+    }
+
+    /// An aggregator with the given limits (`None`: the default).
+    fn limited(
+        spec: WindowSpec,
+        min_event_time: Option<f64>,
+        max_key_bytes: Option<f64>,
+        max_open_windows: Option<f64>,
+    ) -> Aggregator {
+        let limits =
+            limits(&spec, min_event_time, max_key_bytes, max_open_windows).expect("valid limits");
+        Aggregator::new(spec).with_limits(limits)
+    }
+
+    /// `(index, reason)` of every rejected sample.
+    fn rejections(out: &IngestOutcome) -> Vec<(u32, u8)> {
+        out.rejected_indexes
+            .iter()
+            .copied()
+            .zip(out.rejected_reasons.iter().copied())
+            .collect()
+    }
+
+    #[test]
+    fn limits_default_and_validate_naming_the_field() {
+        let tumbling = spec(10.0, None, None);
+        let defaults = limits(&tumbling, None, None, None).expect("defaults");
+        assert_eq!(defaults, Limits::default());
+        assert_eq!(
+            (
+                defaults.min_event_time(),
+                defaults.max_key_bytes(),
+                defaults.max_open_windows()
+            ),
+            (0, 1024, None)
+        );
+        let set =
+            limits(&tumbling, Some(946_684_800_000.0), Some(1.0), Some(1.0)).expect("valid limits");
+        assert_eq!(
+            (
+                set.min_event_time(),
+                set.max_key_bytes(),
+                set.max_open_windows()
+            ),
+            (946_684_800_000, 1, Some(1))
+        );
+
+        let error =
+            |min: Option<f64>, bytes: Option<f64>, open: Option<f64>, s: &WindowSpec| match limits(
+                s, min, bytes, open,
+            ) {
+                Err(err @ Error::InvalidConfig(_)) => err.to_string(),
+                other => panic!("expected InvalidConfig, got {other:?}"),
+            };
+        for bad in [-1.0, 0.5, f64::NAN, f64::NEG_INFINITY, SAFE_LIMIT] {
+            let msg = error(Some(bad), None, None, &tumbling);
+            assert!(
+                msg.contains("minEventTimeMs must be an integer >= 0"),
+                "{msg}"
+            );
+        }
+        for bad in [0.0, -1.0, 1.5, f64::NAN, f64::INFINITY] {
+            let msg = error(None, Some(bad), None, &tumbling);
+            assert!(msg.contains("maxKeyBytes must be an integer > 0"), "{msg}");
+        }
+        for bad in [0.0, -1.0, 2.5, f64::NAN, f64::INFINITY, SAFE_LIMIT] {
+            let msg = error(None, None, Some(bad), &tumbling);
+            assert!(
+                msg.contains("maxOpenWindows must be null or an integer > 0"),
+                "{msg}"
+            );
+        }
+        // One hopping sample opens sizeMs / advanceMs windows: the bound must allow that.
+        let hopping = spec(12.0, Some(3.0), None);
+        let msg = error(None, None, Some(3.0), &hopping);
+        assert_eq!(
+            msg,
+            "invalid window config: maxOpenWindows (3) must be at least sizeMs / advanceMs (4), \
+             the windows one sample can open"
+        );
+        assert!(limits(&hopping, None, None, Some(4.0)).is_ok());
+    }
+
+    #[test]
+    fn min_event_time_rejects_older_timestamps_as_invalid() {
+        let mut agg = limited(spec(10.0, None, None), Some(1_000.0), None, None);
+        let out = ingest(
+            &mut agg,
+            &["a"],
+            &[
+                (0, 999.0, 1.0),
+                (0, 0.0, 1.0),
+                (0, -0.0, 1.0),
+                (0, 1_000.0, 1.0),
+            ],
+        );
+        assert_eq!(rejections(&out), [(0, 2), (1, 2), (2, 2)]);
+        assert_eq!((out.aggregated, agg.stream_time()), (1, Some(1_000)));
+    }
+
+    #[test]
+    fn empty_and_long_keys_are_rejected_by_utf8_length() {
+        // "é" is 1 char but 2 bytes; "😀" is 4 bytes.
+        let keys = [
+            "",
+            "abc",
+            "abcd",
+            "\u{e9}\u{e9}",
+            "a\u{e9}\u{e9}",
+            "\u{1F600}",
+        ];
+        let mut agg = limited(spec(10.0, None, None), None, Some(4.0), None);
+        let samples: Vec<(u32, f64, f64)> = (0..keys.len() as u32).map(|k| (k, 5.0, 1.0)).collect();
+        let out = ingest(&mut agg, &keys, &samples);
+        assert_eq!(rejections(&out), [(0, 4), (4, 5)]);
+        assert_eq!(out.aggregated, 4);
+        // Invalid keys are not interned.
+        assert_eq!(agg.stats().series_keys, 4);
+
+        // The default bound is 1024 bytes; an invalid key that no sample uses is harmless.
+        let long = "k".repeat(1025);
+        let mut agg = Aggregator::new(spec(10.0, None, None));
+        let keys = [long.as_str(), &long[1..], ""];
+        let out = ingest(&mut agg, &keys, &[(0, 5.0, 1.0), (1, 5.0, 1.0)]);
+        assert_eq!(rejections(&out), [(0, 5)]);
+        assert_eq!(out.aggregated, 1);
+    }
+
+    #[test]
+    fn future_samples_are_rejected_and_do_not_move_stream_time() {
+        let mut agg = Aggregator::new(spec(10.0, None, None));
+        let out = ingest_until(&mut agg, &["a"], &[(0, 100.0, 1.0)], Some(100.0));
+        assert_eq!(
+            out.aggregated, 1,
+            "a timestamp equal to maxEventTime is accepted"
+        );
+        let out = ingest_until(
+            &mut agg,
+            &["a"],
+            &[
+                (0, 1e15, 1.0),  // far future
+                (0, 121.0, 1.0), // just past the bound
+                (0, 105.0, 2.0), // would be late had either moved stream time
+                (0, 120.0, 4.0), // on the bound
+            ],
+            Some(120.5),
+        );
+        assert_eq!(rejections(&out), [(0, 6), (1, 6)]);
+        assert_eq!(out.aggregated, 2);
+        assert_eq!(agg.stream_time(), Some(120));
+        assert_eq!(rows(&out.closed), [("a", 100.0, 110.0, 2.0, 3.0)]);
+        assert!(out.late_indexes.is_empty());
+
+        // Without a bound nothing is from the future; a bound of -Infinity refuses all.
+        let out = ingest_until(&mut agg, &["a"], &[(0, 1e12, 1.0)], None);
+        assert_eq!(out.aggregated, 1);
+        let out = ingest_until(&mut agg, &["a"], &[(0, 1e12, 1.0)], Some(f64::NEG_INFINITY));
+        assert_eq!(rejections(&out), [(0, 6)]);
+        let stats = agg.stats();
+        assert_eq!(stats.rejected_by_reason, [0, 0, 0, 0, 0, 0, 3, 0]);
+        assert_eq!(stats.rejected_total, 3);
+
+        // NaN is no bound at all: an input error, and nothing changes.
+        let err = agg
+            .ingest(&["a"], &[0], &[5.0], &[1.0], &[0.0], Some(f64::NAN))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid batch: maxEventTime must be null or a number, not NaN"
+        );
+        assert_eq!(agg.stats(), stats);
+    }
+
+    #[test]
+    fn the_lowest_applicable_code_wins() {
+        let keys = ["", "toolong", "ok"];
+        let mut agg = limited(spec(10.0, None, None), Some(10.0), Some(4.0), Some(1.0));
+        ingest(&mut agg, &keys, &[(2, 10.0, 1.0)]); // fills the only window slot
+        let nan = f64::NAN;
+        let out = ingest_until(
+            &mut agg,
+            &keys,
+            &[
+                (9, nan, nan),           // 1 over 2, 3
+                (0, 5.0, f64::INFINITY), // 1 over 2, 4
+                (1, 5.0, 1.0),           // 2 (below minEventTimeMs) over 5
+                (9, 10.5, 1.0),          // 2 over 3
+                (9, 99.0, 1.0),          // 3 over 6
+                (0, 99.0, 1.0),          // 4 over 6
+                (1, 99.0, 1.0),          // 5 over 6
+                (2, 99.0, 1.0),          // 6 over 7 (a new window would exceed the bound)
+                (2, 12.0, 1.0),          // accepted: its window exists
+            ],
+            Some(50.0),
+        );
+        assert_eq!(
+            rejections(&out),
+            [
+                (0, 1),
+                (1, 1),
+                (2, 2),
+                (3, 2),
+                (4, 3),
+                (5, 4),
+                (6, 5),
+                (7, 6)
+            ]
+        );
+        assert_eq!(out.aggregated, 1);
+        let stats = agg.stats();
+        assert_eq!(stats.rejected_by_reason, [0, 2, 2, 1, 1, 1, 1, 0]);
+        assert_eq!(stats.rejected_total, 8);
+        assert_eq!(stats.stream_time, Some(12));
+    }
+
+    #[test]
+    fn window_limit_rejects_samples_needing_new_windows_whole() {
+        // Hopping 10/5 with a long grace: nothing closes for a while. Two windows per sample.
+        let mut agg = limited(spec(10.0, Some(5.0), Some(20.0)), None, None, Some(3.0));
+        let keys = ["a", "b"];
+        let out = ingest(
+            &mut agg,
+            &keys,
+            &[
+                (0, 7.0, 1.0),  // opens a@0, a@5: 2 open
+                (1, 7.0, 1.0),  // b@0, b@5 would make 4: rejected
+                (0, 12.0, 2.0), // a@5 exists, a@10 is new: 3 open
+                (0, 8.0, 4.0),  // a@0 and a@5 exist: aggregated with a full table
+                (0, 17.0, 8.0), // a@10 exists but a@15 is new: rejected whole
+                (1, 1.0, 1.0),  // needs b@-5 and b@0: rejected
+            ],
+        );
+        assert_eq!(rejections(&out), [(1, 7), (4, 7), (5, 7)]);
+        assert_eq!(out.aggregated, 3);
+        let snapshot = agg.snapshot();
+        assert_eq!(
+            state_rows(&snapshot)
+                .iter()
+                .map(|r| (r.0, r.1, r.2))
+                .collect::<Vec<_>>(),
+            // a@10 did not take the rejected sample at 17.
+            [("a", 0.0, 2.0), ("a", 5.0, 3.0), ("a", 10.0, 1.0)]
+        );
+        let stats = agg.stats();
+        assert_eq!(
+            (stats.open_windows, stats.series_keys),
+            (3, 1),
+            "b is not interned"
+        );
+        assert_eq!(stats.rejected_by_reason[7], 3);
+        // The rejected sample at 17 moved stream time, as a late one would.
+        assert_eq!(stats.stream_time, Some(17));
+    }
+
+    #[test]
+    fn window_limit_cannot_stall_stream_time() {
+        // Tumbling 10, grace 5, room for one aggregate, held by a@0.
+        let mut agg = limited(spec(10.0, None, Some(5.0)), None, None, Some(1.0));
+        ingest(&mut agg, &["a"], &[(0, 1.0, 1.0)]);
+        let out = ingest(
+            &mut agg,
+            &["a", "b"],
+            &[
+                (1, 12.0, 1.0), // close time 7: a@0 still open, b@10 does not fit
+                (0, 9.0, 2.0),  // a@0 still takes samples
+                (1, 14.0, 1.0), // close time 9: still no room
+                (1, 15.0, 4.0), // close time 10: a@0 is due and closes now, b@10 fits
+                (1, 16.0, 8.0), // b@10 exists
+                (0, 17.0, 1.0), // a@10 would be a second aggregate
+            ],
+        );
+        assert_eq!(rejections(&out), [(0, 7), (2, 7), (5, 7)]);
+        assert_eq!(out.aggregated, 3);
+        assert_eq!(rows(&out.closed), [("a", 0.0, 10.0, 2.0, 3.0)]);
+        assert_eq!(agg.stream_time(), Some(17));
+        assert_eq!(
+            state_rows(&agg.snapshot()),
+            [("b", 10.0, 2.0, 12.0, 0.0, 4.0)]
+        );
+        // The offsets of the early-closed window are released too.
+        assert_eq!(agg.low_watermark(), Some(4));
+    }
+
+    #[test]
+    fn window_limit_decisions_do_not_depend_on_batch_boundaries() {
+        let (keys, batches) = random_batches(7, 12, 60);
+        let samples: Vec<(u32, f64, f64)> = batches.concat();
+        let make = || limited(spec(12.0, Some(4.0), Some(5.0)), None, None, Some(10.0));
+        let mut whole = make();
+        let all = ingest(&mut whole, &keys, &samples);
+        let mut one_by_one = make();
+        let mut closed = ClosedWindows::default();
+        let mut rejected = Vec::new();
+        let mut late = Vec::new();
+        for (i, sample) in samples.iter().enumerate() {
+            let out = ingest(&mut one_by_one, &keys, std::slice::from_ref(sample));
+            rejected.extend(rejections(&out).iter().map(|&(_, r)| (i as u32, r)));
+            late.extend(out.late_indexes.iter().map(|_| i as u32));
+            for c in 0..out.closed.len() {
+                let row = &out.closed;
+                let agg = Aggregate {
+                    first_offset: 0,
+                    count: row.count[c] as u64,
+                    sum: row.sum[c],
+                    compensation: 0.0,
+                    min: row.min[c],
+                    max: row.max[c],
+                };
+                closed.push(
+                    &row.series_keys[c],
+                    row.window_start[c] as i64,
+                    row.window_end[c] as i64,
+                    &agg,
+                );
+            }
+            assert!(one_by_one.stats().open_windows <= 10);
+        }
+        assert_eq!(rejections(&all), rejected);
+        assert_eq!(all.late_indexes, late);
+        assert_eq!(all.closed, closed);
+        assert_eq!(whole.snapshot(), one_by_one.snapshot());
+        assert!(
+            rejected.iter().filter(|r| r.1 == 7).count() > 10,
+            "the limit was hit"
+        );
+    }
+
+    #[test]
+    fn restore_may_exceed_the_window_limit() {
+        let mut agg = limited(spec(10.0, Some(5.0), Some(2.0)), None, None, Some(2.0));
+        let mut states = one_state();
+        states.series_keys.extend(["b".into(), "c".into()]);
+        for column in [
+            &mut states.window_start,
+            &mut states.count,
+            &mut states.sum,
+            &mut states.compensation,
+            &mut states.min,
+            &mut states.max,
+            &mut states.first_offset,
+        ] {
+            column.extend([column[0], column[0]]);
+        }
+        agg.restore(states.view(), Some(20.0))
+            .expect("valid states");
+        assert_eq!(agg.stats().open_windows, 3);
+        // Existing windows still aggregate; nothing new opens until windows close.
+        // (a at 14: [5,15) is late, a@10 exists; d at 19 needs d@10 and d@15.)
+        let out = ingest(&mut agg, &["a", "d"], &[(0, 14.0, 1.0), (1, 19.0, 1.0)]);
+        assert_eq!(rejections(&out), [(1, 7)]);
+        assert_eq!(out.aggregated, 1);
+        // Stream time 22 closes the three windows at 10: d@15 and d@20 fit.
+        let out = ingest(&mut agg, &["d"], &[(0, 22.0, 1.0)]);
+        assert_eq!(out.aggregated, 1);
+        assert_eq!(out.closed.len(), 3);
+        assert_eq!(agg.stats().open_windows, 2);
+    }
+
+    /// Property test of [`Aggregator::ingest`] on hostile input.
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One batch: its `max_event_time`, its samples, and where to split it
+        /// (a fraction of its length) for the batch-boundary check.
+        type HostileBatch = (Option<f64>, Vec<(u32, f64, f64)>, f64);
+
+        #[derive(Debug, Clone)]
+        struct Case {
+            /// (advance, size / advance, grace)
+            geometry: (i64, i64, i64),
+            min_event_time: f64,
+            max_key_bytes: usize,
+            /// Extra room above `size / advance`, for `maxOpenWindows`.
+            max_open_extra: Option<i64>,
+            track_changes: bool,
+            keys: Vec<String>,
+            batches: Vec<HostileBatch>,
+        }
+
+        const LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
+
+        /// Event time advanced by each batch, so that windows open, fill up and close.
+        const CLOCK_STEP: i64 = 16;
+
+        /// A timestamp or `max_event_time`: relative to the batch's clock, or as is.
+        #[derive(Debug, Clone, Copy)]
+        enum Time {
+            Clock(i64),
+            Raw(f64),
+        }
+
+        impl Time {
+            fn at(self, batch: usize) -> f64 {
+                match self {
+                    Time::Clock(delta) => (batch as i64 * CLOCK_STEP + delta) as f64,
+                    Time::Raw(t) => t,
+                }
+            }
+        }
+
+        fn timestamp() -> impl Strategy<Value = Time> {
+            prop_oneof![
+                24 => (-6i64..24).prop_map(Time::Clock),
+                1 => (0.0..160.0f64).prop_map(Time::Raw),
+                1 => prop_oneof![
+                    Just(-0.0),
+                    Just(-1.0),
+                    Just(f64::NAN),
+                    Just(f64::INFINITY),
+                    Just(f64::NEG_INFINITY),
+                    Just(LIMIT),
+                    Just(LIMIT - 1.0),
+                    Just(1e300),
+                    Just(-1e300),
+                    proptest::num::f64::ANY,
+                ]
+                .prop_map(Time::Raw),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = f64> {
+            prop_oneof![
+                40 => (-100i32..100).prop_map(f64::from),
+                1 => Just(f64::NAN),
+                1 => Just(f64::INFINITY),
+                1 => Just(f64::NEG_INFINITY),
+                1 => Just(f64::MAX),
+                1 => Just(-f64::MAX),
+                1 => proptest::num::f64::ANY,
+            ]
+        }
+
+        fn max_event_time() -> impl Strategy<Value = Option<Time>> {
+            prop_oneof![
+                2 => Just(None),
+                4 => (0i64..30).prop_map(|t| Some(Time::Clock(t))),
+                1 => (0.0..200.0f64).prop_map(|t| Some(Time::Raw(t))),
+                1 => prop_oneof![Just(f64::INFINITY), Just(f64::NEG_INFINITY), Just(-5.0)]
+                    .prop_map(|t| Some(Time::Raw(t))),
+            ]
+        }
+
+        fn case() -> impl Strategy<Value = Case> {
+            let key = prop_oneof![1 => Just(String::new()), 6 => "[ab\u{e9}\u{1F600}]{1,5}"];
+            let index = prop_oneof![24 => 0u32..3, 1 => 3u32..9, 1 => Just(u32::MAX)];
+            let sample = (index, timestamp(), value());
+            let batch = (
+                max_event_time(),
+                proptest::collection::vec(sample, 0..40),
+                0.0..1.0f64,
+            );
+            (
+                (1i64..=6, 1i64..=4, 0i64..=12),
+                prop_oneof![Just(0.0), (0i64..24).prop_map(|t| t as f64)],
+                3usize..=20,
+                proptest::option::weighted(0.8, 0i64..8),
+                any::<bool>(),
+                proptest::collection::vec(key, 0..8),
+                proptest::collection::vec(batch, 1..8),
+            )
+                .prop_map(
+                    |(
+                        geometry,
+                        min_event_time,
+                        max_key_bytes,
+                        max_open_extra,
+                        track_changes,
+                        keys,
+                        batches,
+                    )| {
+                        let batches = batches
+                            .into_iter()
+                            .enumerate()
+                            .map(|(b, (max, samples, cut))| {
+                                let samples = samples
+                                    .into_iter()
+                                    .map(|(key, ts, value)| (key, ts.at(b), value))
+                                    .collect();
+                                (max.map(|max| max.at(b)), samples, cut)
+                            })
+                            .collect();
+                        Case {
+                            geometry,
+                            min_event_time,
+                            max_key_bytes,
+                            max_open_extra,
+                            track_changes,
+                            keys,
+                            batches,
+                        }
+                    },
+                )
+        }
+
+        /// Codes 1-6 straight from their definitions (not from `SampleChecks`).
+        fn input_reason(
+            case: &Case,
+            (key, ts, value): (u32, f64, f64),
+            max: Option<f64>,
+        ) -> Option<u8> {
+            let whole = ts.is_finite() && ts.trunc() == ts;
+            if value.is_nan() || value.is_infinite() {
+                Some(1)
+            } else if !(whole && ts >= case.min_event_time && ts < LIMIT) {
+                Some(2)
+            } else if key as usize >= case.keys.len() {
+                Some(3)
+            } else if case.keys[key as usize].is_empty() {
+                Some(4)
+            } else if case.keys[key as usize].len() > case.max_key_bytes {
+                Some(5)
+            } else if max.is_some_and(|max| ts > max) {
+                Some(6)
+            } else {
+                None
+            }
+        }
+
+        /// Total sample count over some window states or closed windows.
+        fn total(counts: &[f64]) -> u64 {
+            counts.iter().map(|&c| c as u64).sum()
+        }
+
+        /// How one sample came out.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        enum Class {
+            Aggregated,
+            Late,
+            Rejected(u8),
+        }
+
+        fn classify(out: &IngestOutcome, len: usize) -> Vec<Class> {
+            let mut classes = vec![Class::Aggregated; len];
+            for &i in &out.late_indexes {
+                classes[i as usize] = Class::Late;
+            }
+            for (&i, &r) in out.rejected_indexes.iter().zip(&out.rejected_reasons) {
+                assert_eq!(classes[i as usize], Class::Aggregated, "sample {i} twice");
+                classes[i as usize] = Class::Rejected(r);
+            }
+            classes
+        }
+
+        fn check_case(case: &Case) {
+            let (advance, per_sample, grace) = case.geometry;
+            let size = advance * per_sample;
+            let spec = spec(size as f64, Some(advance as f64), Some(grace as f64));
+            let max_open = case
+                .max_open_extra
+                .map(|extra| (per_sample + extra) as usize);
+            let limits = Limits::new(
+                &spec,
+                Some(case.min_event_time),
+                Some(case.max_key_bytes as f64),
+                max_open.map(|m| m as f64),
+            )
+            .expect("valid limits");
+            let mut agg = Aggregator::new(spec)
+                .with_limits(limits)
+                .with_change_tracking(case.track_changes);
+            // The same samples, each batch cut in two: every decision must be the same.
+            let mut split = Aggregator::new(spec).with_limits(limits);
+            let mut mirror = BTreeMap::new();
+            let mut by_reason = [0u64; Rejection::SLOTS];
+            for (b, (max_event_time, samples, cut)) in case.batches.iter().enumerate() {
+                let before = total(&agg.snapshot().count);
+                let mut stream_time = agg.stream_time();
+                let out = ingest_until(&mut agg, &case.keys, samples, *max_event_time);
+                assert_eq!(
+                    out.aggregated as usize + out.late_indexes.len() + out.rejected_indexes.len(),
+                    samples.len()
+                );
+                assert!(out.late_indexes.is_sorted() && out.rejected_indexes.is_sorted());
+                let classes = classify(&out, samples.len());
+
+                let mut additions = 0;
+                for (i, (&sample, &class)) in samples.iter().zip(&classes).enumerate() {
+                    let context = format!("batch {b} sample {i} {sample:?}: {class:?}");
+                    if let Some(reason) = input_reason(case, sample, *max_event_time) {
+                        assert_eq!(class, Class::Rejected(reason), "{context}");
+                        by_reason[reason as usize] += 1;
+                        continue;
+                    }
+                    // Passed codes 1-6: moves stream time, whatever comes next.
+                    let ts = sample.1 as i64;
+                    let now = stream_time.map_or(ts, |st| st.max(ts));
+                    stream_time = Some(now);
+                    let newest = ts - ts.rem_euclid(advance);
+                    let open = (0..per_sample)
+                        .map(|j| newest - j * advance)
+                        .filter(|start| start + size > now - grace)
+                        .count() as u64;
+                    match class {
+                        Class::Late => assert_eq!(open, 0, "{context}"),
+                        Class::Aggregated => {
+                            assert!((1..=per_sample as u64).contains(&open), "{context}");
+                            additions += open;
+                        }
+                        Class::Rejected(7) => {
+                            assert!(open > 0 && max_open.is_some(), "{context}");
+                            by_reason[7] += 1;
+                        }
+                        Class::Rejected(_) => panic!("{context}: not an input problem"),
+                    }
+                }
+                assert_eq!(agg.stream_time(), stream_time, "batch {b}");
+
+                let snapshot = agg.snapshot();
+                assert_eq!(
+                    total(&snapshot.count) + total(&out.closed.count),
+                    before + additions,
+                    "batch {b}: every addition is in an open or a closed window"
+                );
+                let stats = agg.stats();
+                assert_eq!(stats.open_windows, snapshot.len());
+                if let Some(max) = max_open {
+                    assert!(
+                        stats.open_windows <= max,
+                        "batch {b}: {} open",
+                        stats.open_windows
+                    );
+                }
+                assert_eq!(stats.rejected_by_reason, by_reason);
+                assert_eq!(stats.rejected_total, by_reason.iter().sum::<u64>());
+                if let Some(now) = stream_time {
+                    let close_time = now - grace;
+                    for c in 0..out.closed.len() {
+                        let start = out.closed.window_start[c];
+                        assert_eq!(out.closed.window_end[c], start + size as f64);
+                        assert!(out.closed.window_end[c] <= close_time as f64);
+                    }
+                    for &start in &snapshot.window_start {
+                        assert!(start + size as f64 > close_time as f64);
+                    }
+                }
+                let order: Vec<_> = (0..out.closed.len())
+                    .map(|c| (out.closed.window_start[c], &out.closed.series_keys[c]))
+                    .collect();
+                assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+                if case.track_changes {
+                    apply(&mut mirror, &out);
+                    assert_eq!(mirror, mirror_of(&snapshot), "batch {b}");
+                }
+
+                let at = (samples.len() as f64 * cut) as usize;
+                let first = ingest_until(&mut split, &case.keys, &samples[..at], *max_event_time);
+                let second = ingest_until(&mut split, &case.keys, &samples[at..], *max_event_time);
+                let mut joined = classify(&first, at);
+                joined.extend(classify(&second, samples.len() - at));
+                assert_eq!(joined, classes, "batch {b} cut at {at}");
+                let closed: Vec<_> = rows(&first.closed)
+                    .into_iter()
+                    .chain(rows(&second.closed))
+                    .collect();
+                let bits = |rows: Vec<(&str, f64, f64, f64, f64)>| -> Vec<(String, u64, u64)> {
+                    rows.into_iter()
+                        .map(|r| (r.0.to_owned(), r.1.to_bits(), r.4.to_bits()))
+                        .collect()
+                };
+                assert_eq!(
+                    bits(closed),
+                    bits(rows(&out.closed)),
+                    "batch {b} cut at {at}"
+                );
+                // Bitwise: an overflowed sum has a NaN compensation.
+                assert_eq!(
+                    mirror_of(&split.snapshot()),
+                    mirror_of(&snapshot),
+                    "batch {b} cut at {at}"
+                );
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            #[test]
+            fn ingest_classifies_every_hostile_sample_once(case in case()) {
+                check_case(&case);
+            }
+        }
+    }
+
     #[test]
     fn offsets_must_be_whole_and_match_the_columns() {
         let mut agg = Aggregator::new(spec(10.0, None, None));
         let err = agg
-            .ingest(&["a"], &[0], &[1.0], &[1.0], &[0.5])
+            .ingest(&["a"], &[0], &[1.0], &[1.0], &[0.5], None)
             .expect_err("fractional offset");
         assert!(err.to_string().contains("offsets"), "{err}");
     }
