@@ -2,6 +2,7 @@
 import { Command } from 'commander'
 import { commanderOption, parseConfig, type OptionName } from './config'
 import { ConfigError, isConfigError, isKwaError } from './errors'
+import { ConfluentSchemaRegistrySource, type WriterSchemaSource } from './decode'
 import { createLogger, type Logger } from './logger'
 import { produceTelemetry } from './produce'
 import { AggregatorService } from './service'
@@ -25,6 +26,10 @@ const runOptions = [
   'minEventTime',
   'maxKeyBytes',
   'maxOpenWindows',
+  'wireFormat',
+  'schemaRegistryUrl',
+  'maxMessageBytes',
+  'maxBatchSamples',
   'sessionTimeout',
 ] as const satisfies readonly OptionName[]
 const produceOptions = [
@@ -44,6 +49,12 @@ const tailOptions = [
   'fromBeginning',
   'format',
 ] as const satisfies readonly OptionName[]
+
+/** Loaded only when used: the registry client is heavy to load. */
+async function registrySource(host: string): Promise<WriterSchemaSource> {
+  const { SchemaRegistry } = await import('@kafkajs/confluent-schema-registry')
+  return new ConfluentSchemaRegistrySource(new SchemaRegistry({ host }))
+}
 
 /** Aborts on the first SIGINT or SIGTERM; a second one exits at once. */
 function shutdownSignal(logger: Logger): AbortSignal {
@@ -82,6 +93,12 @@ export function buildProgram(): Command {
           `must divide the window size (${c.windowSize} ms) and be at most that, got ${advanceMs} ms`,
         )
       }
+      if (c.wireFormat !== 'plain' && c.schemaRegistryUrl === undefined) {
+        throw new ConfigError(
+          '--schema-registry-url (KWA_SCHEMA_REGISTRY_URL)',
+          `required with --wire-format ${c.wireFormat} (writer schemas are looked up by id)`,
+        )
+      }
       const logger = createLogger(c.logLevel)
       const service = new AggregatorService(
         {
@@ -97,6 +114,15 @@ export function buildProgram(): Command {
           deadLetterTopic: c.deadLetterTopic,
           lateTopic: c.lateTopic,
           onPoison: c.onPoison,
+          decoding: {
+            wireFormat: c.wireFormat,
+            schemas:
+              c.schemaRegistryUrl === undefined
+                ? undefined
+                : await registrySource(c.schemaRegistryUrl),
+            maxMessageBytes: c.maxMessageBytes,
+            maxSamplesPerBatch: c.maxBatchSamples,
+          },
           limits: {
             maxFutureSkewMs: c.maxFutureSkew,
             minEventTimeMs: c.minEventTime,

@@ -206,6 +206,35 @@ export const optionSpecs = {
       return ms
     }),
   }),
+  wireFormat: spec({
+    flags: '--wire-format <format>',
+    env: 'KWA_WIRE_FORMAT',
+    description:
+      'input framing: plain (Avro binary), confluent (magic byte 0 + 4-byte schema id + Avro; ' +
+      'writer schemas from --schema-registry-url) or auto (by the magic byte)',
+    default: 'plain',
+    schema: z.enum(['plain', 'confluent', 'auto']),
+  }),
+  schemaRegistryUrl: spec({
+    flags: '--schema-registry-url <url>',
+    env: 'KWA_SCHEMA_REGISTRY_URL',
+    description: 'Confluent Schema Registry for writer schemas (needed by confluent and auto)',
+    schema: z.url().optional(),
+  }),
+  maxMessageBytes: spec({
+    flags: '--max-message-bytes <n>',
+    env: 'KWA_MAX_MESSAGE_BYTES',
+    description: 'larger input messages go to the dead-letter topic (too-large)',
+    default: '1048576',
+    schema: integer(1),
+  }),
+  maxBatchSamples: spec({
+    flags: '--max-batch-samples <n>',
+    env: 'KWA_MAX_BATCH_SAMPLES',
+    description: 'input messages with more samples go to the dead-letter topic (too-many-samples)',
+    default: '100000',
+    schema: integer(1),
+  }),
   maxKeyBytes: spec({
     flags: '--max-key-bytes <n>',
     env: 'KWA_MAX_KEY_BYTES',

@@ -15,12 +15,8 @@ import {
   type ClosedWindows,
   type IngestResult,
 } from './native'
-import {
-  decodeTelemetryBatch,
-  encodeWindowAggregate,
-  type Sample,
-  type TelemetryBatch,
-} from './schemas'
+import { TelemetryDecoder } from './decode'
+import { encodeWindowAggregate, type Sample, type TelemetryBatch } from './schemas'
 
 /** Window geometry, in milliseconds. */
 export interface WindowConfig {
@@ -34,18 +30,11 @@ export type MessageDecoder = (
   value: Buffer | null,
 ) => { ok: true; batch: TelemetryBatch } | { ok: false; failure: { kind: string; message: string } }
 
-/** Plain Avro with the current input schema. */
-export const plainDecoder: MessageDecoder = (value) => {
-  if (value === null || value.length === 0) {
-    return { ok: false, failure: { kind: 'empty', message: 'empty message value' } }
-  }
-  try {
-    return { ok: true, batch: decodeTelemetryBatch(value) }
-  } catch (error) {
-    const message = `not a TelemetryBatch: ${(error as Error).message}`
-    return { ok: false, failure: { kind: 'malformed', message } }
-  }
-}
+/**
+ * Plain Avro with the current input schema. avsc alone is not used: on hostile bytes (huge
+ * declared array lengths) it can loop for minutes; TelemetryDecoder bounds every length first.
+ */
+export const plainDecoder: MessageDecoder = new TelemetryDecoder().decode
 
 export interface PipelineOptions {
   window: WindowConfig

@@ -1,6 +1,7 @@
 import type { Admin, Consumer, EachBatchPayload, Kafka, Message, Producer } from 'kafkajs'
 import { Partitioners } from 'kafkajs'
 import { ChangelogReader } from './changelog'
+import { TelemetryDecoder, type TelemetryDecoderOptions } from './decode'
 import { isPoisonMessageError } from './errors'
 import { ensureChangelogTopic, ensureTopics } from './topics'
 import { decodeCheckpoint, type Checkpoint } from './checkpoint'
@@ -12,7 +13,6 @@ import {
   PartitionPipeline,
   type BatchCounts,
   type BatchOutcome,
-  type MessageDecoder,
   type PipelineOptions,
   type WindowConfig,
 } from './pipeline'
@@ -44,8 +44,8 @@ export interface ServiceConfig {
     PipelineOptions,
     'maxFutureSkewMs' | 'minEventTimeMs' | 'maxKeyBytes' | 'maxOpenWindows'
   >
-  /** Decodes message values; default plain Avro. */
-  decoder?: MessageDecoder
+  /** Wire format, writer schemas and size limits of input messages; default plain Avro. */
+  decoding?: TelemetryDecoderOptions
   /** How often to log running totals; 0 turns it off. */
   statsIntervalMs?: number
   /** Chaos testing only: probability of SIGKILLing this process between send and commit. */
@@ -92,6 +92,7 @@ export class AggregatorService {
   private readonly changelogTopic: string
   private readonly deadLetterTopic: string
   private readonly pipelineOptions: PipelineOptions
+  private readonly decoder: TelemetryDecoder
   private failure: ((error: Error) => void) | undefined
   /** Settles when the service cannot go on (a poison message with `onPoison: 'fail'`). */
   readonly failed: Promise<Error>
@@ -113,9 +114,10 @@ export class AggregatorService {
     this.delivery = config.delivery ?? 'exactly-once'
     this.changelogTopic = config.changelogTopic ?? defaultChangelogTopic(config.groupId)
     this.deadLetterTopic = config.deadLetterTopic ?? defaultDeadLetterTopic(config.inputTopic)
+    this.decoder = new TelemetryDecoder(config.decoding)
     this.pipelineOptions = {
       window: config.window,
-      decoder: config.decoder,
+      decoder: this.decoder.decode,
       onPoison: config.onPoison,
       routeLate: config.lateTopic !== undefined,
       ...config.limits,
@@ -222,6 +224,8 @@ export class AggregatorService {
     if (!payload.isRunning() || payload.isStale() || batch.isEmpty()) return
     const owned = await this.ownedPartition(batch.partition, batch.firstOffset() ?? '0')
     if (owned === undefined) return
+    // Fetches unknown writer schemas; a registry outage fails the batch, to be retried.
+    await this.decoder.prepare(batch.messages.map((m) => m.value))
     try {
       const outcome = owned.pipeline.process(batch.messages)
       if (owned.transactor === undefined) await this.publishThenCommit(batch.partition, outcome)
@@ -277,7 +281,7 @@ export class AggregatorService {
     const crashProbability = this.config.crashAfterSendProbability ?? 0
     await transactor.commit({
       records: [
-        { topic: this.config.outputTopic, messages: outcome.results },
+        ...this.records(outcome),
         {
           topic: this.changelogTopic,
           messages: outcome.changelog.map((r) => ({ ...r, partition })),
