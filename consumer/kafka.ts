@@ -26,10 +26,14 @@ export function createKafka(options: {
       ({ namespace, level, log }: LogEntry) => {
         let name = levelName[level]
         if (name === undefined) return
+        const { message, timestamp: _timestamp, logger: _logger, ...extra } = log
         // kafkajs' connection layer logs every error response (a rebalance's heartbeat too) at
         // error level although the layers above handle them; those log real failures themselves.
         if (name === 'error' && namespace === 'Connection') name = 'warn'
-        const { message, timestamp: _timestamp, logger: _logger, ...extra } = log
+        // CONCURRENT_TRANSACTIONS right after a commit (kafkajs#1068): retried, and harmless.
+        if (name === 'error' && /concurrent operation on the same transaction/.test(message)) {
+          name = 'warn'
+        }
         kafkaLogger[name]({ kafkaNs: namespace, ...extra }, message)
       },
   })

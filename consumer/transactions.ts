@@ -1,4 +1,4 @@
-import type { Kafka, Message, Producer } from 'kafkajs'
+import { Partitioners, type Kafka, type Message, type Producer } from 'kafkajs'
 import { KwaError } from './errors'
 import type { Logger } from './logger'
 
@@ -62,6 +62,7 @@ export class PartitionTransactor {
       idempotent: true,
       maxInFlightRequests: 1,
       allowAutoTopicCreation: false,
+      createPartitioner: Partitioners.DefaultPartitioner,
     })
   }
 
