@@ -331,4 +331,44 @@ describe('hostile input on a real broker', () => {
     ])
     expect(service.totals.badMessages).toBe(3)
   })
+
+  it('stops with an error naming the offset when set to fail on poison', async () => {
+    const brokers = kafkaBrokers()
+    const [input, output] = ['in', 'out'].map((n) => uniqueTopic(`fail-${n}`)) as [string, string]
+    await createTopic(brokers, input, 1)
+    await createTopic(brokers, output, 1)
+    const service = new AggregatorService(
+      {
+        brokers: [brokers],
+        clientId: 'kwa-test',
+        groupId: uniqueTopic('fail-group'),
+        inputTopic: input,
+        outputTopic: output,
+        onPoison: 'fail',
+        window,
+        sessionTimeoutMs: 10_000,
+        statsIntervalMs: 0,
+      },
+      logger,
+    )
+    services.push(service)
+    await service.start()
+    const kafka = createKafka({ brokers: [brokers], clientId: 'kwa-test', logger })
+    const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner })
+    await producer.connect()
+    const good = encodeTelemetryBatch({
+      sourceId: 'ok',
+      samples: [{ seriesKey: 'a', eventTime: t0, value: 1 }],
+    })
+    await producer.send({
+      topic: input,
+      acks: -1,
+      messages: [{ value: good }, { value: Buffer.from([1, 2, 3]) }],
+    })
+    await producer.disconnect()
+    const failure = await service.failed
+    expect(failure.message).toMatch(
+      new RegExp(`poison message at ${input}\\[0\\]@1 \\(malformed\\)`),
+    )
+  })
 })
