@@ -13,7 +13,7 @@ import {
 import avro from 'avsc'
 import { encodeTelemetryBatch as encodeConfluent, telemetryBatchSchema } from '../../consumer/codec'
 import { LocalSchemaRegistry } from '../../consumer/decode'
-import { AggregatorService } from '../../consumer/service'
+import { AggregatorService, type ServiceConfig } from '../../consumer/service'
 import { createTopic, kafkaBrokers, readAll, uniqueTopic } from '../helpers/kafka'
 import { mulberry32, ReferenceAggregator, windowId, type RefWindow } from '../reference'
 
@@ -89,6 +89,24 @@ describe('hostile input on a real broker', () => {
   afterAll(async () => {
     await Promise.all(services.map((s) => s.stop()))
   })
+  /** A replica on the shared test broker, stopped after the tests. */
+  async function startService(
+    config: Omit<ServiceConfig, 'brokers' | 'clientId' | 'sessionTimeoutMs'>,
+  ): Promise<AggregatorService> {
+    const service = new AggregatorService(
+      {
+        brokers: [kafkaBrokers()],
+        clientId: 'kwa-test',
+        sessionTimeoutMs: 10_000,
+        statsIntervalMs: 0,
+        ...config,
+      },
+      logger,
+    )
+    services.push(service)
+    await service.start()
+    return service
+  }
 
   it('accounts for every sample: aggregated, late (to the late topic) or dead-lettered with a reason', async () => {
     const brokers = kafkaBrokers()
@@ -128,24 +146,15 @@ describe('hostile input on a real broker', () => {
     expect(expectedRejected.length).toBeGreaterThan(100)
     expect(expectedLate.length).toBeGreaterThan(10)
 
-    const service = new AggregatorService(
-      {
-        brokers: [brokers],
-        clientId: 'kwa-test',
-        groupId: uniqueTopic('hostile-group'),
-        inputTopic: input,
-        outputTopic: output,
-        deadLetterTopic: deadLetter,
-        lateTopic,
-        window,
-        limits,
-        sessionTimeoutMs: 10_000,
-        statsIntervalMs: 0,
-      },
-      logger,
-    )
-    services.push(service)
-    await service.start()
+    const service = await startService({
+      groupId: uniqueTopic('hostile-group'),
+      inputTopic: input,
+      outputTopic: output,
+      deadLetterTopic: deadLetter,
+      lateTopic,
+      window,
+      limits,
+    })
 
     const kafka = createKafka({ brokers: [brokers], clientId: 'kwa-test', logger })
     const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner })
@@ -290,23 +299,14 @@ describe('hostile input on a real broker', () => {
         { wireFormat: 'confluent', schemaId: 1 },
       ),
     ]
-    const service = new AggregatorService(
-      {
-        brokers: [brokers],
-        clientId: 'kwa-test',
-        groupId: uniqueTopic('schemas-group'),
-        inputTopic: input,
-        outputTopic: output,
-        deadLetterTopic: deadLetter,
-        window,
-        decoding: { wireFormat: 'confluent', schemas: registry },
-        sessionTimeoutMs: 10_000,
-        statsIntervalMs: 0,
-      },
-      logger,
-    )
-    services.push(service)
-    await service.start()
+    const service = await startService({
+      groupId: uniqueTopic('schemas-group'),
+      inputTopic: input,
+      outputTopic: output,
+      deadLetterTopic: deadLetter,
+      window,
+      decoding: { wireFormat: 'confluent', schemas: registry },
+    })
     const kafka = createKafka({ brokers: [brokers], clientId: 'kwa-test', logger })
     const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner })
     await producer.connect()
@@ -337,22 +337,13 @@ describe('hostile input on a real broker', () => {
     const [input, output] = ['in', 'out'].map((n) => uniqueTopic(`fail-${n}`)) as [string, string]
     await createTopic(brokers, input, 1)
     await createTopic(brokers, output, 1)
-    const service = new AggregatorService(
-      {
-        brokers: [brokers],
-        clientId: 'kwa-test',
-        groupId: uniqueTopic('fail-group'),
-        inputTopic: input,
-        outputTopic: output,
-        onPoison: 'fail',
-        window,
-        sessionTimeoutMs: 10_000,
-        statsIntervalMs: 0,
-      },
-      logger,
-    )
-    services.push(service)
-    await service.start()
+    const service = await startService({
+      groupId: uniqueTopic('fail-group'),
+      inputTopic: input,
+      outputTopic: output,
+      onPoison: 'fail',
+      window,
+    })
     const kafka = createKafka({ brokers: [brokers], clientId: 'kwa-test', logger })
     const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner })
     await producer.connect()
