@@ -137,7 +137,11 @@ export interface AggregatorConfig {
 export interface AggregatorStats {
   /** Open (series key, window) aggregates. */
   openWindows: number
-  /** Interned series keys; keys are never evicted. */
+  /**
+   * Series keys currently held: those of open windows. A key is dropped
+   * (and its memory reused) once its last open window closes, so this is
+   * never more than openWindows.
+   */
   seriesKeys: number
   lateTotal: number
   aggregatedTotal: number

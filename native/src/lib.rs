@@ -134,7 +134,9 @@ pub struct IngestResult {
 pub struct AggregatorStats {
     /// Open (series key, window) aggregates.
     pub open_windows: f64,
-    /// Interned series keys; keys are never evicted.
+    /// Series keys currently held: those of open windows. A key is dropped
+    /// (and its memory reused) once its last open window closes, so this is
+    /// never more than openWindows.
     pub series_keys: f64,
     pub late_total: f64,
     pub aggregated_total: f64,

@@ -85,6 +85,19 @@
 //!   closed windows bit for bit, the same low watermark and open window
 //!   count. Only what the rows cannot carry differs: totals restart at 0 and
 //!   only the keys of open windows are interned.
+//!
+//! # Memory
+//!
+//! State is held only for open windows: each open (key, window) aggregate,
+//! and each series key while at least one open aggregate uses it. Keys are
+//! interned to dense `u32` ids and reference-counted by their open
+//! aggregates; the counts change only when an aggregate is created or
+//! closed, never per sample. A key whose last open window closed is dropped
+//! at the end of the batch and its id reused, and the id table is compacted
+//! once most of its slots are free. So under key churn (many distinct keys
+//! over time) the memory held is O(open aggregates), which `maxOpenWindows`
+//! bounds, rather than O(keys ever seen); [`Stats::series_keys`] is never
+//! more than [`Stats::open_windows`] after a batch.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, btree_map};
@@ -538,7 +551,8 @@ pub struct IngestOutcome {
 pub struct Stats {
     /// Open (series key, window) aggregates.
     pub open_windows: usize,
-    /// Interned series keys (never evicted).
+    /// Series keys currently held: those of open windows (a key is dropped
+    /// once its last open window closes), so never more than `open_windows`.
     pub series_keys: usize,
     pub late_total: u64,
     pub aggregated_total: u64,
@@ -551,21 +565,61 @@ pub struct Stats {
     pub stream_time: Option<i64>,
 }
 
+/// Marks a free id in [`Interner::refs`].
+const FREE: u32 = u32::MAX;
+
+/// Below this many id slots the interner is only compacted once it is empty.
+/// Tiny in tests, so the property test renumbers keys often.
+const COMPACT_MIN_SLOTS: usize = if cfg!(test) { 2 } else { 1024 };
+
 /// Series keys mapped to dense ids so open windows store a `u32` per key.
+///
+/// Keys are reference-counted by the open aggregates that use them
+/// ([`acquire`](Self::acquire) when an aggregate is created,
+/// [`release`](Self::release) when it closes). A key whose count drops to 0
+/// is only queued: [`sweep`](Self::sweep), at the end of a batch, removes
+/// the keys still unused and recycles their ids. So ids cached for the
+/// batch's key table stay valid while windows close mid-batch (rule 7), and
+/// a key released and used again within one batch keeps its id.
 #[derive(Debug, Default)]
 struct Interner {
-    ids: FxHashMap<String, u32>,
-    names: Vec<String>,
+    ids: FxHashMap<Box<str>, u32>,
+    /// Name by id; empty for a free id.
+    names: Vec<Box<str>>,
+    /// Open aggregates by id, or [`FREE`].
+    refs: Vec<u32>,
+    /// Free ids, reused before new ones are allocated.
+    free: Vec<u32>,
+    /// Ids whose count dropped to 0 since the last sweep (possibly repeated,
+    /// possibly in use again).
+    unused: Vec<u32>,
 }
 
 impl Interner {
+    /// The key's id, interning it (with a count of 0) if needed. The caller
+    /// acquires it before the batch ends, or it is never swept.
     fn intern(&mut self, key: &str) -> u32 {
         if let Some(&id) = self.ids.get(key) {
             return id;
         }
-        let id = u32::try_from(self.names.len()).expect("more than u32::MAX series keys");
-        self.names.push(key.to_owned());
-        self.ids.insert(key.to_owned(), id);
+        let name: Box<str> = key.into();
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.names[id as usize] = name.clone();
+                self.refs[id as usize] = 0;
+                id
+            }
+            None => {
+                let id = u32::try_from(self.names.len())
+                    .ok()
+                    .filter(|&id| id != FREE)
+                    .expect("fewer than u32::MAX open series keys");
+                self.names.push(name.clone());
+                self.refs.push(0);
+                id
+            }
+        };
+        self.ids.insert(name, id);
         id
     }
 
@@ -578,11 +632,88 @@ impl Interner {
         &self.names[id as usize]
     }
 
+    /// Series keys currently interned.
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// One more open aggregate uses `id`.
+    #[inline]
+    fn acquire(&mut self, id: u32) {
+        self.refs[id as usize] += 1;
+    }
+
+    /// One open aggregate using `id` closed; queues the key for the next
+    /// [`sweep`](Self::sweep) when it was the last.
+    #[inline]
+    fn release(&mut self, id: u32) {
+        let refs = &mut self.refs[id as usize];
+        *refs -= 1;
+        if *refs == 0 {
+            self.unused.push(id);
+        }
+    }
+
+    /// Removes every queued key that is still unused and frees its id.
+    fn sweep(&mut self) {
+        for id in self.unused.drain(..) {
+            let i = id as usize;
+            if self.refs[i] == 0 {
+                let name = std::mem::take(&mut self.names[i]);
+                self.ids.remove(&name);
+                self.refs[i] = FREE;
+                self.free.push(id);
+            }
+        }
+        if self.unused.capacity() > 1024 {
+            self.unused = Vec::new();
+        }
+    }
+
+    /// Whether most id slots are free, so [`compact`](Self::compact) would
+    /// give back memory.
+    fn sparse(&self) -> bool {
+        let slots = self.names.len();
+        let live = self.len();
+        (slots > COMPACT_MIN_SLOTS || live == 0) && live * 4 < slots
+    }
+
+    /// Renumbers the keys densely and shrinks every table to fit; returns the
+    /// new id by old id ([`FREE`] for free ones).
+    fn compact(&mut self) -> Vec<u32> {
+        let live = self.len();
+        let mut remap = vec![FREE; self.names.len()];
+        let mut names = Vec::with_capacity(live);
+        let mut refs = Vec::with_capacity(live);
+        let old = std::mem::take(&mut self.names)
+            .into_iter()
+            .zip(std::mem::take(&mut self.refs));
+        for (old_id, (name, count)) in old.enumerate() {
+            if count != FREE {
+                // Fewer live keys than old ids, which fit in a u32.
+                remap[old_id] = names.len() as u32;
+                names.push(name);
+                refs.push(count);
+            }
+        }
+        for id in self.ids.values_mut() {
+            *id = remap[*id as usize];
+        }
+        self.ids.shrink_to_fit();
+        self.names = names;
+        self.refs = refs;
+        self.free = Vec::new();
+        self.unused = Vec::new();
+        remap
+    }
+
     fn bytes_held(&self) -> usize {
-        // Each key is stored twice: in the id table and in the name list.
-        let text: usize = self.names.iter().map(|name| 2 * name.capacity()).sum();
-        text + self.names.capacity() * size_of::<String>()
-            + self.ids.capacity() * (size_of::<(String, u32)>() + 1)
+        // Each live key's text is stored twice: in the id table and in the name list.
+        let text: usize = self.names.iter().map(|name| 2 * name.len()).sum();
+        text + self.names.capacity() * size_of::<Box<str>>()
+            + (self.refs.capacity() + self.free.capacity() + self.unused.capacity())
+                * size_of::<u32>()
+            + self.ids.capacity() * (size_of::<(Box<str>, u32)>() + 1)
     }
 }
 
@@ -782,6 +913,7 @@ impl Aggregator {
                         Entry::Occupied(mut agg) => agg.get_mut().add(value),
                         Entry::Vacant(slot) => {
                             slot.insert(Aggregate::new(value, offset));
+                            self.keys.acquire(id);
                             self.open_count += 1;
                             *self.first_offsets.entry(offset).or_default() += 1;
                         }
@@ -803,6 +935,7 @@ impl Aggregator {
             self.close_windows(stream_time - self.spec.grace, &mut out.closed);
         }
         out.changes = touched.map(|touched| self.touched_states(touched));
+        self.sweep_keys();
         Ok(out)
     }
 
@@ -983,6 +1116,7 @@ impl Aggregator {
                     "row {i} (key {key:?}): window {start} appears twice"
                 )));
             }
+            keys.acquire(id);
             *first_offsets.entry(agg.first_offset).or_default() += 1;
         }
         self.keys = keys;
@@ -1068,6 +1202,7 @@ impl Aggregator {
             self.open_count -= window.len();
             for (id, agg) in self.by_key_name(&window) {
                 closed.push(self.keys.name(id), start, end, agg);
+                self.keys.release(id);
                 release_offset(&mut self.first_offsets, agg.first_offset);
             }
         }
@@ -1077,10 +1212,28 @@ impl Aggregator {
         self.open_count
     }
 
+    /// Drops the keys whose last open window closed during the batch (see
+    /// [`Interner`]), and renumbers the rest when most id slots are free, so
+    /// the memory held follows the open windows down as well as up.
+    /// Renumbering rekeys every open window, but happens only after the
+    /// number of keys fell to a quarter of the slots.
+    fn sweep_keys(&mut self) {
+        self.keys.sweep();
+        if self.keys.sparse() {
+            let remap = self.keys.compact();
+            for window in self.windows.values_mut() {
+                *window = window
+                    .drain()
+                    .map(|(id, agg)| (remap[id as usize], agg))
+                    .collect();
+            }
+        }
+    }
+
     pub fn stats(&self) -> Stats {
         Stats {
             open_windows: self.open_windows(),
-            series_keys: self.keys.names.len(),
+            series_keys: self.keys.len(),
             late_total: self.late_total,
             aggregated_total: self.aggregated_total,
             rejected_total: self.rejected_total(),
@@ -1209,10 +1362,40 @@ mod tests {
             agg.open_windows(),
             agg.windows.values().map(WindowMap::len).sum()
         );
+        assert_key_counts(agg);
         let accounted =
             out.aggregated as usize + out.late_indexes.len() + out.rejected_indexes.len();
         assert_eq!(accounted, samples.len(), "every sample is classified once");
         out
+    }
+
+    /// The interner holds exactly the keys of open windows, each counted
+    /// once per open aggregate, and its tables agree.
+    fn assert_key_counts(agg: &Aggregator) {
+        let keys = &agg.keys;
+        let mut counts = vec![0u32; keys.names.len()];
+        for window in agg.windows.values() {
+            for &id in window.keys() {
+                counts[id as usize] += 1;
+            }
+        }
+        assert_eq!(keys.refs.len(), keys.names.len());
+        assert!(keys.unused.is_empty(), "swept at the end of every batch");
+        let mut free = 0;
+        for (id, (&refs, name)) in keys.refs.iter().zip(&keys.names).enumerate() {
+            if refs == FREE {
+                free += 1;
+                assert_eq!(counts[id], 0, "free id {id} in an open window");
+                assert!(name.is_empty() && keys.free.contains(&(id as u32)));
+            } else {
+                assert_eq!(refs, counts[id], "references of {name:?}");
+                assert!(refs > 0, "{name:?} is held by no open window");
+                assert_eq!(keys.get(name), Some(id as u32));
+            }
+        }
+        assert_eq!(free, keys.free.len());
+        assert_eq!(keys.len() + free, keys.names.len());
+        assert!(keys.len() <= agg.open_windows());
     }
 
     /// Closed rows as `(key, start, end, count, sum)` for compact assertions.
@@ -1502,6 +1685,111 @@ mod tests {
         ingest(&mut agg, &["a"], &[(0, 200.0, 1.0)]);
         let stats = agg.stats();
         assert_eq!((stats.open_windows, stats.aggregated_total), (2, 3));
+    }
+
+    #[test]
+    fn keys_are_released_when_their_last_window_closes() {
+        // Hopping 10/5: a key is held until the last of its windows closes.
+        let mut agg = Aggregator::new(spec(10.0, Some(5.0), None));
+        let fresh = agg.stats().bytes_held;
+        // a and b in [0,10) and [5,15).
+        ingest(&mut agg, &["a", "b"], &[(0, 5.0, 1.0), (1, 9.0, 1.0)]);
+        let stats = agg.stats();
+        assert_eq!((stats.open_windows, stats.series_keys), (4, 2));
+
+        // Closes [0,10) and [5,15): a has no open window left, b opens [10,20) and [15,25).
+        let out = ingest(&mut agg, &["b"], &[(0, 15.0, 1.0)]);
+        assert_eq!(out.closed.len(), 4);
+        let stats = agg.stats();
+        assert_eq!((stats.open_windows, stats.series_keys), (2, 1));
+        assert_eq!((agg.keys.get("a"), agg.keys.get("b")), (None, Some(1)));
+
+        // Once every window closed, no key is held and the tables are empty again.
+        let mut closed = ClosedWindows::default();
+        agg.close_windows(i64::MAX, &mut closed);
+        agg.sweep_keys();
+        assert_key_counts(&agg);
+        let stats = agg.stats();
+        assert_eq!((stats.open_windows, stats.series_keys), (0, 0));
+        assert_eq!(
+            rows(&closed),
+            [("b", 10.0, 20.0, 1.0, 1.0), ("b", 15.0, 25.0, 1.0, 1.0)]
+        );
+        assert_eq!(agg.keys.names.len(), 0);
+        assert_eq!(stats.bytes_held, fresh);
+    }
+
+    #[test]
+    fn ids_of_released_keys_are_reused() {
+        // Every batch brings a new key and closes the previous key's window.
+        let mut agg = Aggregator::new(spec(10.0, None, None));
+        for b in 0..1_000u32 {
+            let key = format!("key-{b}");
+            ingest(&mut agg, &[key.as_str()], &[(0, f64::from(b) * 10.0, 1.0)]);
+            let stats = agg.stats();
+            assert_eq!((stats.open_windows, stats.series_keys), (1, 1), "batch {b}");
+            // The previous key still held its id while this one was interned.
+            assert_eq!(agg.keys.get(&key), Some(b % 2), "batch {b}");
+            assert_eq!(agg.keys.names.len(), 2.min(b as usize + 1));
+        }
+
+        // Many keys at once, then few: the id table is compacted.
+        let mut agg = Aggregator::new(spec(10.0, None, None));
+        let keys: Vec<String> = (0..5_000).map(|k| format!("k{k}")).collect();
+        let samples: Vec<(u32, f64, f64)> = (0..5_000).map(|k| (k, 5.0, 1.0)).collect();
+        ingest(&mut agg, &keys, &samples);
+        assert_eq!(agg.stats().series_keys, 5_000);
+        let peak = agg.stats().bytes_held;
+        let out = ingest(&mut agg, &keys[4_999..], &[(0, 15.0, 1.0)]);
+        assert_eq!(out.closed.len(), 5_000);
+        assert_eq!(agg.stats().series_keys, 1);
+        assert_eq!(agg.keys.names.len(), 1, "compacted");
+        assert_eq!(agg.keys.get("k4999"), Some(0));
+        assert!(agg.stats().bytes_held * 20 < peak);
+        let snapshot = agg.snapshot();
+        assert_eq!(state_rows(&snapshot)[0].0, "k4999");
+    }
+
+    #[test]
+    fn ids_stay_valid_when_keys_are_released_mid_batch() {
+        // A full table closes due windows mid-batch (rule 7); the batch's
+        // cached ids must not be handed to other keys before the batch ends.
+        let limit = |max: f64| limited(spec(10.0, None, None), None, None, Some(max));
+        let mut agg = limit(1.0);
+        let out = ingest(
+            &mut agg,
+            &["a", "b"],
+            &[
+                (0, 0.0, 1.0),  // opens a@0
+                (1, 10.0, 2.0), // full: closes a@0 (a unused now), opens b@10
+                (0, 12.0, 4.0), // a@10 is new and the table is full: rejected
+            ],
+        );
+        assert_eq!(rejections(&out), [(2, 7)]);
+        assert_eq!(rows(&out.closed), [("a", 0.0, 10.0, 1.0, 1.0)]);
+        let snapshot = agg.snapshot();
+        assert_eq!(
+            state_rows(&snapshot)
+                .iter()
+                .map(|r| (r.0, r.1, r.2))
+                .collect::<Vec<_>>(),
+            [("b", 10.0, 1.0)]
+        );
+        assert_eq!(snapshot.sum, [2.0], "b@10 did not take a's sample");
+        assert_eq!(agg.stats().series_keys, 1);
+
+        // A key whose last window closes mid-batch and that opens a new one
+        // in the same batch keeps its id.
+        let mut agg = limit(1.0);
+        let out = ingest(
+            &mut agg,
+            &["a"],
+            &[(0, 0.0, 1.0), (0, 10.0, 2.0), (0, 11.0, 4.0)],
+        );
+        assert_eq!(out.aggregated, 3);
+        assert_eq!(rows(&out.closed), [("a", 0.0, 10.0, 1.0, 1.0)]);
+        assert_eq!(agg.keys.get("a"), Some(0));
+        assert_eq!(agg.snapshot().sum, [6.0]);
     }
 
     #[test]
@@ -2648,6 +2936,10 @@ mod tests {
                 );
                 let stats = agg.stats();
                 assert_eq!(stats.open_windows, snapshot.len());
+                let open_keys: std::collections::BTreeSet<&String> =
+                    snapshot.series_keys.iter().collect();
+                assert_eq!(stats.series_keys, open_keys.len(), "batch {b}: keys held");
+                assert!(stats.series_keys <= stats.open_windows, "batch {b}");
                 if let Some(max) = max_open {
                     assert!(
                         stats.open_windows <= max,
