@@ -2,7 +2,7 @@ import type { Admin, Consumer, EachBatchPayload, Kafka, Message, Producer } from
 import { Partitioners } from 'kafkajs'
 import { ChangelogReader } from './changelog'
 import { TelemetryDecoder, type TelemetryDecoderOptions } from './decode'
-import { isPoisonMessageError } from './errors'
+import { isPoisonMessageError, KwaError } from './errors'
 import { ensureChangelogTopic, ensureTopics } from './topics'
 import { decodeCheckpoint, type Checkpoint } from './checkpoint'
 import { createKafka } from './kafka'
@@ -16,7 +16,7 @@ import {
   type PipelineOptions,
   type WindowConfig,
 } from './pipeline'
-import { PartitionTransactor } from './transactions'
+import { FencedError, PartitionTransactor } from './transactions'
 
 export type Delivery = 'exactly-once' | 'at-least-once'
 export const deliveryModes = ['exactly-once', 'at-least-once'] as const
@@ -100,6 +100,8 @@ export class AggregatorService {
   private readonly owned = new Map<number, OwnedPartition>()
   /** Partitions sought back to their committed offset, awaiting the batch that starts there. */
   private readonly seeking = new Map<number, string>()
+  /** Partitions whose producer a newer owner fenced in this generation: hands off until rejoin. */
+  private readonly fenced = new Set<number>()
   private generation = 0
   private assigned: number[] = []
   private statsTimer: NodeJS.Timeout | undefined
@@ -168,6 +170,7 @@ export class AggregatorService {
       this.assigned = [...(payload.memberAssignment[this.config.inputTopic] ?? [])].sort(
         (a, b) => a - b,
       )
+      this.fenced.clear()
       this.releaseUnassigned()
       this.log.info({ generation: this.generation, partitions: this.assigned }, 'joined group')
     })
@@ -235,9 +238,12 @@ export class AggregatorService {
     } catch (error) {
       // State now runs ahead of what is committed: drop it, restore on the next batch.
       void this.release(batch.partition)
+      if (error instanceof FencedError) this.fenced.add(batch.partition)
       const where = { topic: batch.topic, partition: batch.partition, offset: batch.firstOffset() }
       if (isRebalancing(error)) {
         this.log.info(where, 'rebalance during batch; partition will be restored')
+      } else if (error instanceof FencedError) {
+        this.log.warn({ ...where, err: error }, 'fenced by a newer owner; rejoining the group')
       } else if (isPoisonMessageError(error)) {
         this.log.fatal({ ...where, err: error }, 'poison message; stopping (--on-poison fail)')
         this.consumer.pause([{ topic: this.config.inputTopic }])
@@ -313,6 +319,12 @@ export class AggregatorService {
     const owned = this.owned.get(partition)
     if (owned !== undefined && owned.generation === this.generation) return owned
     await this.release(partition)
+    if (this.fenced.has(partition)) {
+      // Re-initialising now would fence the new owner in turn: wait for the group to rebalance.
+      throw new KwaError(`partition ${partition} moved to another replica; awaiting rebalance`, {
+        retriable: true,
+      })
+    }
     const generation = this.generation
     const where = { topic: this.config.inputTopic, partition, offset: firstOffset }
 

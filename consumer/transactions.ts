@@ -101,8 +101,11 @@ export class PartitionTransactor {
       } catch (error) {
         const type = errorType(error)
         if (fencedTypes.has(type ?? '')) {
-          throw new FencedError(`${this.transactionalId} was fenced by a newer owner`, {
-            cause: error,
+          // Retriable, and without the kafkajs cause (which kafkajs would judge instead): the
+          // consumer must rejoin the group and learn what it owns now, not crash.
+          const reason = error instanceof Error ? error.message : String(error)
+          throw new FencedError(`${this.transactionalId} was fenced by a newer owner (${reason})`, {
+            retriable: true,
           })
         }
         if (committing || !transientTypes.has(type ?? '') || attempt >= this.maxAttempts) {
