@@ -1,0 +1,104 @@
+/**
+ * Cost of crossing the JS → native boundary: the same samples ingested with one `ingest` call per
+ * batch, for batch sizes 1 (one call per sample) to 100k; ns per sample, median of several runs.
+ * 10k keys, 60 s tumbling windows, grace 2 s. The event loop turns every ~10k samples (and after
+ * every batch of 10k or more), freeing the typed arrays each call returns.
+ *
+ *   npm run bench:boundary -- [--samples 2000000] [--per-sample 200000] [--runs 5]
+ */
+import { parseArgs } from 'node:util'
+import { PartitionAggregator } from '../consumer/native'
+import { type Batch, fmt, makeWorkload, median, yieldToLoop } from './lib'
+
+const geometry = { sizeMs: 60_000, advanceMs: 60_000, graceMs: 2_000 }
+const keys = 10_000
+const sizes = [1, 10, 100, 1_000, 10_000, 100_000]
+
+async function timeBatches(batches: Batch[], batchSize: number): Promise<number> {
+  const agg = new PartitionAggregator(geometry)
+  const every = Math.max(1, Math.ceil(10_000 / batchSize))
+  const t = performance.now()
+  for (let i = 0; i < batches.length; i++) {
+    const b = batches[i]!
+    agg.ingest(b.keys, b.keyIndex, b.timestamps, b.values, b.offsets)
+    if ((i + 1) % every === 0) await yieldToLoop()
+  }
+  const ms = performance.now() - t
+  agg.free()
+  return ms
+}
+
+/** One call per sample, reusing four one-element arrays (what a per-record caller would do). */
+async function timePerSample(input: Batch): Promise<number> {
+  const agg = new PartitionAggregator(geometry)
+  const keyIndex = new Uint32Array(1)
+  const timestamps = new Float64Array(1)
+  const values = new Float64Array(1)
+  const offsets = new Float64Array(1)
+  const t = performance.now()
+  for (let i = 0; i < input.keyIndex.length; i++) {
+    timestamps[0] = input.timestamps[i]!
+    values[0] = input.values[i]!
+    offsets[0] = input.offsets[i]!
+    agg.ingest([input.keys[input.keyIndex[i]!]!], keyIndex, timestamps, values, offsets)
+    if ((i + 1) % 10_000 === 0) await yieldToLoop()
+  }
+  const ms = performance.now() - t
+  agg.free()
+  return ms
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      samples: { type: 'string', default: '2000000' },
+      'per-sample': { type: 'string', default: '200000' },
+      runs: { type: 'string', default: '5' },
+    },
+  })
+  const samples = Number(values.samples)
+  const perSample = Number(values['per-sample'])
+  const runs = Number(values.runs)
+  // Same generator and event-time rate as bench/core.ts (16.7 samples per ms).
+  const inputs = new Map<number, Batch[]>()
+  for (const b of sizes) {
+    const n = b === 1 ? perSample : samples
+    inputs.set(b, makeWorkload({ samples: n, keys, batchSize: b === 1 ? n : b, spanMs: n * 0.06 }))
+  }
+  const ns = new Map<number, number[]>(sizes.map((b) => [b, []]))
+  for (let run = 0; run < runs; run++) {
+    for (let j = 0; j < sizes.length; j++) {
+      const b = sizes[(run + j) % sizes.length]!
+      const input = inputs.get(b)!
+      const n = b === 1 ? perSample : samples
+      const ms = b === 1 ? await timePerSample(input[0]!) : await timeBatches(input, b)
+      ns.get(b)!.push((ms * 1e6) / n)
+    }
+  }
+  const med = (b: number) => median(ns.get(b)!)
+  console.log(
+    `\n${fmt(keys)} keys, tumbling 60 s; ${fmt(samples)} samples per batch size (${fmt(perSample)} for batch 1); median of ${runs} runs`,
+  )
+  console.log('| batch size | calls | ns/sample | vs batch 100k | runs (ns/sample) |')
+  console.log('|---|---|---|---|---|')
+  for (const b of sizes) {
+    const n = b === 1 ? perSample : samples
+    console.log(
+      `| ${fmt(b)}${b === 1 ? ' (per-sample calls)' : ''} | ${fmt(Math.ceil(n / b))} | ${med(b).toFixed(1)} | ${(med(b) / med(100_000)).toFixed(2)}x | ${ns
+        .get(b)!
+        .map((x) => x.toFixed(1))
+        .join(', ')} |`,
+    )
+  }
+  console.log(
+    `boundary: batch-1k ${med(1_000).toFixed(1)} ns/sample, batch-100k ${med(100_000).toFixed(1)} ns/sample, per-sample-calls ${med(1).toFixed(1)} ns/sample`,
+  )
+}
+
+main().then(
+  () => process.exit(0),
+  (error: unknown) => {
+    console.error(error)
+    process.exit(1)
+  },
+)
