@@ -29,20 +29,6 @@ export interface RecordPosition {
   offset: string
 }
 
-/** A message that is not a valid telemetry batch. Retrying cannot help. */
-export class DecodeError extends KwaError {
-  readonly topic: string
-  readonly partition: number
-  readonly offset: string
-
-  constructor(position: RecordPosition, message: string, cause?: unknown) {
-    super(`${position.topic}[${position.partition}]@${position.offset}: ${message}`, { cause })
-    this.topic = position.topic
-    this.partition = position.partition
-    this.offset = position.offset
-  }
-}
-
 /** A poison message when the service is set to stop on one (`--on-poison fail`). */
 export class PoisonMessageError extends KwaError {
   readonly topic: string
@@ -67,6 +53,5 @@ export class CheckpointError extends KwaError {}
 
 export const isKwaError = (error: unknown): error is KwaError => error instanceof KwaError
 export const isConfigError = (error: unknown): error is ConfigError => error instanceof ConfigError
-export const isDecodeError = (error: unknown): error is DecodeError => error instanceof DecodeError
 export const isPoisonMessageError = (error: unknown): error is PoisonMessageError =>
   error instanceof PoisonMessageError

@@ -147,10 +147,6 @@ export class AggregatorService {
     return this.assigned
   }
 
-  get groupGeneration(): number {
-    return this.generation
-  }
-
   async start(): Promise<void> {
     await Promise.all([this.producer.connect(), this.admin.connect(), this.consumer.connect()])
     const sideTopics = [this.deadLetterTopic, this.config.lateTopic].filter((t) => t !== undefined)
