@@ -27,6 +27,7 @@ const runOptions = [
   'maxKeyBytes',
   'maxOpenWindows',
   'wireFormat',
+  'decoder',
   'schemaRegistryUrl',
   'maxMessageBytes',
   'maxBatchSamples',
@@ -116,6 +117,7 @@ export function buildProgram(): Command {
           onPoison: c.onPoison,
           decoding: {
             wireFormat: c.wireFormat,
+            engine: c.decoder,
             schemas:
               c.schemaRegistryUrl === undefined
                 ? undefined

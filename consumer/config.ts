@@ -1,5 +1,6 @@
 import { Option } from 'commander'
 import { z } from 'zod'
+import { decodeEngines } from './decode'
 import { ConfigError } from './errors'
 import { logLevels } from './logger'
 
@@ -214,6 +215,15 @@ export const optionSpecs = {
       'writer schemas from --schema-registry-url) or auto (by the magic byte)',
     default: 'plain',
     schema: z.enum(['plain', 'confluent', 'auto']),
+  }),
+  decoder: spec({
+    flags: '--decoder <engine>',
+    env: 'KWA_DECODER',
+    description:
+      'who decodes input Avro: native (in Rust, straight into the aggregator; fastest) or avsc ' +
+      '(a JS object per sample; the reference decoder)',
+    default: 'native',
+    schema: z.enum(decodeEngines),
   }),
   schemaRegistryUrl: spec({
     flags: '--schema-registry-url <url>',

@@ -1,5 +1,7 @@
 import { isUtf8 } from 'node:buffer'
 import avro from 'avsc'
+import { baseTypeName, matches, minBytes } from './avro-types'
+import { DecodeProgram } from './decode-program'
 import { telemetryBatchType, type TelemetryBatch } from './schemas'
 
 /**
@@ -177,13 +179,29 @@ export interface TelemetryDecoderOptions {
   prepareConcurrency?: number
   /** Clock for `unknownSchemaRetryMs`, in ms (default `Date.now`). */
   now?: () => number
+  /**
+   * Who decodes the Avro: `native` (default) walks the bytes in Rust straight into the
+   * aggregator's columns (`PartitionPipeline` with `locate` and `program`); `avsc` builds a JS
+   * object per sample with avsc (`decode`), the reference decoder.
+   */
+  engine?: DecodeEngine
+}
+
+export const decodeEngines = ['native', 'avsc'] as const
+export type DecodeEngine = (typeof decodeEngines)[number]
+
+/** Where a message's Avro body starts and the native program node to walk it with. */
+export interface Located {
+  ok: true
+  body: number
+  root: number
 }
 
 type Resolver = ReturnType<avro.Type['createResolver']>
 
 /** A writer schema ready to decode with, or why it cannot be. */
 type WriterEntry =
-  | { ok: true; resolver: Resolver | undefined; scan: Scanner }
+  | { ok: true; resolver: Resolver | undefined; scan: Scanner; root: number }
   | { ok: false; failure: DecodeFailure; retryAt: number }
 
 const readerName = telemetryBatchType.name ?? 'io.kwa.telemetry.v1.TelemetryBatch'
@@ -204,7 +222,11 @@ export class TelemetryDecoder {
   private readonly unknownSchemaRetryMs: number
   private readonly prepareConcurrency: number
   private readonly now: () => number
+  readonly engine: DecodeEngine
+  /** Native decode program for every writer schema resolved so far (see `locate`). */
+  readonly program = new DecodeProgram()
   private readonly plainScan: Scanner
+  private readonly plainRoot: number
   private readonly writers = new Map<number, WriterEntry>()
   private readonly inFlight = new Map<number, Promise<void>>()
 
@@ -227,6 +249,8 @@ export class TelemetryDecoder {
     this.prepareConcurrency = positiveInteger('prepareConcurrency', options.prepareConcurrency, 8)
     this.now = options.now ?? Date.now
     this.plainScan = compileScanner(telemetryBatchType, telemetryBatchType)
+    this.plainRoot = this.program.add(telemetryBatchType, telemetryBatchType)
+    this.engine = options.engine ?? 'native'
   }
 
   /**
@@ -275,6 +299,40 @@ export class TelemetryDecoder {
     }
     if (!entry.ok) return { ok: false, failure: entry.failure }
     return this.read(bytes, CONFLUENT_HEADER_BYTES, entry.scan, entry.resolver, framing)
+  }
+
+  /**
+   * For the native decoder: where the value's Avro body starts and the `program` node to walk
+   * it with, or why it cannot be read at all (the failures `decode` gives before reading Avro).
+   * Like `decode`, needs `prepare` first for Confluent values.
+   */
+  readonly locate = (value: Buffer | null): Located | { ok: false; failure: DecodeFailure } => {
+    const framing = this.framing(value)
+    if (framing instanceof DecodeFailure) return { ok: false, failure: framing }
+    if (framing === 'plain') return { ok: true, body: 0, root: this.plainRoot }
+    const entry = this.writers.get(framing)
+    if (entry === undefined) {
+      throw new Error(
+        `schema id ${framing} was not prepared: await decoder.prepare(values) before locate()`,
+      )
+    }
+    if (!entry.ok) return { ok: false, failure: entry.failure }
+    return { ok: true, body: CONFLUENT_HEADER_BYTES, root: entry.root }
+  }
+
+  /** Failure for a message the native decoder refused, with its kind and reason. */
+  nativeFailure(kind: string, reason: string, value: Buffer): DecodeFailure {
+    const framing = this.framing(value)
+    const id = typeof framing === 'number' ? framing : undefined
+    const writer = id === undefined ? 'plain' : `writer schema ${id}`
+    if (kind === 'too-many-samples') {
+      return new DecodeFailure(
+        'too-many-samples',
+        `${reason}, more than maxSamplesPerBatch (${this.maxSamplesPerBatch})`,
+        id,
+      )
+    }
+    return new DecodeFailure('malformed', `not a valid ${readerName} (${writer}): ${reason}`, id)
   }
 
   /** `plain`, the Confluent schema id, or why the value cannot be read at all. */
@@ -384,7 +442,8 @@ export class TelemetryDecoder {
     }
     try {
       const resolver = telemetryBatchType.createResolver(writer)
-      return { ok: true, resolver, scan: compileScanner(writer, telemetryBatchType) }
+      const scan = compileScanner(writer, telemetryBatchType)
+      return { ok: true, resolver, scan, root: this.program.add(writer, telemetryBatchType) }
     } catch (error) {
       const message = `writer schema ${id} cannot be read as ${readerName}: ${(error as Error).message}`
       return this.failed('incompatible-schema', message, id, Infinity)
@@ -535,49 +594,6 @@ const scanString: Scanner = (s) => {
   s.pos = end
 }
 
-type Field = avro.types.Field
-
-/** The smallest encoding of a value of `type`, in bytes (a lower bound for recursive types). */
-function minBytes(type: avro.Type, seen = new Set<avro.Type>()): number {
-  switch (baseTypeName(type)) {
-    case 'null':
-      return 0
-    case 'float':
-      return 4
-    case 'double':
-      return 8
-    case 'fixed':
-      return (type as avro.types.FixedType).size
-    case 'record':
-    case 'error': {
-      if (seen.has(type)) return 0
-      seen.add(type)
-      let total = 0
-      for (const field of (type as avro.types.RecordType).fields)
-        total += minBytes(field.type, seen)
-      seen.delete(type)
-      return total
-    }
-    case 'union:unwrapped':
-    case 'union:wrapped': {
-      const branches = (type as avro.types.UnwrappedUnionType).types
-      return 1 + Math.min(...branches.map((branch) => minBytes(branch, seen)))
-    }
-    case 'logical':
-      return minBytes((type as avro.types.LogicalType).underlyingType, seen)
-    default:
-      // boolean, int, long, bytes, string, enum, array, map: at least one byte.
-      return 1
-  }
-}
-
-function baseTypeName(type: avro.Type): string {
-  const name = type.typeName
-  if (name.startsWith('logical:')) return 'logical'
-  if (name === 'abstract:long') return 'long'
-  return name
-}
-
 /**
  * Compiles a scanner for Avro written with `writer`. `reader` is the type the resolver will read
  * that value as (undefined where the reader skips it): it only decides which `bytes` must be
@@ -684,9 +700,6 @@ function compileScanner(writer: avro.Type, reader: avro.Type | undefined): Scann
 
   return compile(writer, reader)
 }
-
-const matches = (readerField: Field, writerField: Field): boolean =>
-  readerField.name === writerField.name || readerField.aliases.includes(writerField.name)
 
 /** Array or map blocks: `count items`, or `-count size items`, ..., then 0. */
 function blocks(item: Scanner, itemBytes: number, what: string, isSamples: boolean): Scanner {

@@ -16,5 +16,6 @@ export type {
   AggregatorStats,
   ClosedWindows,
   IngestResult,
+  SampleRows,
   WindowStates,
 } from '../native/index.js'

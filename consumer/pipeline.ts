@@ -14,6 +14,7 @@ import {
   type AggregatorStats,
   type ClosedWindows,
   type IngestResult,
+  type SampleRows,
 } from './native'
 import { TelemetryDecoder } from './decode'
 import { encodeWindowAggregate, type Sample, type TelemetryBatch } from './schemas'
@@ -25,21 +26,17 @@ export interface WindowConfig {
   graceMs: number
 }
 
-/** Decodes one message value, or says why it cannot (`kind`: a short machine-readable tag). */
-export type MessageDecoder = (
-  value: Buffer | null,
-) => { ok: true; batch: TelemetryBatch } | { ok: false; failure: { kind: string; message: string } }
-
 /**
- * Plain Avro with the current input schema. avsc alone is not used: on hostile bytes (huge
- * declared array lengths) it can loop for minutes; TelemetryDecoder bounds every length first.
+ * Plain Avro with the current input schema, decoded natively. avsc alone is never used: on
+ * hostile bytes (huge declared array lengths) it can loop for minutes; TelemetryDecoder bounds
+ * every length first.
  */
-export const plainDecoder: MessageDecoder = new TelemetryDecoder().decode
+const plainDecoder = new TelemetryDecoder()
 
 export interface PipelineOptions {
   window: WindowConfig
-  /** Default: `plainDecoder`. */
-  decoder?: MessageDecoder
+  /** Decodes input values, natively or with avsc (its `engine`). Default: plain Avro, native. */
+  decoder?: TelemetryDecoder
   /** A message that cannot be decoded goes to the dead-letter topic, or stops the service. */
   onPoison?: 'dead-letter' | 'fail'
   /** Publish each late sample (to the late topic). */
@@ -119,6 +116,19 @@ interface DecodedMessage {
   message: KafkaMessage
 }
 
+/** Messages decoded and their samples ingested, whichever engine decoded them. */
+interface Ingested {
+  samples: number
+  result: IngestResult
+  /** Messages that could not be decoded; none of their samples was ingested. */
+  failures: { message: KafkaMessage; kind: string; reason: string }[]
+  /** The samples at result.lateIndexes and result.rejectedIndexes. */
+  lateSamples: Sample[]
+  rejectedSamples: Sample[]
+  /** The message sample `i` came from, and its batch's source id. */
+  origin(i: number): { message: KafkaMessage; sourceId: string }
+}
+
 /** The samples of some messages as columns for one native call (no object per sample). */
 export interface SampleColumns {
   keys: string[]
@@ -166,6 +176,117 @@ const ingest = (
 ): IngestResult =>
   aggregator.ingest(c.keys, c.keyIndex, c.timestamps, c.values, c.offsets, maxEventTime)
 
+/** Samples as rows (the native decoder's late and rejected samples). */
+const sampleRows = (rows: SampleRows): Sample[] =>
+  rows.seriesKeys.map((seriesKey, i) => ({
+    seriesKey,
+    eventTime: rows.eventTimes[i] as number,
+    value: rows.values[i] as number,
+  }))
+
+/** Decodes with avsc (a JS object per sample) and ingests the samples as columns. */
+function ingestWithAvsc(
+  aggregator: PartitionAggregator,
+  decoder: TelemetryDecoder,
+  messages: readonly KafkaMessage[],
+  maxEventTime: number | null,
+): Ingested {
+  const failures: Ingested['failures'] = []
+  const decoded: DecodedMessage[] = []
+  for (const message of messages) {
+    const d = decoder.decode(message.value)
+    if (d.ok) decoded.push({ offset: Number(message.offset), batch: d.batch, message })
+    else failures.push({ message, kind: d.failure.kind, reason: d.failure.message })
+  }
+  const columns = toColumns(decoded)
+  const result = ingest(aggregator, columns, maxEventTime)
+  const byOffset = new Map(decoded.map((m) => [m.offset, m]))
+  return {
+    samples: columns.values.length,
+    result,
+    failures,
+    lateSamples: Array.from(result.lateIndexes, (i) => sampleAt(columns, i)),
+    rejectedSamples: Array.from(result.rejectedIndexes, (i) => sampleAt(columns, i)),
+    origin: (i) => {
+      const m = byOffset.get(columns.offsets[i] as number) as DecodedMessage
+      return { message: m.message, sourceId: m.batch.sourceId }
+    },
+  }
+}
+
+/** Decodes in Rust straight into the aggregator's columns: one native call, no JS per sample. */
+function ingestNatively(
+  aggregator: PartitionAggregator,
+  decoder: TelemetryDecoder,
+  messages: readonly KafkaMessage[],
+  maxEventTime: number | null,
+): Ingested {
+  const failures: Ingested['failures'] = []
+  const located: { message: KafkaMessage; value: Buffer; body: number; root: number }[] = []
+  for (const message of messages) {
+    const where = decoder.locate(message.value)
+    if (where.ok) located.push({ message, value: message.value as Buffer, ...where })
+    else failures.push({ message, kind: where.failure.kind, reason: where.failure.message })
+  }
+  const n = located.length
+  const bounds = new Uint32Array(n + 1)
+  const bodyStarts = new Uint32Array(n)
+  const roots = new Uint32Array(n)
+  const offsets = new Float64Array(n)
+  located.forEach((m, i) => {
+    bounds[i + 1] = (bounds[i] as number) + m.value.length
+    bodyStarts[i] = m.body
+    roots[i] = m.root
+    offsets[i] = Number(m.message.offset)
+  })
+  const values =
+    n === 1 ? (located[0] as { value: Buffer }).value : Buffer.concat(located.map((m) => m.value))
+  const out = aggregator.ingestAvro(
+    decoder.program.words,
+    values,
+    bounds,
+    bodyStarts,
+    roots,
+    offsets,
+    decoder.maxSamplesPerBatch,
+    maxEventTime,
+  )
+  out.failedMessages.forEach((i, n) => {
+    const { message, value } = located[i] as { message: KafkaMessage; value: Buffer }
+    const failure = decoder.nativeFailure(
+      out.failureKinds[n] as string,
+      out.failureReasons[n] as string,
+      value,
+    )
+    failures.push({ message, kind: failure.kind, reason: failure.message })
+  })
+  // Message order for failures, as the avsc path reports them.
+  failures.sort((a, b) => Number(a.message.offset) - Number(b.message.offset))
+  // Sample i belongs to the message whose first sample is the last start <= i.
+  const starts = new Uint32Array(n + 1)
+  out.samplesPerMessage.forEach((count, i) => (starts[i + 1] = (starts[i] as number) + count))
+  return {
+    samples: starts[n] as number,
+    result: out.result,
+    failures,
+    lateSamples: sampleRows(out.lateSamples),
+    rejectedSamples: sampleRows(out.rejectedSamples),
+    origin: (i) => {
+      let lo = 0
+      let hi = n - 1
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1
+        if ((starts[mid] as number) <= i) lo = mid
+        else hi = mid - 1
+      }
+      return {
+        message: (located[lo] as { message: KafkaMessage }).message,
+        sourceId: out.sourceIds[lo] ?? '',
+      }
+    },
+  }
+}
+
 const sampleAt = (c: SampleColumns, i: number): Sample => ({
   seriesKey: c.keys[c.keyIndex[i] as number] ?? '',
   eventTime: c.timestamps[i] as number,
@@ -205,7 +326,7 @@ export class PartitionPipeline {
   private freed = false
 
   private readonly trackChanges: boolean
-  private readonly decoder: MessageDecoder
+  private readonly decoder: TelemetryDecoder
   private readonly window: WindowConfig
 
   constructor(
@@ -239,57 +360,40 @@ export class PartitionPipeline {
   process(messages: readonly KafkaMessage[]): BatchOutcome {
     const counts = emptyCounts()
     const deadLetters: Message[] = []
-    const replay: DecodedMessage[] = []
-    const live: DecodedMessage[] = []
-    for (const message of messages) {
-      const offset = Number(message.offset)
-      const isReplay = offset < this.replayBelow
-      const decoded = this.decoder(message.value)
-      if (isReplay) {
-        // Processed (and dead-lettered) by an earlier owner: only rebuild open windows.
-        if (decoded.ok) replay.push({ offset, batch: decoded.batch, message })
-        continue
-      }
-      counts.messages++
-      if (decoded.ok) {
-        live.push({ offset, batch: decoded.batch, message })
-        continue
-      }
-      counts.badMessages++
-      const { kind, message: reason } = decoded.failure
-      const position = { topic: this.topic, partition: this.partition, offset: message.offset }
-      if (this.options.onPoison === 'fail') throw new PoisonMessageError(position, kind, reason)
-      this.logger.warn({ ...position, kind, reason }, 'poison message to the dead-letter topic')
-      deadLetters.push(poisonMessageRecord(this.source(message), kind, reason))
-    }
-
-    if (replay.length > 0) {
-      const columns = toColumns(replay)
-      // Replayed samples only rebuild windows still open at the restored stream time.
-      ingest(this.aggregator, columns)
-      counts.replayed = columns.values.length
-    }
+    // Records below replayBelow were processed (and dead-lettered) by an earlier owner: they only
+    // rebuild windows still open at the restored stream time.
+    const replay = messages.filter((m) => Number(m.offset) < this.replayBelow)
+    const live = replay.length === 0 ? messages : messages.slice(replay.length)
+    if (replay.length > 0) counts.replayed = this.ingest(replay, null).samples
 
     let results: OutputRecord[] = []
     let changelog: ChangelogRecord[] = []
     let late: Message[] = []
     if (live.length > 0) {
-      const columns = toColumns(live)
       const skew = this.options.maxFutureSkewMs
       const now = this.options.now ?? Date.now
-      const result = ingest(this.aggregator, columns, skew == null ? null : now() + skew)
-      counts.samples = columns.values.length
+      const ingested = this.ingest(live, skew == null ? null : now() + skew)
+      const { result } = ingested
+      counts.messages = live.length
+      counts.badMessages = ingested.failures.length
+      for (const { message, kind, reason } of ingested.failures) {
+        const position = { topic: this.topic, partition: this.partition, offset: message.offset }
+        if (this.options.onPoison === 'fail') throw new PoisonMessageError(position, kind, reason)
+        this.logger.warn({ ...position, kind, reason }, 'poison message to the dead-letter topic')
+        deadLetters.push(poisonMessageRecord(this.source(message), kind, reason))
+      }
+      counts.samples = ingested.samples
       counts.aggregated = result.aggregated
       counts.late = result.late
       counts.rejected = result.rejected
       counts.windowsClosed = result.closed.seriesKeys.length
-      this.logDropped(result, columns)
+      this.logDropped(ingested)
       results = encodeClosedWindows(result.closed)
       if (this.trackChanges && result.changes) {
         changelog = changelogRecords(result.changes, result.closed, this.aggregator.streamTime)
       }
-      deadLetters.push(...this.rejectedRecords(result, columns, live))
-      if (this.options.routeLate === true) late = this.lateRecords(result, columns)
+      deadLetters.push(...this.rejectedRecords(ingested))
+      if (this.options.routeLate === true) late = this.lateRecords(ingested)
     }
 
     const last = messages[messages.length - 1]
@@ -325,45 +429,40 @@ export class PartitionPipeline {
     return { topic: this.topic, partition: this.partition, message }
   }
 
+  private ingest(messages: readonly KafkaMessage[], maxEventTime: number | null): Ingested {
+    const ingestWith = this.decoder.engine === 'native' ? ingestNatively : ingestWithAvsc
+    return ingestWith(this.aggregator, this.decoder, messages, maxEventTime)
+  }
+
   /** One dead-letter record per (message, reason) holding that message's rejected samples. */
-  private rejectedRecords(
-    result: IngestResult,
-    columns: SampleColumns,
-    live: readonly DecodedMessage[],
-  ): Message[] {
-    const groups = new Map<string, { offset: number; reason: number; samples: Sample[] }>()
+  private rejectedRecords(ingested: Ingested): Message[] {
+    const { result } = ingested
+    const groups = new Map<string, { i: number; reason: number; samples: Sample[] }>()
     result.rejectedIndexes.forEach((i, n) => {
-      const offset = columns.offsets[i] as number
+      const { message } = ingested.origin(i)
       const reason = result.rejectedReasons[n] as number
-      const id = `${offset}/${reason}`
+      const id = `${message.offset}/${reason}`
       let group = groups.get(id)
-      if (group === undefined) groups.set(id, (group = { offset, reason, samples: [] }))
-      group.samples.push(sampleAt(columns, i))
+      if (group === undefined) groups.set(id, (group = { i, reason, samples: [] }))
+      group.samples.push(ingested.rejectedSamples[n] as Sample)
     })
-    if (groups.size === 0) return []
-    const byOffset = new Map(live.map((m) => [m.offset, m]))
-    return [...groups.values()].map(({ offset, reason, samples }) => {
-      const decoded = byOffset.get(offset) as DecodedMessage
-      return rejectedSamplesRecord(
-        this.source(decoded.message),
-        decoded.batch.sourceId,
-        reason,
-        samples,
-      )
+    return [...groups.values()].map(({ i, reason, samples }) => {
+      const { message, sourceId } = ingested.origin(i)
+      return rejectedSamplesRecord(this.source(message), sourceId, reason, samples)
     })
   }
 
-  private lateRecords(result: IngestResult, columns: SampleColumns): Message[] {
+  private lateRecords(ingested: Ingested): Message[] {
     const { sizeMs, advanceMs } = this.window
     const streamTime = this.aggregator.streamTime ?? 0
-    return Array.from(result.lateIndexes, (i) => {
-      const sample = sampleAt(columns, i)
+    return Array.from(ingested.result.lateIndexes, (i, n) => {
+      const sample = ingested.lateSamples[n] as Sample
       const windowStart =
         sample.eventTime - (((sample.eventTime % advanceMs) + advanceMs) % advanceMs)
       return lateSampleRecord(sample, {
         topic: this.topic,
         partition: this.partition,
-        offset: columns.offsets[i] as number,
+        offset: Number(ingested.origin(i).message.offset),
         streamTime,
         windowStart,
         windowEnd: windowStart + sizeMs,
@@ -371,27 +470,28 @@ export class PartitionPipeline {
     })
   }
 
-  private logDropped(result: IngestResult, columns: SampleColumns): void {
-    const first = (indexes: Uint32Array) => {
+  private logDropped(ingested: Ingested): void {
+    const { result } = ingested
+    const first = (indexes: Uint32Array, samples: Sample[]) => {
       const i = indexes[0]
       return i === undefined
         ? undefined
-        : {
-            offset: columns.offsets[i],
-            seriesKey: columns.keys[columns.keyIndex[i] as number],
-            eventTime: columns.timestamps[i],
-          }
+        : { offset: ingested.origin(i).message.offset, ...samples[0] }
     }
     const where = { topic: this.topic, partition: this.partition }
     if (result.late > 0) {
       this.logger.debug(
-        { ...where, late: result.late, first: first(result.lateIndexes) },
+        { ...where, late: result.late, first: first(result.lateIndexes, ingested.lateSamples) },
         'late samples',
       )
     }
     if (result.rejected > 0) {
       this.logger.warn(
-        { ...where, rejected: result.rejected, first: first(result.rejectedIndexes) },
+        {
+          ...where,
+          rejected: result.rejected,
+          first: first(result.rejectedIndexes, ingested.rejectedSamples),
+        },
         'rejected samples',
       )
     }

@@ -119,7 +119,7 @@ export class AggregatorService {
     this.decoder = new TelemetryDecoder(config.decoding)
     this.pipelineOptions = {
       window: config.window,
-      decoder: this.decoder.decode,
+      decoder: this.decoder,
       onPoison: config.onPoison,
       routeLate: config.lateTopic !== undefined,
       ...config.limits,

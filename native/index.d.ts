@@ -52,6 +52,20 @@ export declare class PartitionAggregator {
    * the samples are split into batches.
    */
   ingest(keys: Array<string>, keyIndex: Uint32Array, timestamps: Float64Array, values: Float64Array, offsets: Float64Array, maxEventTime?: number | null): IngestResult
+  /**
+   * Decodes Avro TelemetryBatch values and ingests their samples, in one
+   * call and without a JS value per sample (see ingest() for the rules).
+   *
+   * Message i is values[bounds[i]..bounds[i + 1]], read from input offset
+   * offsets[i]; its Avro body starts bodyStarts[i] bytes in (5 after a
+   * Confluent header) and is walked with program node roots[i], compiled
+   * from its writer schema by consumer/native-decode.ts. A message that is
+   * not valid for its writer schema, or holds more than maxSamples
+   * samples, is refused whole (failedMessages) and the others are
+   * ingested. Throws (code InvalidArg) on a bad program or mismatched
+   * message columns.
+   */
+  ingestAvro(program: Uint32Array, values: Uint8Array, bounds: Uint32Array, bodyStarts: Uint32Array, roots: Uint32Array, offsets: Float64Array, maxSamples: number, maxEventTime?: number | null): AvroIngestResult
   /** The state of every open window, ordered by windowStart, then series key. */
   snapshot(): WindowStates
   /**
@@ -159,6 +173,34 @@ export interface AggregatorStats {
 }
 
 /**
+ * Outcome of ingestAvro: how each message decoded, and the ingest result of
+ * the samples of the messages that did, in message order.
+ */
+export interface AvroIngestResult {
+  /**
+   * Samples decoded per message, in input order (0 for a refused message);
+   * result indexes count samples in this order.
+   */
+  samplesPerMessage: Uint32Array
+  /** Source id per message ("" for a refused message). */
+  sourceIds: Array<string>
+  /**
+   * Indexes of the messages that could not be decoded, ascending; none of
+   * their samples was ingested.
+   */
+  failedMessages: Uint32Array
+  /** Parallel to failedMessages: "malformed" or "too-many-samples". */
+  failureKinds: Array<string>
+  /** Parallel to failedMessages: what is wrong, with the byte position. */
+  failureReasons: Array<string>
+  result: IngestResult
+  /** The samples at result.lateIndexes. */
+  lateSamples: SampleRows
+  /** The samples at result.rejectedIndexes. */
+  rejectedSamples: SampleRows
+}
+
+/**
  * Closed (series key, window) aggregates as parallel columns. Rows are ordered
  * by windowStart, then by series key in code point order (UTF-8 byte order).
  */
@@ -205,6 +247,14 @@ export interface IngestResult {
    * this batch closed are only in closed). Undefined when tracking is off.
    */
   changes?: WindowStates
+}
+
+/** Samples as columns (the late or rejected samples of a decoded batch). */
+export interface SampleRows {
+  seriesKeys: Array<string>
+  /** Event time, epoch ms. */
+  eventTimes: Float64Array
+  values: Float64Array
 }
 
 /**

@@ -2,11 +2,13 @@
 //! Node-API bindings for the window core in [`window`]; this file only
 //! converts between JS values and the core's types.
 
+pub mod avro;
 pub mod window;
 
 use napi::bindgen_prelude::{Either, Float64Array, Null, Uint8Array, Uint32Array};
 use napi::{Error, Result, Status};
 use napi_derive::napi;
+use rustc_hash::FxHashMap;
 
 use window::{
     Aggregator, ClosedWindows as CoreClosed, IngestOutcome, Limits, WindowSpec,
@@ -149,6 +151,38 @@ pub struct AggregatorStats {
     pub bytes_held: f64,
     /// Maximum accepted event time so far, or null before the first one.
     pub stream_time: Option<f64>,
+}
+
+/// Samples as columns (the late or rejected samples of a decoded batch).
+#[napi(object, object_from_js = false)]
+pub struct SampleRows {
+    pub series_keys: Vec<String>,
+    /// Event time, epoch ms.
+    pub event_times: Float64Array,
+    pub values: Float64Array,
+}
+
+/// Outcome of ingestAvro: how each message decoded, and the ingest result of
+/// the samples of the messages that did, in message order.
+#[napi(object, object_from_js = false)]
+pub struct AvroIngestResult {
+    /// Samples decoded per message, in input order (0 for a refused message);
+    /// result indexes count samples in this order.
+    pub samples_per_message: Uint32Array,
+    /// Source id per message ("" for a refused message).
+    pub source_ids: Vec<String>,
+    /// Indexes of the messages that could not be decoded, ascending; none of
+    /// their samples was ingested.
+    pub failed_messages: Uint32Array,
+    /// Parallel to failedMessages: "malformed" or "too-many-samples".
+    pub failure_kinds: Vec<String>,
+    /// Parallel to failedMessages: what is wrong, with the byte position.
+    pub failure_reasons: Vec<String>,
+    pub result: IngestResult,
+    /// The samples at result.lateIndexes.
+    pub late_samples: SampleRows,
+    /// The samples at result.rejectedIndexes.
+    pub rejected_samples: SampleRows,
 }
 
 impl From<CoreClosed> for ClosedWindows {
@@ -309,6 +343,146 @@ impl PartitionAggregator {
             )
             .map_err(map_error)?;
         Ok(outcome.into())
+    }
+
+    /// Decodes Avro TelemetryBatch values and ingests their samples, in one
+    /// call and without a JS value per sample (see ingest() for the rules).
+    ///
+    /// Message i is values[bounds[i]..bounds[i + 1]], read from input offset
+    /// offsets[i]; its Avro body starts bodyStarts[i] bytes in (5 after a
+    /// Confluent header) and is walked with program node roots[i], compiled
+    /// from its writer schema by consumer/native-decode.ts. A message that is
+    /// not valid for its writer schema, or holds more than maxSamples
+    /// samples, is refused whole (failedMessages) and the others are
+    /// ingested. Throws (code InvalidArg) on a bad program or mismatched
+    /// message columns.
+    #[napi(
+        ts_args_type = "program: Uint32Array, values: Uint8Array, bounds: Uint32Array, \
+                        bodyStarts: Uint32Array, roots: Uint32Array, offsets: Float64Array, \
+                        maxSamples: number, maxEventTime?: number | null"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    pub fn ingest_avro(
+        &mut self,
+        program: &[u32],
+        values: &[u8],
+        bounds: &[u32],
+        body_starts: &[u32],
+        roots: &[u32],
+        offsets: &[f64],
+        max_samples: f64,
+        max_event_time: Option<f64>,
+    ) -> Result<AvroIngestResult> {
+        let aggregator = self.live_mut()?;
+        let invalid = |m: String| map_error(window::Error::InvalidInput(m));
+        let program = avro::Program::parse(program).map_err(invalid)?;
+        let n = roots.len();
+        if bounds.len() != n + 1 || body_starts.len() != n || offsets.len() != n {
+            return Err(invalid(format!(
+                "bounds must have one more entry than roots, bodyStarts and offsets \
+                 (got bounds {}, roots {n}, bodyStarts {}, offsets {})",
+                bounds.len(),
+                body_starts.len(),
+                offsets.len()
+            )));
+        }
+        let mut samples = avro::Samples::default();
+        let mut per_message = Vec::with_capacity(n);
+        let mut sample_offsets = Vec::new();
+        let mut source_ids = Vec::with_capacity(n);
+        let (mut failed, mut kinds, mut reasons) = (vec![], vec![], vec![]);
+        for i in 0..n {
+            let (start, end) = (bounds[i] as usize, bounds[i + 1] as usize);
+            let body = body_starts[i] as usize;
+            if start > end || end > values.len() || body > end - start || !program.has(roots[i]) {
+                return Err(invalid(format!(
+                    "message {i}: bounds {start}..{end} of {} bytes, body at {body}, root {}",
+                    values.len(),
+                    roots[i]
+                )));
+            }
+            let value = &values[start..end];
+            match avro::decode_message(
+                &program,
+                roots[i],
+                value,
+                body,
+                max_samples as u64,
+                &mut samples,
+            ) {
+                Ok(decoded) => {
+                    per_message.push(decoded.samples as u32);
+                    sample_offsets.resize(samples.len(), offsets[i]);
+                    source_ids.push(decoded.source_id.to_owned());
+                }
+                Err(error) => {
+                    per_message.push(0);
+                    source_ids.push(String::new());
+                    failed.push(i as u32);
+                    kinds.push(
+                        match error {
+                            avro::DecodeError::Malformed(_) => "malformed",
+                            avro::DecodeError::TooManySamples(_) => "too-many-samples",
+                        }
+                        .to_owned(),
+                    );
+                    reasons.push(error.to_string());
+                }
+            }
+        }
+        // The batch's key table: each distinct key once.
+        let mut table: FxHashMap<&str, u32> = FxHashMap::default();
+        let mut keys: Vec<&str> = Vec::new();
+        let key_index: Vec<u32> = samples
+            .keys
+            .iter()
+            .map(|&key| {
+                *table.entry(key).or_insert_with(|| {
+                    keys.push(key);
+                    keys.len() as u32 - 1
+                })
+            })
+            .collect();
+        let outcome = aggregator
+            .ingest(
+                &keys,
+                &key_index,
+                &samples.timestamps,
+                &samples.values,
+                &sample_offsets,
+                max_event_time,
+            )
+            .map_err(map_error)?;
+        let rows = |indexes: &[u32]| SampleRows {
+            series_keys: indexes
+                .iter()
+                .map(|&i| samples.keys[i as usize].to_owned())
+                .collect(),
+            event_times: Float64Array::new(
+                indexes
+                    .iter()
+                    .map(|&i| samples.timestamps[i as usize])
+                    .collect(),
+            ),
+            values: Float64Array::new(
+                indexes
+                    .iter()
+                    .map(|&i| samples.values[i as usize])
+                    .collect(),
+            ),
+        };
+        let late_samples = rows(&outcome.late_indexes);
+        let rejected_samples = rows(&outcome.rejected_indexes);
+        Ok(AvroIngestResult {
+            samples_per_message: Uint32Array::new(per_message),
+            source_ids,
+            failed_messages: Uint32Array::new(failed),
+            failure_kinds: kinds,
+            failure_reasons: reasons,
+            result: outcome.into(),
+            late_samples,
+            rejected_samples,
+        })
     }
 
     /// The state of every open window, ordered by windowStart, then series key.
