@@ -1,6 +1,8 @@
 /**
- * Cost of crossing the JS → native boundary: the same samples ingested with one `ingest` call per
- * batch, for batch sizes 1 (one call per sample) to 100k; ns per sample, median of several runs.
+ * Cost of crossing the JS → native boundary: the same samples ingested with one call per batch,
+ * for batch sizes 1 (one call per sample) to 100k; ns per sample, median of several runs. Keys
+ * cross as pinned ids (`ingestIds`, as in the service, whose keys never cross as text), and for
+ * comparison as per-batch tables of key strings (`ingest`).
  * 10k keys, 60 s tumbling windows, grace 2 s. The event loop turns every ~10k samples (and after
  * every batch of 10k or more), freeing the typed arrays each call returns.
  *
@@ -8,19 +10,30 @@
  */
 import { parseArgs } from 'node:util'
 import { PartitionAggregator } from '../consumer/native'
-import { type Batch, fmt, makeWorkload, median, yieldToLoop } from './lib'
+import { type Batch, fmt, keyNames, makeWorkload, median, yieldToLoop } from './lib'
 
 const geometry = { sizeMs: 60_000, advanceMs: 60_000, graceMs: 2_000 }
 const keys = 10_000
 const sizes = [1, 10, 100, 1_000, 10_000, 100_000]
 
-async function timeBatches(batches: Batch[], batchSize: number): Promise<number> {
+type KeyForm = 'ids' | 'tables'
+
+/** An aggregator with the key dictionary pinned (ids equal to key numbers). */
+function aggregator(): PartitionAggregator {
   const agg = new PartitionAggregator(geometry)
+  const ids = agg.pinKeys(keyNames(keys))
+  if (ids.some((id, k) => id !== k)) throw new Error('pinned ids are not the key numbers')
+  return agg
+}
+
+async function timeBatches(batches: Batch[], batchSize: number, form: KeyForm): Promise<number> {
+  const agg = aggregator()
   const every = Math.max(1, Math.ceil(10_000 / batchSize))
   const t = performance.now()
   for (let i = 0; i < batches.length; i++) {
     const b = batches[i]!
-    agg.ingest(b.keys, b.keyIndex, b.timestamps, b.values, b.offsets)
+    if (form === 'ids') agg.ingestIds(b.keyIds, b.timestamps, b.values, b.offsets)
+    else agg.ingest(b.keys, b.keyIndex, b.timestamps, b.values, b.offsets)
     if ((i + 1) % every === 0) await yieldToLoop()
   }
   const ms = performance.now() - t
@@ -29,8 +42,9 @@ async function timeBatches(batches: Batch[], batchSize: number): Promise<number>
 }
 
 /** One call per sample, reusing four one-element arrays (what a per-record caller would do). */
-async function timePerSample(input: Batch): Promise<number> {
-  const agg = new PartitionAggregator(geometry)
+async function timePerSample(input: Batch, form: KeyForm): Promise<number> {
+  const agg = aggregator()
+  const keyIds = new Uint32Array(1)
   const keyIndex = new Uint32Array(1)
   const timestamps = new Float64Array(1)
   const values = new Float64Array(1)
@@ -40,7 +54,12 @@ async function timePerSample(input: Batch): Promise<number> {
     timestamps[0] = input.timestamps[i]!
     values[0] = input.values[i]!
     offsets[0] = input.offsets[i]!
-    agg.ingest([input.keys[input.keyIndex[i]!]!], keyIndex, timestamps, values, offsets)
+    if (form === 'ids') {
+      keyIds[0] = input.keyIds[i]!
+      agg.ingestIds(keyIds, timestamps, values, offsets)
+    } else {
+      agg.ingest([input.keys[input.keyIndex[i]!]!], keyIndex, timestamps, values, offsets)
+    }
     if ((i + 1) % 10_000 === 0) await yieldToLoop()
   }
   const ms = performance.now() - t
@@ -65,29 +84,37 @@ async function main(): Promise<void> {
     const n = b === 1 ? perSample : samples
     inputs.set(b, makeWorkload({ samples: n, keys, batchSize: b === 1 ? n : b, spanMs: n * 0.06 }))
   }
-  const ns = new Map<number, number[]>(sizes.map((b) => [b, []]))
+  const ns = new Map<string, number[]>()
   for (let run = 0; run < runs; run++) {
     for (let j = 0; j < sizes.length; j++) {
       const b = sizes[(run + j) % sizes.length]!
       const input = inputs.get(b)!
       const n = b === 1 ? perSample : samples
-      const ms = b === 1 ? await timePerSample(input[0]!) : await timeBatches(input, b)
-      ns.get(b)!.push((ms * 1e6) / n)
+      for (const form of ['ids', 'tables'] as const) {
+        const ms =
+          b === 1 ? await timePerSample(input[0]!, form) : await timeBatches(input, b, form)
+        const key = `${form}/${b}`
+        ns.set(key, [...(ns.get(key) ?? []), (ms * 1e6) / n])
+      }
     }
   }
-  const med = (b: number) => median(ns.get(b)!)
+  const med = (b: number, form: KeyForm = 'ids') => median(ns.get(`${form}/${b}`)!)
   console.log(
     `\n${fmt(keys)} keys, tumbling 60 s; ${fmt(samples)} samples per batch size (${fmt(perSample)} for batch 1); median of ${runs} runs`,
   )
-  console.log('| batch size | calls | ns/sample | vs batch 100k | runs (ns/sample) |')
-  console.log('|---|---|---|---|---|')
+  console.log(
+    '| batch size | calls | ns/sample (pinned ids) | vs batch 100k | runs (ns/sample) | ns/sample (key tables) | vs batch 100k |',
+  )
+  console.log('|---|---|---|---|---|---|---|')
   for (const b of sizes) {
     const n = b === 1 ? perSample : samples
     console.log(
       `| ${fmt(b)}${b === 1 ? ' (per-sample calls)' : ''} | ${fmt(Math.ceil(n / b))} | ${med(b).toFixed(1)} | ${(med(b) / med(100_000)).toFixed(2)}x | ${ns
-        .get(b)!
+        .get(`ids/${b}`)!
         .map((x) => x.toFixed(1))
-        .join(', ')} |`,
+        .join(
+          ', ',
+        )} | ${med(b, 'tables').toFixed(1)} | ${(med(b, 'tables') / med(100_000, 'tables')).toFixed(2)}x |`,
     )
   }
   console.log(

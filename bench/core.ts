@@ -20,6 +20,7 @@ import {
   concatClosed,
   diffClosed,
   fmt,
+  keyNames,
   makeWorkload,
   median,
   yieldToLoop,
@@ -51,14 +52,21 @@ async function verify(): Promise<void> {
     maxDelayMs: 1_500,
     seed: 7,
   })
-  for (const g of geometries) {
+  const names = keyNames(100)
+  for (const [g, form] of geometries.flatMap((g) =>
+    (['ids', 'tables'] as const).map((f) => [g, f] as const),
+  )) {
     const results = impls.map((impl) => {
       const { agg, free } = create(impl, g)
+      if (form === 'ids') agg.pinKeys(names)
       const closed: Closed[] = []
       let aggregated = 0
       let late = 0
       for (const b of batches) {
-        const r = agg.ingest(b.keys, b.keyIndex, b.timestamps, b.values, b.offsets)
+        const r =
+          form === 'ids'
+            ? agg.ingestIds(b.keyIds, b.timestamps, b.values, b.offsets)
+            : agg.ingest(b.keys, b.keyIndex, b.timestamps, b.values, b.offsets)
         closed.push(r.closed)
         aggregated += r.aggregated
         late += r.late
@@ -75,7 +83,7 @@ async function verify(): Promise<void> {
       const d = diffClosed(ref!.closed, o.closed)
       if (d !== null || o.aggregated !== ref!.aggregated || o.late !== ref!.late)
         throw new Error(
-          `${o.impl} differs from native (${g.sizeMs}/${g.advanceMs}): ${d ?? `aggregated ${o.aggregated} vs ${ref!.aggregated}, late ${o.late} vs ${ref!.late}`}`,
+          `${o.impl} differs from native (${g.sizeMs}/${g.advanceMs}, ${form}): ${d ?? `aggregated ${o.aggregated} vs ${ref!.aggregated}, late ${o.late} vs ${ref!.late}`}`,
         )
     }
   }
@@ -83,12 +91,31 @@ async function verify(): Promise<void> {
   console.log('verified')
 }
 
-async function timeRun(impl: Impl, g: Geometry, batches: Batch[]): Promise<number> {
+/**
+ * How batches name their series keys: `ids` (a dictionary pinned once, then key ids per sample:
+ * what the service does, whose keys never cross the boundary as text) or `tables` (each batch
+ * carries the text of its distinct keys, and each implementation looks them up).
+ */
+type KeyForm = 'ids' | 'tables'
+
+async function timeRun(
+  impl: Impl,
+  g: Geometry,
+  batches: Batch[],
+  form: KeyForm,
+  names: string[],
+): Promise<number> {
   const { agg, free } = create(impl, g)
+  if (form === 'ids') {
+    const ids = agg.pinKeys(names)
+    if (ids.some((id, k) => id !== k))
+      throw new Error(`${impl}: pinned ids are not the key numbers`)
+  }
   let seconds = 0
   for (const b of batches) {
     const t = performance.now()
-    agg.ingest(b.keys, b.keyIndex, b.timestamps, b.values, b.offsets)
+    if (form === 'ids') agg.ingestIds(b.keyIds, b.timestamps, b.values, b.offsets)
+    else agg.ingest(b.keys, b.keyIndex, b.timestamps, b.values, b.offsets)
     seconds += (performance.now() - t) / 1000
     await yieldToLoop()
   }
@@ -115,6 +142,7 @@ async function main(): Promise<void> {
     ['hopping 60s/15s', { sizeMs: 60_000, advanceMs: 15_000, graceMs: 2_000 }],
   ]
   const rows: {
+    form: KeyForm
     keys: number
     samples: number
     geometry: string
@@ -124,36 +152,40 @@ async function main(): Promise<void> {
     const samples = keys >= 1_000_000 ? Number(values['samples-1m']) : Number(values.samples)
     // 10M samples span 10 minutes of event time (16.7 samples per ms); smaller runs keep the rate.
     const batches = makeWorkload({ samples, keys, batchSize, spanMs: samples * 0.06 })
-    for (const [geometry, g] of geometries) {
-      const secs: Record<Impl, number[]> = { native: [], 'map-ts': [], 'typed-ts': [] }
-      for (let run = 0; run < runs; run++) {
-        // Rotate the order so drift on a shared machine hits every implementation alike.
-        for (let j = 0; j < impls.length; j++) {
-          const impl = impls[(run + j) % impls.length]!
-          secs[impl].push(await timeRun(impl, g, batches))
+    const names = keyNames(keys)
+    for (const [geometry, g] of geometries)
+      for (const form of ['ids', 'tables'] as const) {
+        const secs: Record<Impl, number[]> = { native: [], 'map-ts': [], 'typed-ts': [] }
+        for (let run = 0; run < runs; run++) {
+          // Rotate the order so drift on a shared machine hits every implementation alike.
+          for (let j = 0; j < impls.length; j++) {
+            const impl = impls[(run + j) % impls.length]!
+            secs[impl].push(await timeRun(impl, g, batches, form, names))
+          }
         }
+        const rate = Object.fromEntries(impls.map((i) => [i, samples / median(secs[i])])) as Record<
+          Impl,
+          number
+        >
+        rows.push({ form, keys, samples, geometry, rate })
+        console.error(`done: ${keys} keys, ${geometry}, ${form}`)
       }
-      const rate = Object.fromEntries(impls.map((i) => [i, samples / median(secs[i])])) as Record<
-        Impl,
-        number
-      >
-      rows.push({ keys, samples, geometry, rate })
-      console.error(`done: ${keys} keys, ${geometry}`)
-    }
   }
   console.log(
     `\nbatches of ${fmt(batchSize)}, 1% out of order (up to 1 s), grace 2 s, 16.7 samples per ms of event time; median of ${runs} runs, samples/s`,
   )
   console.log(
-    '| keys | samples | windows | native | map-ts | typed-ts | native / map-ts | native / typed-ts |',
+    '| keys cross as | keys | samples | windows | native | map-ts | typed-ts | native / map-ts | native / typed-ts |',
   )
-  console.log('|---|---|---|---|---|---|---|---|')
+  console.log('|---|---|---|---|---|---|---|---|---|')
   for (const r of rows) {
     console.log(
-      `| ${fmt(r.keys)} | ${fmt(r.samples)} | ${r.geometry} | ${fmt(r.rate.native)} | ${fmt(r.rate['map-ts'])} | ${fmt(r.rate['typed-ts'])} | ${(r.rate.native / r.rate['map-ts']).toFixed(1)}x | ${(r.rate.native / r.rate['typed-ts']).toFixed(1)}x |`,
+      `| ${r.form === 'ids' ? 'pinned ids' : 'per-batch tables'} | ${fmt(r.keys)} | ${fmt(r.samples)} | ${r.geometry} | ${fmt(r.rate.native)} | ${fmt(r.rate['map-ts'])} | ${fmt(r.rate['typed-ts'])} | ${(r.rate.native / r.rate['map-ts']).toFixed(1)}x | ${(r.rate.native / r.rate['typed-ts']).toFixed(1)}x |`,
     )
   }
-  const head = rows.find((r) => r.keys === 10_000 && r.geometry.startsWith('tumbling')) ?? rows[0]!
+  const head =
+    rows.find((r) => r.form === 'ids' && r.keys === 10_000 && r.geometry.startsWith('tumbling')) ??
+    rows[0]!
   console.log(
     `core: native ${Math.round(head.rate.native)} samples/s, ${(head.rate.native / head.rate['map-ts']).toFixed(1)}x map-ts, ${(head.rate.native / head.rate['typed-ts']).toFixed(1)}x typed-ts`,
   )

@@ -27,6 +27,8 @@ export const fmt = (x: number, digits = 0) =>
 export interface Batch {
   keys: string[]
   keyIndex: Uint32Array
+  /** The same keys as indexes into keyNames(keys): for aggregators with pinned keys. */
+  keyIds: Uint32Array
   timestamps: Float64Array
   values: Float64Array
   offsets: Float64Array
@@ -61,6 +63,15 @@ export interface Aggregator {
   ingest(
     keys: string[],
     keyIndex: Uint32Array,
+    timestamps: Float64Array,
+    values: Float64Array,
+    offsets: Float64Array,
+  ): Result
+  /** Registers a dictionary of keys once; returns the id of each. */
+  pinKeys(keys: string[]): Uint32Array
+  /** `ingest` with samples naming keys by pinned id. */
+  ingestIds(
+    keyIds: Uint32Array,
     timestamps: Float64Array,
     values: Float64Array,
     offsets: Float64Array,
@@ -119,6 +130,7 @@ export function makeWorkload(o: WorkloadOptions): Batch[] {
     const n = Math.min(o.batchSize, o.samples - start)
     const keys: string[] = []
     const keyIndex = new Uint32Array(n)
+    const keyIds = new Uint32Array(n)
     const timestamps = new Float64Array(n)
     const values = new Float64Array(n)
     const offsets = new Float64Array(n)
@@ -132,6 +144,7 @@ export function makeWorkload(o: WorkloadOptions): Batch[] {
         keys.push(names[k]!)
       }
       keyIndex[i] = li
+      keyIds[i] = k
       let ts = T0 + Math.floor((g * o.spanMs) / o.samples)
       if (rand() < ooo) ts -= Math.floor(rand() * maxDelay)
       timestamps[i] = ts
@@ -139,7 +152,7 @@ export function makeWorkload(o: WorkloadOptions): Batch[] {
       offsets[i] = (o.firstOffset ?? 0) + g
     }
     for (const key of keys) local[Number(key.slice(7))] = -1
-    batches.push({ keys, keyIndex, timestamps, values, offsets })
+    batches.push({ keys, keyIndex, keyIds, timestamps, values, offsets })
   }
   return batches
 }
@@ -180,9 +193,17 @@ interface Acc {
 /** The idiomatic version: Map of window start → Map of series key → aggregate object. */
 export class MapAggregator implements Aggregator {
   private readonly windows = new Map<number, Map<string, Acc>>()
+  private readonly pinned: string[] = []
+  private pinnedValid: boolean[] = []
   streamTime: number | null = null
 
   constructor(private readonly g: Geometry) {}
+
+  pinKeys(keys: string[]): Uint32Array {
+    const ids = Uint32Array.from(keys, (key) => this.pinned.push(key) - 1)
+    this.pinnedValid = this.pinned.map(keyOk)
+    return ids
+  }
 
   ingest(
     keys: string[],
@@ -190,8 +211,21 @@ export class MapAggregator implements Aggregator {
     timestamps: Float64Array,
     values: Float64Array,
   ): Result {
+    return this.run(keys, keys.map(keyOk), keyIndex, timestamps, values)
+  }
+
+  ingestIds(keyIds: Uint32Array, timestamps: Float64Array, values: Float64Array): Result {
+    return this.run(this.pinned, this.pinnedValid, keyIds, timestamps, values)
+  }
+
+  private run(
+    keys: string[],
+    valid: boolean[],
+    keyIndex: Uint32Array,
+    timestamps: Float64Array,
+    values: Float64Array,
+  ): Result {
     const { sizeMs, advanceMs, graceMs } = this.g
-    const valid = keys.map(keyOk)
     let aggregated = 0
     let late = 0
     let rejected = 0
@@ -355,30 +389,54 @@ export class TypedAggregator implements Aggregator {
     return this.windowAt(start)
   }
 
+  private slotFor(key: string): number {
+    let slot = this.slotOf.get(key)
+    if (slot === undefined) {
+      slot = this.names.length
+      this.names.push(key)
+      this.slotOf.set(key, slot)
+      if (slot >= this.capacity) this.capacity *= 2
+    }
+    return slot
+  }
+
+  /** Pinned ids are slots: a batch of ids needs no table (the identity one). */
+  pinKeys(keys: string[]): Uint32Array {
+    const ids = Uint32Array.from(keys, (key) => (keyOk(key) ? this.slotFor(key) : -1))
+    this.identity = Int32Array.from(this.names, (_, slot) => slot)
+    return ids
+  }
+
+  private identity = new Int32Array(0)
+
   ingest(
     keys: string[],
     keyIndex: Uint32Array,
     timestamps: Float64Array,
     values: Float64Array,
   ): Result {
-    const { sizeMs, advanceMs, graceMs } = this.g
     if (this.batchSlots.length < keys.length) this.batchSlots = new Int32Array(keys.length * 2)
     const bs = this.batchSlots
     for (let k = 0; k < keys.length; k++) {
       const key = keys[k]!
-      if (!keyOk(key)) {
-        bs[k] = -1
-        continue
-      }
-      let slot = this.slotOf.get(key)
-      if (slot === undefined) {
-        slot = this.names.length
-        this.names.push(key)
-        this.slotOf.set(key, slot)
-        if (slot >= this.capacity) this.capacity *= 2
-      }
-      bs[k] = slot
+      bs[k] = keyOk(key) ? this.slotFor(key) : -1
     }
+    return this.run(bs, keys.length, keyIndex, timestamps, values)
+  }
+
+  ingestIds(keyIds: Uint32Array, timestamps: Float64Array, values: Float64Array): Result {
+    return this.run(this.identity, this.identity.length, keyIds, timestamps, values)
+  }
+
+  /** `bs[k]`: the slot of batch key k (< tableLength), or -1 for an invalid key. */
+  private run(
+    bs: Int32Array,
+    tableLength: number,
+    keyIndex: Uint32Array,
+    timestamps: Float64Array,
+    values: Float64Array,
+  ): Result {
+    const { sizeMs, advanceMs, graceMs } = this.g
     let aggregated = 0
     let late = 0
     let rejected = 0
@@ -391,7 +449,7 @@ export class TypedAggregator implements Aggregator {
         rejected++
         continue
       }
-      const slot = ki < keys.length ? bs[ki]! : -1
+      const slot = ki < tableLength ? bs[ki]! : -1
       if (slot < 0) {
         rejected++
         continue

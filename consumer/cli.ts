@@ -1,14 +1,22 @@
 #!/usr/bin/env node
 import { Command } from 'commander'
-import { commanderOption, parseConfig, type OptionName } from './config'
+import { applyConfigFile, commanderOption, parseConfig, type OptionName } from './config'
 import { ConfigError, isConfigError, isKwaError } from './errors'
 import { ConfluentSchemaRegistrySource, type WriterSchemaSource } from './decode'
+import { createKafka, kafkaSecurity, securityOptions } from './kafka'
 import { createLogger, type Logger } from './logger'
 import { produceTelemetry } from './produce'
-import { AggregatorService } from './service'
+import { AggregatorService, defaultChangelogTopic, defaultDeadLetterTopic } from './service'
 import { tailAggregates } from './tail'
+import { isTopicError, provisionTopics, type TopicStatus } from './topics'
 
-const common = ['brokers', 'clientId', 'logLevel'] as const satisfies readonly OptionName[]
+const common = [
+  'brokers',
+  'clientId',
+  'logLevel',
+  'config',
+  ...securityOptions,
+] as const satisfies readonly OptionName[]
 const runOptions = [
   ...common,
   'groupId',
@@ -32,6 +40,10 @@ const runOptions = [
   'maxMessageBytes',
   'maxBatchSamples',
   'sessionTimeout',
+  'createTopics',
+  'httpHost',
+  'httpPort',
+  'shutdownTimeout',
 ] as const satisfies readonly OptionName[]
 const produceOptions = [
   ...common,
@@ -50,6 +62,34 @@ const tailOptions = [
   'fromBeginning',
   'format',
 ] as const satisfies readonly OptionName[]
+const topicsOptions = [
+  ...common,
+  'groupId',
+  'inputTopic',
+  'outputTopic',
+  'delivery',
+  'changelogTopic',
+  'deadLetterTopic',
+  'lateTopic',
+  'partitions',
+  'replicationFactor',
+  'retention',
+] as const satisfies readonly OptionName[]
+
+/** One line per topic for `kwa topics`, e.g. `created  output  telemetry-aggregates  6 partitions`. */
+function formatTopicStatus(status: TopicStatus): string {
+  const configs = Object.entries(status.configs)
+    .filter(([name]) => name === 'cleanup.policy' || status.role !== 'changelog')
+    .map(([name, value]) => `${name}=${value}`)
+  return [
+    status.created ? 'created' : 'exists ',
+    status.role.padEnd(11),
+    status.topic,
+    `${status.partitions} partitions`,
+    ...configs,
+    ...status.notes.map((note) => `(${note})`),
+  ].join('  ')
+}
 
 /** Loaded only when used: the registry client is heavy to load. */
 async function registrySource(host: string): Promise<WriterSchemaSource> {
@@ -73,10 +113,55 @@ function shutdownSignal(logger: Logger): AbortSignal {
 const waitFor = (signal: AbortSignal) =>
   new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }))
 
+/**
+ * Runs a replica until SIGTERM/SIGINT (or a fatal error), then stops it: the batch in flight is
+ * finished and committed, the group left, native memory freed, the HTTP server closed. If that
+ * takes longer than `shutdownTimeoutMs` (counted from the signal, or from the failure), logs an
+ * error and exits with code 1 so that an orchestrator is never left waiting.
+ */
+async function runReplica(
+  service: AggregatorService,
+  signal: AbortSignal,
+  shutdownTimeoutMs: number,
+  logger: Logger,
+): Promise<void> {
+  let bound: NodeJS.Timeout | undefined
+  const startBound = () => {
+    bound ??= setTimeout(() => {
+      logger.error(
+        { shutdownTimeoutMs },
+        'shutdown did not finish within --shutdown-timeout; exiting with code 1',
+      )
+      process.exit(1)
+    }, shutdownTimeoutMs).unref()
+  }
+  signal.addEventListener('abort', startBound, { once: true })
+  try {
+    try {
+      // A signal during start is acted on once start settles (the bound runs from the signal).
+      await service.start()
+    } catch (error) {
+      startBound()
+      await service.stop().catch(() => undefined)
+      throw error
+    }
+    const failure = signal.aborted
+      ? undefined
+      : await Promise.race([waitFor(signal), service.failed])
+    startBound()
+    await service.stop()
+    if (failure instanceof Error) throw failure
+  } finally {
+    clearTimeout(bound)
+  }
+}
+
 export function buildProgram(): Command {
   const program = new Command('kwa')
     .description('Windowed aggregation of Avro telemetry on Apache Kafka')
     .showHelpAfterError()
+    // `--config <file>`: its values go under flags and environment variables, over defaults.
+    .hook('preAction', (_program, actionCommand) => applyConfigFile(actionCommand))
 
   const command = (name: string, description: string, options: readonly OptionName[]) => {
     const cmd = program.command(name).description(description)
@@ -100,11 +185,14 @@ export function buildProgram(): Command {
           `required with --wire-format ${c.wireFormat} (writer schemas are looked up by id)`,
         )
       }
+      const security = kafkaSecurity(c)
       const logger = createLogger(c.logLevel)
       const service = new AggregatorService(
         {
           brokers: c.brokers,
           clientId: c.clientId,
+          security,
+          createTopics: c.createTopics,
           groupId: c.groupId,
           inputTopic: c.inputTopic,
           outputTopic: c.outputTopic,
@@ -133,14 +221,12 @@ export function buildProgram(): Command {
           },
           // Fault injection for the chaos suite only; deliberately not a documented option.
           crashAfterSendProbability: Number(process.env['KWA_FAULT_CRASH_AFTER_SEND'] ?? 0),
+          http: { host: c.httpHost, port: c.httpPort },
         },
         logger,
       )
-      const signal = shutdownSignal(logger)
-      await service.start()
-      const failure = await Promise.race([waitFor(signal), service.failed])
-      await service.stop()
-      if (failure instanceof Error) throw failure
+      logger.info({ config: c }, 'configuration')
+      await runReplica(service, shutdownSignal(logger), c.shutdownTimeout, logger)
     },
   )
 
@@ -150,11 +236,13 @@ export function buildProgram(): Command {
     produceOptions,
   ).action(async (raw: Record<string, unknown>) => {
     const c = parseConfig(produceOptions, raw)
+    const security = kafkaSecurity(c)
     const logger = createLogger(c.logLevel)
     await produceTelemetry(
       {
         brokers: c.brokers,
         clientId: c.clientId,
+        security,
         topic: c.inputTopic,
         rate: c.rate,
         samplesPerBatch: c.samplesPerBatch,
@@ -172,11 +260,13 @@ export function buildProgram(): Command {
   command('tail', 'print the window aggregates published to the output topic', tailOptions).action(
     async (raw: Record<string, unknown>) => {
       const c = parseConfig(tailOptions, raw)
+      const security = kafkaSecurity(c)
       const logger = createLogger(c.logLevel)
       await tailAggregates(
         {
           brokers: c.brokers,
           clientId: c.clientId,
+          security,
           topic: c.outputTopic,
           fromBeginning: c.fromBeginning ?? false,
           format: c.format,
@@ -186,17 +276,68 @@ export function buildProgram(): Command {
       )
     },
   )
+
+  command(
+    'topics',
+    'create the input, output, dead-letter, late and changelog topics (idempotent); refuses a ' +
+      'changelog whose partition count or cleanup policy does not match',
+    topicsOptions,
+  ).action(async (raw: Record<string, unknown>) => {
+    const c = parseConfig(topicsOptions, raw)
+    const security = kafkaSecurity(c)
+    const logger = createLogger(c.logLevel)
+    const kafka = createKafka({ brokers: c.brokers, clientId: c.clientId, security, logger })
+    const admin = kafka.admin()
+    await admin.connect()
+    try {
+      const statuses = await provisionTopics(
+        admin,
+        {
+          input: c.inputTopic,
+          output: c.outputTopic,
+          deadLetter: c.deadLetterTopic ?? defaultDeadLetterTopic(c.inputTopic),
+          late: c.lateTopic,
+          changelog:
+            c.delivery === 'exactly-once'
+              ? (c.changelogTopic ?? defaultChangelogTopic(c.groupId))
+              : undefined,
+        },
+        {
+          create: true,
+          inputPartitions: c.partitions,
+          replicationFactor: c.replicationFactor,
+          retentionMs: c.retention,
+          report: true,
+          log: logger.child({ ns: 'Topics' }),
+        },
+      )
+      for (const status of statuses) process.stdout.write(`${formatTopicStatus(status)}\n`)
+    } finally {
+      await admin.disconnect()
+    }
+  })
   return program
 }
+
+/** kafkajs' error for rejected credentials (a non-retriable error: it fails fast). */
+const isAuthenticationError = (error: unknown): error is Error =>
+  error instanceof Error && error.name === 'KafkaJSSASLAuthenticationError'
 
 export async function main(argv: readonly string[]): Promise<number> {
   try {
     await buildProgram().parseAsync(argv)
     return 0
   } catch (error) {
-    if (isConfigError(error)) {
+    if (isConfigError(error) || isTopicError(error)) {
       process.stderr.write(`kwa: ${error.message}\n`)
       return 2
+    }
+    if (isAuthenticationError(error)) {
+      process.stderr.write(
+        `kwa: Kafka authentication failed (${error.message}); check --sasl-mechanism, ` +
+          '--sasl-username and --sasl-password\n',
+      )
+      return 1
     }
     if (isKwaError(error)) {
       process.stderr.write(`kwa: ${error.message}\n`)

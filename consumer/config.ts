@@ -1,4 +1,6 @@
-import { Option } from 'commander'
+import { readFileSync } from 'node:fs'
+import { Option, type Command } from 'commander'
+import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
 import { decodeEngines } from './decode'
 import { ConfigError } from './errors'
@@ -59,6 +61,19 @@ const fraction = z.string().transform((text, ctx) => {
   return n
 })
 
+/** true/false/1/0 (flags and environment variables), or a bare flag (commander gives true). */
+const booleanText = z.union([z.boolean(), z.string()]).transform((value, ctx) => {
+  if (typeof value === 'boolean') return value
+  const text = value.trim().toLowerCase()
+  if (text === 'true' || text === '1') return true
+  if (text === 'false' || text === '0') return false
+  ctx.addIssue({ code: 'custom', message: `expected true, false, 1 or 0, got "${value}"` })
+  return z.NEVER
+})
+
+/** A file path that must not be empty (read when the client is created). */
+const filePath = z.string().trim().min(1, 'must not be empty')
+
 const brokerList = z.string().transform((text, ctx) => {
   const brokers = text
     .split(',')
@@ -101,6 +116,60 @@ export const optionSpecs = {
     description: 'Kafka client id',
     default: 'kwa',
     schema: name,
+  }),
+  ssl: spec({
+    // An optional value, not a bare flag: commander sets a bare flag whenever its variable
+    // exists, so KWA_SSL=false would turn TLS on.
+    flags: '--ssl [bool]',
+    env: 'KWA_SSL',
+    description: 'connect to Kafka over TLS (true, false; a bare --ssl means true)',
+    schema: booleanText.optional(),
+  }),
+  sslCa: spec({
+    flags: '--ssl-ca <file>',
+    env: 'KWA_SSL_CA',
+    description: 'PEM file of the CA(s) to trust instead of the system ones (with --ssl)',
+    schema: filePath.optional(),
+  }),
+  sslCert: spec({
+    flags: '--ssl-cert <file>',
+    env: 'KWA_SSL_CERT',
+    description: 'PEM client certificate for mutual TLS (with --ssl and --ssl-key)',
+    schema: filePath.optional(),
+  }),
+  sslKey: spec({
+    flags: '--ssl-key <file>',
+    env: 'KWA_SSL_KEY',
+    description: 'PEM private key of --ssl-cert',
+    schema: filePath.optional(),
+  }),
+  sslRejectUnauthorized: spec({
+    flags: '--ssl-reject-unauthorized <bool>',
+    env: 'KWA_SSL_REJECT_UNAUTHORIZED',
+    description: "verify the brokers' certificates and host names (false only for testing)",
+    default: 'true',
+    schema: booleanText,
+  }),
+  saslMechanism: spec({
+    flags: '--sasl-mechanism <mechanism>',
+    env: 'KWA_SASL_MECHANISM',
+    description:
+      'SASL authentication: plain, scram-sha-256 or scram-sha-512 (with --sasl-username and ' +
+      '--sasl-password; use --ssl with plain, which sends the password as is)',
+    schema: z.enum(['plain', 'scram-sha-256', 'scram-sha-512']).optional(),
+  }),
+  saslUsername: spec({
+    flags: '--sasl-username <name>',
+    env: 'KWA_SASL_USERNAME',
+    description: 'SASL user name',
+    schema: name.optional(),
+  }),
+  saslPassword: spec({
+    flags: '--sasl-password <password>',
+    env: 'KWA_SASL_PASSWORD',
+    description: 'SASL password (prefer the environment variable: flags show up in ps)',
+    // Never echo the value in an error message.
+    schema: z.string().min(1, 'must not be empty').optional(),
   }),
   groupId: spec({
     flags: '--group-id <id>',
@@ -268,6 +337,38 @@ export const optionSpecs = {
     default: '30s',
     schema: duration({ min: 1000 }),
   }),
+  httpHost: spec({
+    flags: '--http-host <host>',
+    env: 'KWA_HTTP_HOST',
+    description:
+      'address of the HTTP server for /metrics, /healthz and /readyz (0.0.0.0: all interfaces)',
+    default: '127.0.0.1',
+    schema: name,
+  }),
+  httpPort: spec({
+    flags: '--http-port <port>',
+    env: 'KWA_HTTP_PORT',
+    description: 'port of the HTTP server (0: any free port, logged at start)',
+    default: '9464',
+    schema: integer(0, 65_535),
+  }),
+  shutdownTimeout: spec({
+    flags: '--shutdown-timeout <duration>',
+    env: 'KWA_SHUTDOWN_TIMEOUT',
+    description:
+      'on SIGTERM/SIGINT, how long to finish the batch in flight, commit and leave the group ' +
+      'before exiting anyway with code 1',
+    default: '30s',
+    schema: duration({ min: 1 }),
+  }),
+  config: spec({
+    flags: '--config <file>',
+    env: 'KWA_CONFIG',
+    description:
+      'YAML or JSON file of option values, keyed by option name (inputTopic or input-topic); ' +
+      'flags and environment variables override it',
+    schema: z.string().trim().min(1, 'must not be empty').optional(),
+  }),
   logLevel: spec({
     flags: '--log-level <level>',
     env: 'KWA_LOG_LEVEL',
@@ -303,6 +404,29 @@ export const optionSpecs = {
     default: '4',
     schema: integer(1, 100_000),
   }),
+  replicationFactor: spec({
+    flags: '--replication-factor <n>',
+    env: 'KWA_REPLICATION_FACTOR',
+    description:
+      "replicas of each topic created (default: the broker's default.replication.factor)",
+    schema: integer(1, 32_767).optional(),
+  }),
+  retention: spec({
+    flags: '--retention <duration>',
+    env: 'KWA_RETENTION',
+    description:
+      "retention.ms of the output, dead-letter and late topics when created (default: the broker's)",
+    schema: duration({ min: 1 }).optional(),
+  }),
+  createTopics: spec({
+    flags: '--create-topics <bool>',
+    env: 'KWA_CREATE_TOPICS',
+    description:
+      'create missing output, dead-letter, late and changelog topics at start; false: only check ' +
+      'that they exist and that the changelog matches the input',
+    default: 'true',
+    schema: booleanText,
+  }),
   outOfOrder: spec({
     flags: '--out-of-order <fraction>',
     env: 'KWA_OUT_OF_ORDER',
@@ -324,7 +448,8 @@ export const optionSpecs = {
     schema: duration({ min: 1 }).optional(),
   }),
   fromBeginning: spec({
-    flags: '--from-beginning',
+    // Optional value (see --ssl): a bare flag would read KWA_FROM_BEGINNING=false as true.
+    flags: '--from-beginning [bool]',
     env: 'KWA_FROM_BEGINNING',
     description: 'read the output topic from its start instead of new results only',
     schema: z
@@ -352,7 +477,7 @@ export function commanderOption(key: OptionName): Option {
   return s.default === undefined ? option : option.default(s.default)
 }
 
-const optionLabel = (key: OptionName): string => {
+export const optionLabel = (key: OptionName): string => {
   const s = optionSpecs[key]
   const long = s.flags.split(/[ ,]+/).find((f) => f.startsWith('--')) ?? key
   return `${long} (${s.env})`
@@ -365,19 +490,168 @@ const optionLabel = (key: OptionName): string => {
 export function parseConfig<K extends OptionName>(
   keys: readonly K[],
   raw: Record<string, unknown>,
+  /** Values read from a config file: where, e.g. `windowSize in kwa.yaml` (named in errors). */
+  origins: Partial<Record<OptionName, string>> = {},
 ): Config<K> {
   const out: Record<string, unknown> = {}
   for (const key of keys) {
     const s = optionSpecs[key]
     const value = raw[key] ?? s.default
+    const origin = origins[key]
+    const label = origin === undefined ? optionLabel(key) : `${optionLabel(key)} from ${origin}`
     if (value === undefined && !(s.schema as z.ZodType).safeParse(undefined).success) {
-      throw new ConfigError(optionLabel(key), 'required but not set')
+      throw new ConfigError(label, 'required but not set')
     }
     const result = (s.schema as z.ZodType).safeParse(value)
     if (!result.success) {
-      throw new ConfigError(optionLabel(key), result.error.issues[0]?.message ?? 'invalid value')
+      throw new ConfigError(label, result.error.issues[0]?.message ?? 'invalid value')
     }
     out[key] = result.data
   }
   return out as Config<K>
+}
+
+const configFileLabel = optionLabel('config')
+
+/** The long flag of an option without its dashes: `input-topic` for inputTopic. */
+const flagName = (key: OptionName): string =>
+  optionLabel(key).split(' ')[0]?.replace(/^--/, '') ?? key
+
+/** A file value as the text a flag or environment variable would give. */
+function fileValue(value: unknown): string | boolean | undefined {
+  if (typeof value === 'string' || typeof value === 'boolean') return value
+  if (typeof value === 'number' && Number.isFinite(value)) return String(value)
+  // brokers: [a:9092, b:9092]
+  if (
+    Array.isArray(value) &&
+    value.length > 0 &&
+    value.every((v) => typeof v === 'string' || typeof v === 'number')
+  ) {
+    return value.join(',')
+  }
+  return undefined
+}
+
+const describeValue = (value: unknown): string =>
+  value === null ? 'no value' : Array.isArray(value) ? 'a list' : `a ${typeof value}`
+
+export interface ConfigFile {
+  /** Values by option name, as strings (or booleans) like flags give them. */
+  values: Partial<Record<OptionName, string | boolean>>
+  /** Where each value was read, e.g. `"input-topic" in kwa.yaml`. */
+  origins: Partial<Record<OptionName, string>>
+}
+
+/**
+ * Reads a config file: JSON when named `*.json`, else YAML (which reads JSON too). Keys are option names, camelCase
+ * (`inputTopic`) or the long flag without dashes (`input-topic`); only options in `keys` are
+ * accepted. Throws a ConfigError naming the file and, for a bad key, the accepted ones.
+ */
+export function readConfigFile(file: string, keys: readonly OptionName[]): ConfigFile {
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (error) {
+    const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message
+    throw new ConfigError(configFileLabel, `cannot read config file "${file}" (${reason})`)
+  }
+  let document: unknown
+  try {
+    document = /\.json$/i.test(file) ? JSON.parse(text) : parseYaml(text)
+  } catch (error) {
+    const reason = ((error as Error).message.split('\n')[0] ?? '').trim()
+    throw new ConfigError(configFileLabel, `cannot parse config file "${file}": ${reason}`)
+  }
+  if (document === null || document === undefined) return { values: {}, origins: {} }
+  if (typeof document !== 'object' || Array.isArray(document)) {
+    throw new ConfigError(
+      configFileLabel,
+      `config file "${file}" must be a mapping of option names to values, not ${describeValue(document)}`,
+    )
+  }
+  const accepted = keys.filter((k) => k !== 'config')
+  const byName = new Map<string, OptionName>()
+  for (const key of accepted) {
+    byName.set(key, key)
+    byName.set(flagName(key), key)
+  }
+  const result: ConfigFile = { values: {}, origins: {} }
+  for (const [name, raw] of Object.entries(document)) {
+    const key = byName.get(name)
+    if (key === undefined) {
+      const known =
+        name in optionSpecs ||
+        Object.keys(optionSpecs).some((k) => flagName(k as OptionName) === name)
+      throw new ConfigError(
+        configFileLabel,
+        `${known ? 'option' : 'unknown key'} "${name}" in config file "${file}"` +
+          `${known ? ' does not apply to this command' : ''}; accepted keys: ${accepted.join(', ')} ` +
+          '(or their flag names, e.g. input-topic)',
+      )
+    }
+    const origin = `"${name}" in ${file}`
+    if (result.values[key] !== undefined) {
+      throw new ConfigError(optionLabel(key), `set twice in config file "${file}" (${origin})`)
+    }
+    const value = fileValue(raw)
+    if (value === undefined) {
+      throw new ConfigError(
+        `${optionLabel(key)} from ${origin}`,
+        `expected a string, number or boolean, got ${describeValue(raw)}`,
+      )
+    }
+    result.values[key] = value
+    result.origins[key] = origin
+  }
+  return result
+}
+
+/**
+ * Merges a `--config` file into a command's raw option values: a flag beats its environment
+ * variable, which beats the file, which beats the default. `sourceOf` tells where commander got
+ * each value (`Command.getOptionValueSource`: 'cli', 'env', 'default' or undefined). Returns the
+ * values and, for those taken from the file, where (for error messages).
+ */
+export function mergeConfigFile<K extends OptionName>(
+  keys: readonly K[],
+  raw: Record<string, unknown>,
+  sourceOf: (key: K) => string | undefined,
+): { raw: Record<string, unknown>; origins: Partial<Record<OptionName, string>> } {
+  const file = typeof raw['config'] === 'string' ? raw['config'].trim() : ''
+  if (file === '') return { raw, origins: {} }
+  const { values, origins } = readConfigFile(file, keys)
+  const merged: Record<string, unknown> = { ...raw }
+  const used: Partial<Record<OptionName, string>> = {}
+  for (const key of keys) {
+    const source = sourceOf(key)
+    if (values[key] === undefined || source === 'cli' || source === 'env') continue
+    merged[key] = values[key]
+    used[key] = origins[key]
+  }
+  return { raw: merged, origins: used }
+}
+
+/** The validated options of a command from flags, environment, `--config` file and defaults. */
+export function resolveConfig<K extends OptionName>(
+  keys: readonly K[],
+  raw: Record<string, unknown>,
+  sourceOf: (key: K) => string | undefined,
+): Config<K> {
+  const merged = mergeConfigFile(keys, raw, sourceOf)
+  return parseConfig(keys, merged.raw, merged.origins)
+}
+
+/**
+ * A commander preAction hook: reads the command's `--config` file (if any) into its option
+ * values, with source 'config', under flags and environment variables, and validates what it
+ * took from the file, naming the file in errors. The action then parses as usual.
+ */
+export function applyConfigFile(command: Command): void {
+  const keys = command.options
+    .map((o) => o.attributeName())
+    .filter((k): k is OptionName => k in optionSpecs)
+  const merged = mergeConfigFile(keys, command.opts(), (key) => command.getOptionValueSource(key))
+  const fromFile = Object.keys(merged.origins) as OptionName[]
+  parseConfig(fromFile, merged.raw, merged.origins)
+  for (const key of fromFile) command.setOptionValueWithSource(key, merged.raw[key], 'config')
 }

@@ -1,6 +1,6 @@
 import type { Logger } from './logger'
 import { namespace } from './logger'
-import { createKafka } from './kafka'
+import { createKafka, type KafkaSecurity } from './kafka'
 import { Partitioners } from 'kafkajs'
 import { encodeTelemetryBatch, type Sample, type TelemetryBatch } from './schemas'
 
@@ -55,6 +55,8 @@ export class TelemetryGenerator {
 export interface ProduceConfig extends Omit<GeneratorConfig, 'random'> {
   brokers: string[]
   clientId: string
+  /** TLS and SASL; default plaintext. */
+  security?: KafkaSecurity
   topic: string
   /** Samples per second; 0 = as fast as possible. */
   rate: number
@@ -70,7 +72,12 @@ export async function produceTelemetry(
   signal: AbortSignal,
 ): Promise<number> {
   const log = namespace(logger, 'Produce')
-  const kafka = createKafka({ brokers: config.brokers, clientId: config.clientId, logger })
+  const kafka = createKafka({
+    brokers: config.brokers,
+    clientId: config.clientId,
+    security: config.security,
+    logger,
+  })
   const admin = kafka.admin()
   const producer = kafka.producer({
     allowAutoTopicCreation: false,

@@ -3,9 +3,12 @@ import { Partitioners } from 'kafkajs'
 import { ChangelogReader } from './changelog'
 import { TelemetryDecoder, type TelemetryDecoderOptions } from './decode'
 import { isPoisonMessageError, KwaError } from './errors'
-import { ensureChangelogTopic, ensureTopics } from './topics'
+import { deadLetterHeaders, rejectionReasons } from './dead-letter'
+import { OpsServer, type Health } from './http'
+import { reasonLabel, ServiceMetrics } from './metrics'
+import { provisionTopics } from './topics'
 import { decodeCheckpoint, type Checkpoint } from './checkpoint'
-import { createKafka } from './kafka'
+import { createKafka, type KafkaSecurity } from './kafka'
 import { namespace, type Logger } from './logger'
 import {
   addCounts,
@@ -16,6 +19,7 @@ import {
   type PipelineOptions,
   type WindowConfig,
 } from './pipeline'
+import { decodeTelemetryBatch } from './schemas'
 import { FencedError, PartitionTransactor } from './transactions'
 
 export type Delivery = 'exactly-once' | 'at-least-once'
@@ -50,6 +54,12 @@ export interface ServiceConfig {
   statsIntervalMs?: number
   /** Chaos testing only: probability of SIGKILLing this process between send and commit. */
   crashAfterSendProbability?: number
+  /** Serve /metrics, /healthz and /readyz here from start() to stop() (port 0: any free one). */
+  http?: { host: string; port: number }
+  /** TLS and SASL for every client of the replica; default plaintext. */
+  security?: KafkaSecurity
+  /** Create missing output/dead-letter/late/changelog topics at start (default), or only check. */
+  createTopics?: boolean
 }
 
 /** kafkajs' own test (errors.js `isRebalancing`): the group moved on, kafkajs will rejoin. */
@@ -68,6 +78,11 @@ interface OwnedPartition {
   transactor?: PartitionTransactor
   /** The group generation this pipeline was restored in. */
   generation: number
+  /**
+   * Restored right after a join, before any batch: the committed offset it was restored at. The
+   * first batch must start there (else it is restored again, the usual way).
+   */
+  expectedOffset?: string
 }
 
 export const defaultChangelogTopic = (groupId: string) => `${groupId}-window-state-changelog`
@@ -107,6 +122,19 @@ export class AggregatorService {
   private statsTimer: NodeJS.Timeout | undefined
   readonly totals: BatchCounts = emptyCounts()
   private stopping: Promise<void> | undefined
+  /** Prometheus metrics of this replica (its own registry). */
+  readonly metrics: ServiceMetrics
+  private http: OpsServer | undefined
+  /** Set when the service cannot go on: /healthz answers 503. */
+  private failedWith: Error | undefined
+  /** The group is rebalancing (or the consumer restarting): not ready until the next join. */
+  private rebalancing = false
+  /** Input records not yet processed, per owned partition, as of its last batch. */
+  private readonly lag = new Map<number, number>()
+  /** Restores of the partitions assigned at the last join (so readiness never waits on input). */
+  private warmup: Promise<void> | undefined
+  /** Per partition, the restore in progress: one at a time, batch or warm-up. */
+  private readonly restoring = new Map<number, Promise<unknown>>()
 
   constructor(
     private readonly config: ServiceConfig,
@@ -125,7 +153,12 @@ export class AggregatorService {
       ...config.limits,
     }
     this.failed = new Promise((resolve) => (this.failure = resolve))
-    this.kafka = createKafka({ brokers: config.brokers, clientId: config.clientId, logger })
+    this.kafka = createKafka({
+      brokers: config.brokers,
+      clientId: config.clientId,
+      security: config.security,
+      logger,
+    })
     this.consumer = this.kafka.consumer({
       groupId: config.groupId,
       sessionTimeout: config.sessionTimeoutMs,
@@ -140,6 +173,21 @@ export class AggregatorService {
       createPartitioner: Partitioners.DefaultPartitioner,
     })
     this.admin = this.kafka.admin()
+    this.metrics = new ServiceMetrics({
+      ready: () => this.health().ready,
+      partitions: () =>
+        [...this.owned].map(([partition, { pipeline }]) => ({ partition, ...pipeline.stats })),
+      lag: () =>
+        [...this.lag].map(([partition, lag]) => ({
+          topic: this.config.inputTopic,
+          partition,
+          lag,
+        })),
+    })
+    // Every reason from the start at 0, so that rates and alerts see a series.
+    for (const reason of Object.values(rejectionReasons)) {
+      this.metrics.samplesRejected.inc({ reason: reasonLabel(reason) }, 0)
+    }
   }
 
   /** Partitions of the input topic this replica owns in the current generation. */
@@ -147,12 +195,68 @@ export class AggregatorService {
     return this.assigned
   }
 
+  /** Base URL of the /metrics, /healthz and /readyz server once listening (with `http`). */
+  get httpUrl(): string | undefined {
+    return this.http?.url
+  }
+
+  /**
+   * Liveness and readiness. Ready: joined the group, not rebalancing, every assigned partition
+   * restored in this generation, not stopping. Live: not failed.
+   */
+  health(): Health {
+    const pending = this.assigned.filter((p) => this.owned.get(p)?.generation !== this.generation)
+    const detail: Record<string, unknown> = {
+      generation: this.generation,
+      partitions: this.assigned,
+    }
+    const state = (status: string, ready = false): Health => ({
+      live: true,
+      ready,
+      status,
+      detail,
+    })
+    if (this.failedWith !== undefined) {
+      return {
+        ...state('failed'),
+        live: false,
+        detail: { ...detail, error: this.failedWith.message },
+      }
+    }
+    if (this.stopping !== undefined) return state('stopping')
+    if (this.generation === 0) return state('starting')
+    if (this.rebalancing) return state('rebalancing')
+    if (pending.length > 0) return { ...state('restoring'), detail: { ...detail, pending } }
+    return state('ready', true)
+  }
+
   async start(): Promise<void> {
+    if (this.config.http !== undefined) {
+      this.http = await OpsServer.start(
+        this.config.http,
+        {
+          health: () => this.health(),
+          metrics: async () => ({
+            contentType: this.metrics.contentType,
+            body: await this.metrics.scrape(),
+          }),
+        },
+        namespace(this.log, 'Http'),
+      )
+    }
     await Promise.all([this.producer.connect(), this.admin.connect(), this.consumer.connect()])
-    const sideTopics = [this.deadLetterTopic, this.config.lateTopic].filter((t) => t !== undefined)
-    await ensureTopics(this.admin, this.config.inputTopic, sideTopics)
+    await provisionTopics(
+      this.admin,
+      {
+        input: this.config.inputTopic,
+        output: this.config.outputTopic,
+        deadLetter: this.deadLetterTopic,
+        late: this.config.lateTopic,
+        changelog: this.delivery === 'exactly-once' ? this.changelogTopic : undefined,
+      },
+      { create: this.config.createTopics ?? true, log: this.log },
+    )
     if (this.delivery === 'exactly-once') {
-      await ensureChangelogTopic(this.admin, this.config.inputTopic, this.changelogTopic)
       this.changelog = new ChangelogReader(
         this.kafka,
         this.changelogTopic,
@@ -168,13 +272,23 @@ export class AggregatorService {
       )
       this.fenced.clear()
       this.releaseUnassigned()
+      this.rebalancing = false
+      if (this.generation > 1) this.metrics.rebalances.inc()
       this.log.info({ generation: this.generation, partitions: this.assigned }, 'joined group')
+      this.warmup = this.restoreAssigned(this.generation)
+    })
+    this.consumer.on(this.consumer.events.REBALANCING, () => {
+      this.rebalancing = true
     })
     this.consumer.on(this.consumer.events.CRASH, ({ payload }) => {
-      if (payload.restart) return
+      if (payload.restart) {
+        // kafkajs restarts the consumer and joins again: not ready until then.
+        this.rebalancing = true
+        return
+      }
       // kafkajs gave up: exit (and let the orchestrator restart us) rather than idle silently.
       this.log.fatal({ err: payload.error }, 'consumer crashed and will not restart')
-      this.failure?.(payload.error)
+      this.fail(payload.error)
     })
     await this.consumer.subscribe({ topic: this.config.inputTopic, fromBeginning: true })
     await this.consumer.run({
@@ -204,25 +318,74 @@ export class AggregatorService {
   /** Finishes the batch in flight, leaves the group, frees native state. Idempotent. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
+      // From here on /readyz answers 503.
+      const started = Date.now()
+      this.log.info(
+        { partitions: this.assigned },
+        'stopping: finishing the batch in flight, then leaving the group',
+      )
       clearInterval(this.statsTimer)
+      // Stops fetching, waits for the batch in flight (published and committed), sends LeaveGroup.
       await this.consumer.disconnect()
+      // Aborts a warm-up restore still reading the changelog, then frees what it restored.
+      await this.changelog?.stop()
+      await this.warmup
       await Promise.all([...this.owned.keys()].map((partition) => this.release(partition)))
-      await Promise.all([
-        this.producer.disconnect(),
-        this.admin.disconnect(),
-        this.changelog?.stop(),
-      ])
+      await Promise.all([this.producer.disconnect(), this.admin.disconnect()])
       this.logStats()
-      this.log.info('stopped')
+      await this.http?.close()
+      this.log.info({ durationMs: Date.now() - started }, 'stopped')
     })()
     return this.stopping
+  }
+
+  /** The service cannot go on: /healthz answers 503 and `failed` settles. */
+  private fail(error: Error): void {
+    this.failedWith ??= error
+    this.failure?.(error)
+  }
+
+  /**
+   * Restores every partition assigned at a join right away, one after the other, so that the
+   * replica is ready (and its first batches fast) without waiting for input. A failure here is
+   * only logged: the partition's next batch restores it the usual way.
+   */
+  private async restoreAssigned(generation: number): Promise<void> {
+    for (const partition of this.assigned) {
+      if (generation !== this.generation || this.stopping !== undefined) return
+      try {
+        await this.exclusive(partition, () => this.ownedPartition(partition, undefined))
+      } catch (error) {
+        if (this.stopping !== undefined) return
+        this.log.info(
+          { topic: this.config.inputTopic, partition, err: error },
+          'restore after join failed; the next batch restores the partition',
+        )
+      }
+    }
+  }
+
+  /** Runs `restore` after any other restore of the same partition (batch or warm-up). */
+  private exclusive<T>(partition: number, restore: () => Promise<T>): Promise<T> {
+    const previous = this.restoring.get(partition) ?? Promise.resolve()
+    const next = previous.then(restore, restore)
+    const settled = next.catch(() => undefined)
+    this.restoring.set(partition, settled)
+    void settled.then(() => {
+      if (this.restoring.get(partition) === settled) this.restoring.delete(partition)
+    })
+    return next
   }
 
   private async handleBatch(payload: EachBatchPayload): Promise<void> {
     const { batch } = payload
     if (!payload.isRunning() || payload.isStale() || batch.isEmpty()) return
-    const owned = await this.ownedPartition(batch.partition, batch.firstOffset() ?? '0')
+    const firstOffset = batch.firstOffset() ?? '0'
+    const owned = await this.exclusive(batch.partition, () =>
+      this.ownedPartition(batch.partition, firstOffset),
+    )
     if (owned === undefined) return
+    const stopTimer = this.metrics.batchDuration.startTimer()
     // Fetches unknown writer schemas; a registry outage fails the batch, to be retried.
     await this.decoder.prepare(batch.messages.map((m) => m.value))
     try {
@@ -231,6 +394,19 @@ export class AggregatorService {
       else await this.commitTransaction(owned.transactor, batch.partition, outcome)
       payload.resolveOffset(outcome.lastOffset)
       addCounts(this.totals, outcome.counts)
+      this.recordBatch(batch.highWatermark, batch.partition, outcome)
+      const seconds = stopTimer()
+      this.log.debug(
+        {
+          topic: batch.topic,
+          partition: batch.partition,
+          offset: firstOffset,
+          lastOffset: outcome.lastOffset,
+          ...outcome.counts,
+          ms: Math.round(seconds * 1000),
+        },
+        'batch committed',
+      )
     } catch (error) {
       // State now runs ahead of what is committed: drop it, restore on the next batch.
       void this.release(batch.partition)
@@ -243,7 +419,7 @@ export class AggregatorService {
       } else if (isPoisonMessageError(error)) {
         this.log.fatal({ ...where, err: error }, 'poison message; stopping (--on-poison fail)')
         this.consumer.pause([{ topic: this.config.inputTopic }])
-        this.failure?.(error)
+        this.fail(error)
         return
       } else {
         this.log.error({ ...where, err: error }, 'batch failed; partition will be restored')
@@ -269,9 +445,11 @@ export class AggregatorService {
   private async publishThenCommit(partition: number, outcome: BatchOutcome): Promise<void> {
     const topicMessages = this.records(outcome)
     if (topicMessages.length > 0) await this.producer.sendBatch({ acks: -1, topicMessages })
+    const stopTimer = this.metrics.commitDuration.startTimer()
     await this.consumer.commitOffsets([
       { topic: this.config.inputTopic, partition, ...outcome.commit },
     ])
+    stopTimer()
   }
 
   /** Exactly once: results, changelog entries and the next offset in one transaction. */
@@ -281,7 +459,8 @@ export class AggregatorService {
     outcome: BatchOutcome,
   ): Promise<void> {
     const crashProbability = this.config.crashAfterSendProbability ?? 0
-    await transactor.commit({
+    const stopTimer = this.metrics.transactionDuration.startTimer()
+    const timings = await transactor.commit({
       records: [
         ...this.records(outcome),
         {
@@ -301,19 +480,63 @@ export class AggregatorService {
               if (Math.random() < crashProbability) process.kill(process.pid, 'SIGKILL')
             }
           : undefined,
+      onAbort: () => this.metrics.transactionAborts.inc(),
     })
+    stopTimer()
+    this.metrics.commitDuration.observe(timings.commitSeconds)
+  }
+
+  /** The metrics of a committed batch. */
+  private recordBatch(highWatermark: string, partition: number, outcome: BatchOutcome): void {
+    const m = this.metrics
+    const c = outcome.counts
+    m.batches.inc()
+    m.samplesIn.inc(c.samples)
+    m.samplesAggregated.inc(c.aggregated)
+    m.samplesLate.inc(c.late)
+    m.poisonMessages.inc(c.badMessages)
+    m.windowsEmitted.inc(c.windowsClosed)
+    if (c.rejected > 0) {
+      // By reason, from the batch's dead-letter records (one per message and reason).
+      let counted = 0
+      for (const record of outcome.deadLetters) {
+        const headers = record.headers ?? {}
+        if (String(headers[deadLetterHeaders.kind]) !== 'rejected-samples') continue
+        const reason = String(headers[deadLetterHeaders.reason])
+        const samples = decodeTelemetryBatch(record.value as Buffer).samples.length
+        m.samplesRejected.inc({ reason: reasonLabel(reason) }, samples)
+        counted += samples
+      }
+      if (counted < c.rejected) m.samplesRejected.inc({ reason: 'unknown' }, c.rejected - counted)
+    }
+    const lag = BigInt(highWatermark) - BigInt(outcome.nextOffset)
+    this.lag.set(partition, lag > 0n ? Number(lag) : 0)
   }
 
   /**
    * The state of a partition, restored from what is committed when this generation has none.
-   * Returns undefined after seeking the partition back to its committed offset.
+   * Returns undefined after seeking the partition back to its committed offset. `firstOffset`
+   * is that of the batch to process; undefined for the warm-up restore right after a join.
    */
   private async ownedPartition(
     partition: number,
-    firstOffset: string,
+    firstOffset: string | undefined,
   ): Promise<OwnedPartition | undefined> {
     const owned = this.owned.get(partition)
-    if (owned !== undefined && owned.generation === this.generation) return owned
+    if (owned !== undefined && owned.generation === this.generation) {
+      const expected = owned.expectedOffset
+      if (firstOffset === undefined || expected === undefined) return owned
+      owned.expectedOffset = undefined
+      if (expected === firstOffset) {
+        this.seeking.delete(partition)
+        return owned
+      }
+      // Restored at the committed offset after the join, but the input starts elsewhere.
+      this.log.info(
+        { topic: this.config.inputTopic, partition, offset: firstOffset, committed: expected },
+        'first batch is not at the committed offset; restoring again',
+      )
+    }
     await this.release(partition)
     if (this.fenced.has(partition)) {
       // Re-initialising now would fence the new owner in turn: wait for the group to rebalance.
@@ -323,6 +546,7 @@ export class AggregatorService {
     }
     const generation = this.generation
     const where = { topic: this.config.inputTopic, partition, offset: firstOffset }
+    const stopTimer = this.metrics.restoreDuration.startTimer()
 
     // Exactly once: fence the previous owner first, so nothing it does can commit after we read.
     let transactor: PartitionTransactor | undefined
@@ -336,7 +560,10 @@ export class AggregatorService {
     }
     try {
       const committed = await this.fetchCommitted(partition)
-      if (committed !== undefined && committed.offset !== firstOffset) {
+      if (firstOffset === undefined) {
+        // Warm-up: the consumer fetches from the committed offset (or the start when none).
+        where.offset = committed?.offset
+      } else if (committed !== undefined && committed.offset !== firstOffset) {
         if (this.seeking.get(partition) !== committed.offset) {
           this.seeking.set(partition, committed.offset)
           this.consumer.seek({ topic: this.config.inputTopic, partition, offset: committed.offset })
@@ -349,7 +576,7 @@ export class AggregatorService {
           'committed offset no longer readable',
         )
       }
-      this.seeking.delete(partition)
+      if (firstOffset !== undefined) this.seeking.delete(partition)
       const restored = await this.changelog?.restore(partition)
       const pipeline = new PartitionPipeline(
         this.config.inputTopic,
@@ -358,16 +585,27 @@ export class AggregatorService {
         restored !== undefined ? { restored } : { checkpoint: committed?.checkpoint ?? null },
         this.log,
       )
-      const state: OwnedPartition = { pipeline, transactor, generation }
+      const state: OwnedPartition = {
+        pipeline,
+        transactor,
+        generation,
+        expectedOffset: firstOffset === undefined ? committed?.offset : undefined,
+      }
       this.owned.set(partition, state)
+      const seconds = stopTimer()
+      if (generation !== this.generation && !this.assigned.includes(partition)) {
+        // Moved away while restoring: no later join will release it.
+        await this.release(partition)
+        return undefined
+      }
       this.log.info(
-        restored !== undefined
-          ? {
-              ...where,
-              windows: restored.states.seriesKeys.length,
-              streamTime: restored.streamTime,
-            }
-          : { ...where, checkpoint: committed?.checkpoint ?? null },
+        {
+          ...where,
+          ...(restored !== undefined
+            ? { windows: restored.states.seriesKeys.length, streamTime: restored.streamTime }
+            : { checkpoint: committed?.checkpoint ?? null }),
+          ms: Math.round(seconds * 1000),
+        },
         'partition restored',
       )
       return state
@@ -417,6 +655,9 @@ export class AggregatorService {
     }
     for (const partition of [...this.seeking.keys()]) {
       if (!this.assigned.includes(partition)) this.seeking.delete(partition)
+    }
+    for (const partition of [...this.lag.keys()]) {
+      if (!this.assigned.includes(partition)) this.lag.delete(partition)
     }
   }
 

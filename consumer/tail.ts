@@ -1,11 +1,13 @@
 import { randomUUID } from 'node:crypto'
-import { createKafka } from './kafka'
+import { createKafka, type KafkaSecurity } from './kafka'
 import type { Logger } from './logger'
 import { decodeWindowAggregate, type WindowAggregate } from './schemas'
 
 export interface TailConfig {
   brokers: string[]
   clientId: string
+  /** TLS and SASL; default plaintext. */
+  security?: KafkaSecurity
   topic: string
   fromBeginning: boolean
   format: 'text' | 'json'
@@ -26,7 +28,12 @@ export async function tailAggregates(
   signal: AbortSignal,
   print: (line: string) => void = (line) => process.stdout.write(`${line}\n`),
 ): Promise<void> {
-  const kafka = createKafka({ brokers: config.brokers, clientId: config.clientId, logger })
+  const kafka = createKafka({
+    brokers: config.brokers,
+    clientId: config.clientId,
+    security: config.security,
+    logger,
+  })
   // A throwaway group: tail reads, never commits, and never steals partitions from others.
   const consumer = kafka.consumer({ groupId: `kwa-tail-${randomUUID()}` })
   await consumer.connect()

@@ -1,69 +1,265 @@
-import type { Admin } from 'kafkajs'
+import type { Admin, ITopicConfig } from 'kafkajs'
 import { KwaError } from './errors'
+import type { Logger } from './logger'
 
-/** Topic provisioning: what the service creates when missing and what it refuses to run with. */
+/**
+ * Topic provisioning: `kwa topics` creates every topic of a deployment; `kwa run` creates the
+ * ones it writes when missing (or, with `--create-topics false`, only checks them). Either way a
+ * changelog topic that cannot hold the state (another partition count than the input, or not
+ * compacted) is refused before anything is created.
+ */
 
-/** Creates side topics (dead-letter, late) that are missing, with the input's partition count. */
-export async function ensureTopics(
-  admin: Admin,
-  inputTopic: string,
-  topics: string[],
-): Promise<void> {
-  const existing = new Set(await admin.listTopics())
-  const missing = topics.filter((t) => !existing.has(t))
-  if (missing.length === 0) return
-  const metadata = await admin.fetchTopicMetadata({ topics: [inputTopic] })
-  const numPartitions = metadata.topics[0]?.partitions.length ?? 1
-  await admin.createTopics({
-    waitForLeaders: true,
-    topics: missing.map((topic) => ({ topic, numPartitions })),
-  })
+export type TopicRole = 'input' | 'output' | 'dead-letter' | 'late' | 'changelog'
+
+/** The topics of one deployment. */
+export interface TopicPlan {
+  input: string
+  output: string
+  deadLetter: string
+  /** Only when late samples are published. */
+  late?: string
+  /** Exactly once only: the compacted window-state topic, co-partitioned with the input. */
+  changelog?: string
+}
+
+export interface ProvisionOptions {
+  /** Create missing topics (true) or only check that they exist (false). */
+  create: boolean
+  /** Create a missing input topic with this many partitions; undefined: the input must exist. */
+  inputPartitions?: number
+  /** Replicas of each topic created; undefined: the broker's `default.replication.factor`. */
+  replicationFactor?: number
+  /** `retention.ms` of the output, dead-letter and late topics created; undefined: the broker's. */
+  retentionMs?: number
+  /**
+   * Describe every topic afterwards (partitions, configs, differences from what was asked) for
+   * the result. Needs DescribeConfigs on all of them: `kwa topics` asks for it, `kwa run` does
+   * not (a replica may only write to its output), and then gets an empty result.
+   */
+  report?: boolean
+  /** Logs each topic created and each existing topic whose retention differs from the one asked. */
+  log?: Logger
+}
+
+/** What provisioning found or did, per topic. */
+export interface TopicStatus {
+  topic: string
+  role: TopicRole
+  partitions: number
+  created: boolean
+  /** Topic configs that matter here (cleanup.policy, retention.ms), as the broker reports them. */
+  configs: Record<string, string>
+  /** Differences from what was asked that provisioning leaves alone (e.g. another retention). */
+  notes: string[]
 }
 
 /**
- * Creates the changelog topic when missing: compacted, with the input's partition count. Refuses
- * to go on when an existing one has another partition count or is not compacted.
+ * A topic the service cannot run with: missing (and not to be created), or a changelog that does
+ * not match the input. Not retriable: an operator must act (the CLI exits with code 2).
  */
-export async function ensureChangelogTopic(
-  admin: Admin,
-  inputTopic: string,
-  changelogTopic: string,
-): Promise<void> {
-  const metadata = await admin.fetchTopicMetadata({ topics: [inputTopic] })
-  const partitions = metadata.topics[0]?.partitions.length ?? 0
-  if (partitions === 0) throw new KwaError(`input topic ${inputTopic} not found`)
-  const existing = await admin.listTopics()
-  if (!existing.includes(changelogTopic)) {
-    await admin.createTopics({
-      waitForLeaders: true,
-      topics: [
-        {
-          topic: changelogTopic,
-          numPartitions: partitions,
-          configEntries: [{ name: 'cleanup.policy', value: 'compact' }],
-        },
-      ],
-    })
-    return
+export class TopicError extends KwaError {
+  constructor(
+    readonly topic: string,
+    message: string,
+  ) {
+    super(message)
   }
-  const [changelog] = (await admin.fetchTopicMetadata({ topics: [changelogTopic] })).topics
-  const count = changelog?.partitions.length ?? 0
-  if (count !== partitions) {
-    throw new KwaError(
-      `changelog topic ${changelogTopic} has ${count} partitions but input topic ${inputTopic} has ${partitions}: ` +
-        'they must match (co-partitioned); delete the changelog topic or use another --changelog-topic',
+}
+
+export const isTopicError = (error: unknown): error is TopicError => error instanceof TopicError
+
+const TOPIC_RESOURCE = 2 // ConfigResourceTypes.TOPIC (a const enum in kafkajs' typings)
+const CHECKED_CONFIGS = ['cleanup.policy', 'retention.ms']
+
+/**
+ * Makes sure every topic of `plan` exists (creating the missing ones when `options.create`) and
+ * that an existing changelog has the input's partition count and `cleanup.policy=compact`.
+ * Idempotent: existing topics are left as they are. Created topics get the input's partition
+ * count; concurrent callers (replicas starting together) are fine. Returns the status of every
+ * topic with `options.report`, else nothing.
+ */
+export async function provisionTopics(
+  admin: Admin,
+  plan: TopicPlan,
+  options: ProvisionOptions,
+): Promise<TopicStatus[]> {
+  const existing = new Set(await admin.listTopics())
+  /** Missing when we looked, so created by this call (or, racing, by another at the same time). */
+  const created = new Set<string>()
+
+  if (!existing.has(plan.input)) {
+    if (!options.create || options.inputPartitions === undefined) {
+      throw new TopicError(
+        plan.input,
+        `input topic ${plan.input} not found: create it (kwa topics --partitions N) or check --input-topic`,
+      )
+    }
+    await createTopics(admin, [topicSpec(plan.input, 'input', options.inputPartitions, options)])
+    created.add(plan.input)
+    options.log?.info(
+      { topic: plan.input, role: 'input', partitions: options.inputPartitions },
+      'created topic',
     )
   }
-  const configs = await admin.describeConfigs({
+  const inputPartitions = await partitionCount(admin, plan.input)
+
+  // One entry per topic name (the output may be the dead-letter topic, in tests even the input).
+  const wanted = new Map<string, TopicRole>()
+  const roles: [string | undefined, TopicRole][] = [
+    [plan.output, 'output'],
+    [plan.deadLetter, 'dead-letter'],
+    [plan.late, 'late'],
+    [plan.changelog, 'changelog'],
+  ]
+  for (const [topic, role] of roles) {
+    if (topic !== undefined && topic !== plan.input && !wanted.has(topic)) wanted.set(topic, role)
+  }
+
+  // Refuse a bad changelog before creating anything.
+  if (plan.changelog !== undefined && existing.has(plan.changelog)) {
+    await checkChangelog(admin, plan.changelog, plan.input, inputPartitions)
+  }
+
+  const missing = [...wanted].filter(([topic]) => !existing.has(topic))
+  if (missing.length > 0 && !options.create) {
+    throw new TopicError(
+      missing[0]?.[0] ?? '',
+      `missing topics: ${missing.map(([topic, role]) => `${topic} (${role})`).join(', ')}; ` +
+        'create them (kwa topics) or run with --create-topics true',
+    )
+  }
+  if (missing.length > 0) {
+    const specs = missing.map(([topic, role]) => topicSpec(topic, role, inputPartitions, options))
+    await createTopics(admin, specs)
+    for (const [topic, role] of missing) {
+      created.add(topic)
+      options.log?.info({ topic, role, partitions: inputPartitions }, 'created topic')
+    }
+    // Another replica may have created the changelog at the same moment: check what is there.
+    if (plan.changelog !== undefined && missing.some(([topic]) => topic === plan.changelog)) {
+      await checkChangelog(admin, plan.changelog, plan.input, inputPartitions)
+    }
+  }
+
+  if (options.report !== true) return []
+  const all: [string, TopicRole][] = [[plan.input, 'input'], ...wanted]
+  const configs = await describeTopicConfigs(
+    admin,
+    all.map(([topic]) => topic),
+  )
+  const statuses: TopicStatus[] = []
+  for (const [topic, role] of all) {
+    const status: TopicStatus = {
+      topic,
+      role,
+      partitions: topic === plan.input ? inputPartitions : await partitionCount(admin, topic),
+      created: created.has(topic),
+      configs: configs.get(topic) ?? {},
+      notes: [],
+    }
+    const retention = status.configs['retention.ms']
+    if (
+      !status.created &&
+      hasRetention(role) &&
+      options.retentionMs !== undefined &&
+      retention !== undefined &&
+      retention !== String(options.retentionMs)
+    ) {
+      status.notes.push(
+        `retention.ms is ${retention}, not ${options.retentionMs}: left as is ` +
+          '(kafka-configs --alter --add-config retention.ms=... to change it)',
+      )
+      options.log?.warn(
+        { topic, role, retentionMs: retention },
+        'existing topic kept its retention',
+      )
+    }
+    statuses.push(status)
+  }
+  return statuses
+}
+
+const hasRetention = (role: TopicRole) =>
+  role === 'output' || role === 'dead-letter' || role === 'late'
+
+function topicSpec(
+  topic: string,
+  role: TopicRole,
+  numPartitions: number,
+  options: ProvisionOptions,
+): ITopicConfig {
+  const configEntries: { name: string; value: string }[] = []
+  if (role === 'changelog') configEntries.push({ name: 'cleanup.policy', value: 'compact' })
+  if (hasRetention(role) && options.retentionMs !== undefined) {
+    configEntries.push({ name: 'retention.ms', value: String(options.retentionMs) })
+  }
+  return {
+    topic,
+    numPartitions,
+    ...(options.replicationFactor !== undefined && {
+      replicationFactor: options.replicationFactor,
+    }),
+    ...(configEntries.length > 0 && { configEntries }),
+  }
+}
+
+/** Topics another client created meanwhile are fine: kafkajs resolves false for those. */
+async function createTopics(admin: Admin, topics: ITopicConfig[]): Promise<void> {
+  await admin.createTopics({ waitForLeaders: true, topics })
+}
+
+/**
+ * Partitions of an existing topic. Only for topics listTopics returned: a metadata request for an
+ * unknown topic may auto-create it on a broker that allows that.
+ */
+async function partitionCount(admin: Admin, topic: string): Promise<number> {
+  const metadata = await admin.fetchTopicMetadata({ topics: [topic] })
+  return metadata.topics.find((t) => t.name === topic)?.partitions.length ?? 0
+}
+
+async function describeTopicConfigs(
+  admin: Admin,
+  topics: string[],
+): Promise<Map<string, Record<string, string>>> {
+  const described = await admin.describeConfigs({
     includeSynonyms: false,
-    resources: [{ type: 2 /* TOPIC */, name: changelogTopic, configNames: ['cleanup.policy'] }],
+    resources: [...new Set(topics)].map((name) => ({
+      type: TOPIC_RESOURCE,
+      name,
+      configNames: CHECKED_CONFIGS,
+    })),
   })
-  const policy = configs.resources[0]?.configEntries.find(
-    (e) => e.configName === 'cleanup.policy',
-  )?.configValue
+  const byTopic = new Map<string, Record<string, string>>()
+  for (const resource of described.resources) {
+    const configs: Record<string, string> = {}
+    for (const entry of resource.configEntries) configs[entry.configName] = entry.configValue
+    byTopic.set(resource.resourceName, configs)
+  }
+  return byTopic
+}
+
+/** The changelog must be co-partitioned with the input and compacted, or state would be lost. */
+async function checkChangelog(
+  admin: Admin,
+  changelog: string,
+  input: string,
+  inputPartitions: number,
+): Promise<void> {
+  const count = await partitionCount(admin, changelog)
+  if (count !== inputPartitions) {
+    throw new TopicError(
+      changelog,
+      `changelog topic ${changelog} has ${count} partitions but input topic ${input} has ${inputPartitions}: ` +
+        'they must match (co-partitioned); delete the changelog topic (its state is lost: see ' +
+        'docs/OPERATIONS.md) or use another --changelog-topic',
+    )
+  }
+  const policy = (await describeTopicConfigs(admin, [changelog])).get(changelog)?.['cleanup.policy']
   if (policy === undefined || !policy.split(',').includes('compact')) {
-    throw new KwaError(
-      `changelog topic ${changelogTopic} has cleanup.policy=${policy}: it must be compact`,
+    throw new TopicError(
+      changelog,
+      `changelog topic ${changelog} has cleanup.policy=${policy}: it must be compact ` +
+        `(kafka-configs --alter --entity-type topics --entity-name ${changelog} --add-config cleanup.policy=compact)`,
     )
   }
 }

@@ -8,6 +8,16 @@ export interface TransactionContent {
   offsets: { consumerGroupId: string; topic: string; partition: number; offset: string }
   /** Fault injection for the chaos suite: runs after the sends, before the commit. */
   beforeCommit?: () => void
+  /** Called for every attempt that does not commit (aborted to retry, or failed). */
+  onAbort?: () => void
+}
+
+/** How a committed transaction went. */
+export interface TransactionTimings {
+  /** Attempts, the committed one included. */
+  attempts: number
+  /** sendOffsets and commit of the committed attempt, in seconds. */
+  commitSeconds: number
 }
 
 /** Errors after which a transaction can simply be tried again (kafkajs#1068, #430). */
@@ -81,7 +91,7 @@ export class PartitionTransactor {
    * producer is re-initialised (which completes or aborts the transaction) and the error is
    * thrown, so the caller restores its state from what was really committed.
    */
-  async commit(content: TransactionContent): Promise<void> {
+  async commit(content: TransactionContent): Promise<TransactionTimings> {
     for (let attempt = 1; ; attempt++) {
       const transaction = await this.producer.transaction()
       let committing = false
@@ -90,6 +100,7 @@ export class PartitionTransactor {
           if (messages.length > 0) await transaction.send({ topic, messages })
         }
         const { consumerGroupId, topic, partition, offset } = content.offsets
+        const commitStarted = process.hrtime.bigint()
         await transaction.sendOffsets({
           consumerGroupId,
           topics: [{ topic, partitions: [{ partition, offset }] }],
@@ -97,8 +108,12 @@ export class PartitionTransactor {
         content.beforeCommit?.()
         committing = true
         await transaction.commit()
-        return
+        return {
+          attempts: attempt,
+          commitSeconds: Number(process.hrtime.bigint() - commitStarted) / 1e9,
+        }
       } catch (error) {
+        content.onAbort?.()
         const type = errorType(error)
         if (fencedTypes.has(type ?? '')) {
           // Retriable, and without the kafkajs cause (which kafkajs would judge instead): the

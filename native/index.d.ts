@@ -53,6 +53,27 @@ export declare class PartitionAggregator {
    */
   ingest(keys: Array<string>, keyIndex: Uint32Array, timestamps: Float64Array, values: Float64Array, offsets: Float64Array, maxEventTime?: number | null): IngestResult
   /**
+   * Interns series keys and pins them: each keeps the returned id until
+   * unpinKeys, so batches can name keys by id (ingestIds) instead of
+   * carrying their text across the boundary each time. Pins count: a key
+   * pinned twice needs two unpins. Throws (code InvalidArg, nothing
+   * pinned) if a key is empty or longer than maxKeyBytes UTF-8 bytes.
+   */
+  pinKeys(keys: Array<string>): Uint32Array
+  /**
+   * Drops one pin of each id; a key with no pin left and no open window
+   * is released (its id may be reused). Throws (code InvalidArg, nothing
+   * unpinned) if an id is given more times than it is pinned.
+   */
+  unpinKeys(ids: Uint32Array): void
+  /**
+   * ingest() with samples naming their series keys by pinned id (see
+   * pinKeys): sample i is (keyIds[i], timestamps[i], values[i]) read from
+   * offsets[i]. An id that is not pinned is rejected with code 3; codes 4
+   * and 5 were checked by pinKeys. Otherwise exactly as ingest().
+   */
+  ingestIds(keyIds: Uint32Array, timestamps: Float64Array, values: Float64Array, offsets: Float64Array, maxEventTime?: number | null): IngestResult
+  /**
    * Decodes Avro TelemetryBatch values and ingests their samples, in one
    * call and without a JS value per sample (see ingest() for the rules).
    *

@@ -47,9 +47,16 @@ function kwa(name: string, args: string[], brokers: string): ChildProcess {
   createInterface({ input: child.stderr }).on('line', (line) => {
     log.write(`${line}\n`)
     try {
-      const entry = JSON.parse(line) as { msg?: string; partitions?: number[]; level?: number }
+      const entry = JSON.parse(line) as {
+        msg?: string
+        partitions?: number[]
+        level?: number
+        url?: string
+      }
       if (entry.msg === 'joined group')
         say(`[${name}] joined the group: partitions ${JSON.stringify(entry.partitions)}`)
+      else if (entry.msg === 'http server listening')
+        say(`[${name}] metrics ${entry.url}/metrics, health ${entry.url}/healthz and /readyz`)
       else if ((entry.level ?? 0) >= 50) say(`[${name}] ${entry.msg ?? line}`)
     } catch {
       say(`[${name}] ${line}`)
@@ -85,7 +92,8 @@ async function main(): Promise<void> {
   const children: ChildProcess[] = []
   try {
     await createTopics(brokers)
-    const window = ['--window-size', '5s', '--grace', '1s']
+    // --http-port 0: two replicas on one machine cannot share the default port 9464.
+    const window = ['--window-size', '5s', '--grace', '1s', '--http-port', '0']
     for (const n of [1, 2]) children.push(kwa(`replica-${n}`, ['run', ...window], brokers))
     children.push(
       kwa(

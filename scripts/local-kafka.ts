@@ -4,7 +4,10 @@
  *
  *   npx tsx scripts/local-kafka.ts fetch [--version V]
  *   npx tsx scripts/local-kafka.ts start [--version V] [--port P] [--data-dir D]
+ *                                        [--sasl-user NAME:PASSWORD ...] [--sasl-port P]
  *
+ * `--sasl-user` (or the `sasl` option) adds a SASL_PLAINTEXT listener accepting SCRAM-SHA-256,
+ * SCRAM-SHA-512 and PLAIN for those users; the PLAINTEXT listener stays as it is.
  * Jars are cached in ${KWA_CACHE_DIR:-$HOME/.cache/kafka-window-aggregator}/kafka-<version>/libs.
  * Default version: $KWA_KAFKA_VERSION or 3.9.2; 4.x works too (log4j2 logging, share.* configs).
  */
@@ -44,11 +47,35 @@ export interface LocalBrokerOptions {
   onUnexpectedExit?: (exit: ProcessExit) => void
   /** How long to wait for the broker to be ready (default 90 s). */
   readyTimeoutMs?: number
+  /**
+   * Adds a SASL_PLAINTEXT listener on 127.0.0.1 (the PLAINTEXT one stays, for inter-broker
+   * traffic and tools) that accepts SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN for these users. The
+   * SCRAM credentials are written when the storage is formatted (`kafka-storage format
+   * --add-scram`), so they exist before the broker first starts; PLAIN users live in the JAAS config.
+   */
+  sasl?: LocalSaslOptions
 }
 
+export interface LocalSaslOptions {
+  /** At least one. Names and passwords: letters, digits and `._-` only (they go into configs). */
+  users: LocalSaslUser[]
+  /** Port of the SASL_PLAINTEXT listener. Default: a free port picked at run time. */
+  port?: number
+}
+
+export interface LocalSaslUser {
+  username: string
+  password: string
+}
+
+/** Mechanisms the SASL_PLAINTEXT listener enables (kafkajs names them in lower case). */
+export const LOCAL_SASL_MECHANISMS = ['SCRAM-SHA-256', 'SCRAM-SHA-512', 'PLAIN'] as const
+
 export interface LocalBroker {
-  /** Bootstrap string, "127.0.0.1:PORT". */
+  /** Bootstrap string, "127.0.0.1:PORT" (the PLAINTEXT listener). */
   brokers: string
+  /** Bootstrap string of the SASL_PLAINTEXT listener, when `sasl` was given. */
+  saslBrokers?: string
   version: string
   port: number
   controllerPort: number
@@ -293,6 +320,7 @@ interface BrokerLayout {
   dataDir: string
   port: number
   controllerPort: number
+  sasl?: { port: number; users: LocalSaslUser[] }
   propertiesFile: string
   loggingConfigFile: string
   logFile: string
@@ -304,12 +332,14 @@ function layoutFor(
   dataDir: string,
   port: number,
   controllerPort: number,
+  sasl?: { port: number; users: LocalSaslUser[] },
 ): BrokerLayout {
   return {
     version,
     dataDir,
     port,
     controllerPort,
+    sasl,
     propertiesFile: path.join(dataDir, 'server.properties'),
     loggingConfigFile: path.join(
       dataDir,
@@ -321,15 +351,18 @@ function layoutFor(
 }
 
 function serverProperties(layout: BrokerLayout): string {
+  const sasl = layout.sasl
+  const saslListener = sasl ? `,SASL_PLAINTEXT://127.0.0.1:${sasl.port}` : ''
   const lines = [
     'process.roles=broker,controller',
     'node.id=1',
     `controller.quorum.voters=1@127.0.0.1:${layout.controllerPort}`,
-    `listeners=PLAINTEXT://127.0.0.1:${layout.port},CONTROLLER://127.0.0.1:${layout.controllerPort}`,
-    `advertised.listeners=PLAINTEXT://127.0.0.1:${layout.port}`,
+    `listeners=PLAINTEXT://127.0.0.1:${layout.port}${saslListener},CONTROLLER://127.0.0.1:${layout.controllerPort}`,
+    `advertised.listeners=PLAINTEXT://127.0.0.1:${layout.port}${saslListener}`,
     'inter.broker.listener.name=PLAINTEXT',
     'controller.listener.names=CONTROLLER',
-    'listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT',
+    `listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT${sasl ? ',SASL_PLAINTEXT:SASL_PLAINTEXT' : ''}`,
+    ...(sasl ? saslProperties(sasl.users) : []),
     `log.dirs=${propertiesPath(layout.kraftDir)}`,
     // Tests create their topics explicitly; a typo must fail rather than create a topic.
     'auto.create.topics.enable=false',
@@ -354,6 +387,36 @@ function serverProperties(layout: BrokerLayout): string {
     )
   }
   return `${lines.join('\n')}\n`
+}
+
+/**
+ * SASL on the SASL_PLAINTEXT listener only: no authorizer, so an authenticated user may do
+ * anything. SCRAM users are in the cluster metadata (formatted in, see formatStorage); PLAIN
+ * users are `user_<name>="<password>"` entries of the listener's PlainLoginModule.
+ */
+function saslProperties(users: LocalSaslUser[]): string[] {
+  const plainUsers = users.map((u) => ` user_${u.username}="${u.password}"`).join('')
+  return [
+    `sasl.enabled.mechanisms=${LOCAL_SASL_MECHANISMS.join(',')}`,
+    'listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=' +
+      'org.apache.kafka.common.security.scram.ScramLoginModule required;',
+    'listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=' +
+      'org.apache.kafka.common.security.scram.ScramLoginModule required;',
+    'listener.name.sasl_plaintext.plain.sasl.jaas.config=' +
+      `org.apache.kafka.common.security.plain.PlainLoginModule required${plainUsers};`,
+  ]
+}
+
+/** Values end up in .properties, JAAS and `--add-scram` syntax: keep them plain. */
+function assertSaslUsers(users: LocalSaslUser[]): void {
+  if (users.length === 0) throw new Error('sasl.users: at least one user is needed')
+  for (const { username, password } of users) {
+    if (!/^[A-Za-z0-9._-]+$/.test(username) || !/^[A-Za-z0-9._-]+$/.test(password)) {
+      throw new Error(
+        `sasl.users: "${username}": names and passwords may only hold letters, digits and ._-`,
+      )
+    }
+  }
 }
 
 const LOG_PATTERN = '[%d] %p %m (%c)%n'
@@ -456,6 +519,15 @@ async function existingClusterId(layout: BrokerLayout): Promise<string | undefin
  */
 async function formatStorage(layout: BrokerLayout, libsDir: string): Promise<void> {
   const clusterId = (await existingClusterId(layout)) ?? randomClusterId()
+  // SCRAM credentials go into the bootstrap metadata (KIP-900), so the first start has them.
+  // A dir formatted before is skipped (-g), users and all: reuse a data dir with the same users.
+  // (The passwords are on the format command line for a moment: fine for a local test broker.)
+  const scram = (layout.sasl?.users ?? []).flatMap(({ username, password }) =>
+    ['SCRAM-SHA-256', 'SCRAM-SHA-512'].flatMap((mechanism) => [
+      '--add-scram',
+      `${mechanism}=[name=${username},password=${password}]`,
+    ]),
+  )
   const args = [
     ...jvmArgs(layout, libsDir, 256),
     'kafka.tools.StorageTool',
@@ -465,12 +537,15 @@ async function formatStorage(layout: BrokerLayout, libsDir: string): Promise<voi
     '-c',
     layout.propertiesFile,
     '-g',
+    ...scram,
   ]
   try {
     const [command, commandArgs] = await diesWithParent(javaBinary(), args)
     await execFileText(command, commandArgs, { cwd: layout.dataDir, timeoutMs: 60_000 })
   } catch (error) {
-    throw new Error(`Formatting Kafka storage in ${layout.kraftDir} failed:\n${errorText(error)}`)
+    // The command line is in the message: keep the SCRAM passwords out of it.
+    const text = errorText(error).replace(/password=[^\]\s]*/g, 'password=***')
+    throw new Error(`Formatting Kafka storage in ${layout.kraftDir} failed:\n${text}`)
   }
 }
 
@@ -639,12 +714,17 @@ export async function startLocalBroker(options: LocalBrokerOptions = {}): Promis
 
   const port = options.port ?? (await freePort())
   const controllerPort = options.controllerPort ?? (await freePort([port]))
-  const layout = layoutFor(version, dataDir, port, controllerPort)
-  await writeBrokerConfig(layout)
-  await formatStorage(layout, libsDir)
-
+  let sasl: BrokerLayout['sasl']
+  if (options.sasl !== undefined) {
+    assertSaslUsers(options.sasl.users)
+    const saslPort = options.sasl.port ?? (await freePort([port, controllerPort]))
+    sasl = { port: saslPort, users: options.sasl.users }
+  }
+  const layout = layoutFor(version, dataDir, port, controllerPort, sasl)
   const runner = new BrokerProcess(layout, libsDir, options)
   try {
+    await writeBrokerConfig(layout)
+    await formatStorage(layout, libsDir)
     await runner.start()
   } catch (error) {
     if (ownsDataDir) await fs.rm(dataDir, { recursive: true, force: true })
@@ -652,6 +732,7 @@ export async function startLocalBroker(options: LocalBrokerOptions = {}): Promis
   }
   return {
     brokers: `127.0.0.1:${port}`,
+    saslBrokers: sasl ? `127.0.0.1:${sasl.port}` : undefined,
     version,
     port,
     controllerPort,
@@ -948,7 +1029,8 @@ function sleep(ms: number): Promise<void> {
 
 const USAGE = `Usage:
   npx tsx scripts/local-kafka.ts fetch [--version V]
-  npx tsx scripts/local-kafka.ts start [--version V] [--port P] [--data-dir D]`
+  npx tsx scripts/local-kafka.ts start [--version V] [--port P] [--data-dir D]
+                                       [--sasl-user NAME:PASSWORD ...] [--sasl-port P]`
 
 async function main(argv: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
@@ -958,6 +1040,8 @@ async function main(argv: string[]): Promise<void> {
       version: { type: 'string' },
       port: { type: 'string' },
       'data-dir': { type: 'string' },
+      'sasl-user': { type: 'string', multiple: true },
+      'sasl-port': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   })
@@ -972,21 +1056,33 @@ async function main(argv: string[]): Promise<void> {
     console.log(await fetchKafka(version))
     return
   }
-  await runStartCommand(version, parsePort(values.port), values['data-dir'])
+  const saslUsers = values['sasl-user']?.map(parseSaslUser)
+  const sasl =
+    saslUsers === undefined
+      ? undefined
+      : { users: saslUsers, port: parsePort(values['sasl-port'], '--sasl-port') }
+  await runStartCommand(version, parsePort(values.port), values['data-dir'], sasl)
 }
 
-function parsePort(value: string | undefined): number | undefined {
+function parsePort(value: string | undefined, flag = '--port'): number | undefined {
   if (value === undefined) return undefined
   const port = Number(value)
   if (!Number.isInteger(port) || port < 1 || port > 65535)
-    throw new Error(`Invalid --port: ${value}`)
+    throw new Error(`Invalid ${flag}: ${value}`)
   return port
+}
+
+function parseSaslUser(value: string): LocalSaslUser {
+  const colon = value.indexOf(':')
+  if (colon <= 0) throw new Error('Invalid --sasl-user: expected NAME:PASSWORD')
+  return { username: value.slice(0, colon), password: value.slice(colon + 1) }
 }
 
 async function runStartCommand(
   version: string,
   port: number | undefined,
   dataDir: string | undefined,
+  sasl: LocalSaslOptions | undefined,
 ): Promise<void> {
   const startedAt = Date.now()
   let stopping = false
@@ -994,6 +1090,7 @@ async function runStartCommand(
     version,
     port,
     dataDir,
+    sasl,
     onUnexpectedExit: (exit) => {
       if (stopping) return // Ctrl-C reaches the JVM too (same process group)
       console.error(
@@ -1007,6 +1104,13 @@ async function runStartCommand(
       `(data dir ${broker.dataDir}, log ${broker.logFile})`,
   )
   console.log(`KAFKA_BROKERS=${broker.brokers}`)
+  if (broker.saslBrokers !== undefined) {
+    console.log(`KAFKA_SASL_BROKERS=${broker.saslBrokers}`)
+    console.error(
+      `local-kafka: SASL_PLAINTEXT on ${broker.saslBrokers} (${LOCAL_SASL_MECHANISMS.join(', ')}) ` +
+        `for ${sasl?.users.map((u) => u.username).join(', ')}`,
+    )
+  }
 
   const shutdown = (signal: NodeJS.Signals): void => {
     if (stopping) return

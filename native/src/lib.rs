@@ -345,6 +345,48 @@ impl PartitionAggregator {
         Ok(outcome.into())
     }
 
+    /// Interns series keys and pins them: each keeps the returned id until
+    /// unpinKeys, so batches can name keys by id (ingestIds) instead of
+    /// carrying their text across the boundary each time. Pins count: a key
+    /// pinned twice needs two unpins. Throws (code InvalidArg, nothing
+    /// pinned) if a key is empty or longer than maxKeyBytes UTF-8 bytes.
+    #[napi]
+    pub fn pin_keys(&mut self, keys: Vec<String>) -> Result<Uint32Array> {
+        let ids = self.live_mut()?.pin_keys(&keys).map_err(map_error)?;
+        Ok(Uint32Array::new(ids))
+    }
+
+    /// Drops one pin of each id; a key with no pin left and no open window
+    /// is released (its id may be reused). Throws (code InvalidArg, nothing
+    /// unpinned) if an id is given more times than it is pinned.
+    #[napi]
+    pub fn unpin_keys(&mut self, ids: &[u32]) -> Result<()> {
+        self.live_mut()?.unpin_keys(ids).map_err(map_error)
+    }
+
+    /// ingest() with samples naming their series keys by pinned id (see
+    /// pinKeys): sample i is (keyIds[i], timestamps[i], values[i]) read from
+    /// offsets[i]. An id that is not pinned is rejected with code 3; codes 4
+    /// and 5 were checked by pinKeys. Otherwise exactly as ingest().
+    #[napi(
+        ts_args_type = "keyIds: Uint32Array, timestamps: Float64Array, values: Float64Array, \
+                        offsets: Float64Array, maxEventTime?: number | null"
+    )]
+    pub fn ingest_ids(
+        &mut self,
+        key_ids: &[u32],
+        timestamps: &[f64],
+        values: &[f64],
+        offsets: &[f64],
+        max_event_time: Option<f64>,
+    ) -> Result<IngestResult> {
+        let outcome = self
+            .live_mut()?
+            .ingest_ids(key_ids, timestamps, values, offsets, max_event_time)
+            .map_err(map_error)?;
+        Ok(outcome.into())
+    }
+
     /// Decodes Avro TelemetryBatch values and ingests their samples, in one
     /// call and without a JS value per sample (see ingest() for the rules).
     ///

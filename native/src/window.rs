@@ -581,7 +581,7 @@ const COMPACT_MIN_SLOTS: usize = if cfg!(test) { 2 } else { 1024 };
 /// the keys still unused and recycles their ids. So ids cached for the
 /// batch's key table stay valid while windows close mid-batch (rule 7), and
 /// a key released and used again within one batch keeps its id.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Interner {
     ids: FxHashMap<Box<str>, u32>,
     /// Name by id; empty for a free id.
@@ -593,6 +593,10 @@ struct Interner {
     /// Ids whose count dropped to 0 since the last sweep (possibly repeated,
     /// possibly in use again).
     unused: Vec<u32>,
+    /// Pins by id (see [`Aggregator::pin_keys`]); grown on the first pin.
+    pins: Vec<u32>,
+    /// Ids with at least one pin: while any, ids are never renumbered.
+    pinned: usize,
 }
 
 impl Interner {
@@ -671,11 +675,40 @@ impl Interner {
     }
 
     /// Whether most id slots are free, so [`compact`](Self::compact) would
-    /// give back memory.
+    /// give back memory. Never while keys are pinned: callers hold their ids.
     fn sparse(&self) -> bool {
         let slots = self.names.len();
         let live = self.len();
-        (slots > COMPACT_MIN_SLOTS || live == 0) && live * 4 < slots
+        self.pinned == 0 && (slots > COMPACT_MIN_SLOTS || live == 0) && live * 4 < slots
+    }
+
+    /// Interns `key` and holds it (as an open aggregate would) until unpinned.
+    fn pin(&mut self, key: &str) -> u32 {
+        let id = self.intern(key);
+        if self.pins.len() <= id as usize {
+            self.pins.resize(self.names.len(), 0);
+        }
+        let pins = &mut self.pins[id as usize];
+        if *pins == 0 {
+            self.pinned += 1;
+        }
+        *pins += 1;
+        self.acquire(id);
+        id
+    }
+
+    fn is_pinned(&self, id: u32) -> bool {
+        self.pins.get(id as usize).is_some_and(|&n| n > 0)
+    }
+
+    /// Drops one pin of `id`, which must be pinned.
+    fn unpin(&mut self, id: u32) {
+        let pins = &mut self.pins[id as usize];
+        *pins -= 1;
+        if *pins == 0 {
+            self.pinned -= 1;
+        }
+        self.release(id);
     }
 
     /// Renumbers the keys densely and shrinks every table to fit; returns the
@@ -704,6 +737,7 @@ impl Interner {
         self.refs = refs;
         self.free = Vec::new();
         self.unused = Vec::new();
+        self.pins = Vec::new();
         remap
     }
 
@@ -711,7 +745,10 @@ impl Interner {
         // Each live key's text is stored twice: in the id table and in the name list.
         let text: usize = self.names.iter().map(|name| 2 * name.len()).sum();
         text + self.names.capacity() * size_of::<Box<str>>()
-            + (self.refs.capacity() + self.free.capacity() + self.unused.capacity())
+            + (self.refs.capacity()
+                + self.free.capacity()
+                + self.unused.capacity()
+                + self.pins.capacity())
                 * size_of::<u32>()
             + self.ids.capacity() * (size_of::<(Box<str>, u32)>() + 1)
     }
@@ -730,6 +767,98 @@ enum BatchKey {
     /// Looked up: not interned, so it holds no open window.
     Absent,
     Interned(u32),
+}
+
+/// How a batch's samples name their series keys.
+trait KeySource {
+    /// Codes 3-5 for sample key reference `key`.
+    fn check(&self, key: u32, interner: &Interner) -> Result<(), Rejection>;
+    /// The key's id if it is interned, without interning it.
+    fn lookup(&mut self, key: u32, interner: &Interner) -> Option<u32>;
+    /// The key's id, interning it if needed.
+    fn intern(&mut self, key: u32, interner: &mut Interner) -> u32;
+}
+
+/// A per-batch table of key strings; samples hold indexes into it.
+struct KeyTable<'k, K> {
+    keys: &'k [K],
+    /// What the batch knows about each entry; valid keys are interned lazily,
+    /// so keys whose samples are all late or rejected create no state.
+    slots: Vec<BatchKey>,
+}
+
+impl<'k, K: AsRef<str>> KeyTable<'k, K> {
+    fn new(keys: &'k [K], limits: &Limits) -> Self {
+        // Codes 4 and 5 once per entry.
+        let slots = keys
+            .iter()
+            .map(|key| match limits.check_key(key.as_ref()) {
+                Ok(()) => BatchKey::Unresolved,
+                Err(reason) => BatchKey::Invalid(reason),
+            })
+            .collect();
+        Self { keys, slots }
+    }
+}
+
+impl<K: AsRef<str>> KeySource for KeyTable<'_, K> {
+    #[inline]
+    fn check(&self, key: u32, _: &Interner) -> Result<(), Rejection> {
+        match self.slots.get(key as usize) {
+            None => Err(Rejection::UnknownKey),
+            Some(BatchKey::Invalid(reason)) => Err(*reason),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn lookup(&mut self, key: u32, interner: &Interner) -> Option<u32> {
+        let slot = &mut self.slots[key as usize];
+        if let BatchKey::Unresolved = *slot {
+            *slot = interner
+                .get(self.keys[key as usize].as_ref())
+                .map_or(BatchKey::Absent, BatchKey::Interned);
+        }
+        match *slot {
+            BatchKey::Interned(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn intern(&mut self, key: u32, interner: &mut Interner) -> u32 {
+        let slot = &mut self.slots[key as usize];
+        match *slot {
+            BatchKey::Interned(id) => id,
+            _ => {
+                let id = interner.intern(self.keys[key as usize].as_ref());
+                *slot = BatchKey::Interned(id);
+                id
+            }
+        }
+    }
+}
+
+/// Samples name keys by the ids [`Aggregator::pin_keys`] returned.
+struct PinnedIds;
+
+impl KeySource for PinnedIds {
+    #[inline]
+    fn check(&self, key: u32, interner: &Interner) -> Result<(), Rejection> {
+        if interner.is_pinned(key) {
+            Ok(())
+        } else {
+            Err(Rejection::UnknownKey)
+        }
+    }
+
+    fn lookup(&mut self, key: u32, _: &Interner) -> Option<u32> {
+        Some(key)
+    }
+
+    #[inline]
+    fn intern(&mut self, key: u32, _: &mut Interner) -> u32 {
+        key
+    }
 }
 
 /// Windowed aggregation state of one partition.
@@ -821,6 +950,94 @@ impl Aggregator {
         offsets: &[f64],
         max_event_time: Option<f64>,
     ) -> Result<IngestOutcome, Error> {
+        let mut table = KeyTable::new(keys, &self.limits);
+        self.ingest_from(
+            &mut table,
+            key_index,
+            timestamps,
+            values,
+            offsets,
+            max_event_time,
+        )
+    }
+
+    /// Interns `keys` and pins them: each stays interned, under the returned
+    /// id, until [`unpin_keys`](Self::unpin_keys), so batches can name keys
+    /// by id ([`ingest_ids`](Self::ingest_ids)) instead of carrying their
+    /// text. Pins count: a key pinned twice needs two unpins. Refuses (and
+    /// pins nothing) if a key is empty or longer than `maxKeyBytes`.
+    pub fn pin_keys<K: AsRef<str>>(&mut self, keys: &[K]) -> Result<Vec<u32>, Error> {
+        for (i, key) in keys.iter().enumerate() {
+            if let Err(reason) = self.limits.check_key(key.as_ref()) {
+                let why = match reason {
+                    Rejection::EmptyKey => "it is empty".to_owned(),
+                    _ => format!(
+                        "it is longer than maxKeyBytes ({}) UTF-8 bytes",
+                        self.limits.max_key_bytes
+                    ),
+                };
+                return Err(Error::InvalidInput(format!(
+                    "keys[{i}] cannot be pinned: {why}"
+                )));
+            }
+        }
+        Ok(keys.iter().map(|key| self.keys.pin(key.as_ref())).collect())
+    }
+
+    /// Drops one pin of each id; a key with no pin and no open window is
+    /// then released. Refuses (and unpins nothing) if an id is not pinned as
+    /// many times as it is given.
+    pub fn unpin_keys(&mut self, ids: &[u32]) -> Result<(), Error> {
+        let mut given: FxHashMap<u32, u32> = FxHashMap::default();
+        for &id in ids {
+            *given.entry(id).or_default() += 1;
+        }
+        for (&id, &n) in &given {
+            let pins = self.keys.pins.get(id as usize).copied().unwrap_or(0);
+            if pins < n {
+                return Err(Error::InvalidInput(format!(
+                    "key id {id} is unpinned {n} times but pinned {pins} times"
+                )));
+            }
+        }
+        for &id in ids {
+            self.keys.unpin(id);
+        }
+        self.sweep_keys();
+        Ok(())
+    }
+
+    /// [`ingest`](Self::ingest) with samples naming their keys by pinned id
+    /// ([`pin_keys`](Self::pin_keys)): sample `i` is `(key_ids[i],
+    /// timestamps[i], values[i])`. An id that is not pinned is rejected with
+    /// code 3 (codes 4 and 5 were checked when pinning).
+    pub fn ingest_ids(
+        &mut self,
+        key_ids: &[u32],
+        timestamps: &[f64],
+        values: &[f64],
+        offsets: &[f64],
+        max_event_time: Option<f64>,
+    ) -> Result<IngestOutcome, Error> {
+        self.ingest_from(
+            &mut PinnedIds,
+            key_ids,
+            timestamps,
+            values,
+            offsets,
+            max_event_time,
+        )
+    }
+
+    fn ingest_from<S: KeySource>(
+        &mut self,
+        source: &mut S,
+        key_index: &[u32],
+        timestamps: &[f64],
+        values: &[f64],
+        offsets: &[f64],
+        max_event_time: Option<f64>,
+    ) -> Result<IngestOutcome, Error> {
         let len = key_index.len();
         if timestamps.len() != len || values.len() != len || offsets.len() != len {
             return Err(Error::InvalidInput(format!(
@@ -857,21 +1074,16 @@ impl Aggregator {
         };
 
         let mut out = IngestOutcome::default();
-        // Codes 4 and 5 once per key table entry; valid keys are interned
-        // lazily, so keys whose samples are all late or rejected create no state.
-        let mut batch_keys: Vec<BatchKey> = keys
-            .iter()
-            .map(|key| match self.limits.check_key(key.as_ref()) {
-                Ok(()) => BatchKey::Unresolved,
-                Err(reason) => BatchKey::Invalid(reason),
-            })
-            .collect();
         // (window start, key id) of every aggregate created or updated, once each.
         let mut touched: Option<FxHashSet<(i64, u32)>> =
             self.track_changes.then(FxHashSet::default);
         let samples = key_index.iter().zip(timestamps).zip(values).zip(offsets);
         for (i, (((&key, &ts), &value), &offset)) in (0u32..).zip(samples) {
-            let ts = match checks.check(&batch_keys, key, ts, value) {
+            let checked = checks
+                .value_and_time(ts, value)
+                .and_then(|ts| source.check(key, &self.keys).map(|()| ts))
+                .and_then(|ts| checks.not_future(ts));
+            let ts = match checked {
                 Ok(ts) => ts,
                 Err(reason) => {
                     out.rejected_indexes.push(i);
@@ -886,24 +1098,14 @@ impl Aggregator {
                 out.late_indexes.push(i);
                 continue;
             }
-            // `check` rejected key indexes outside the table.
-            let key = key as usize;
-            if let Some(max_open) = self.limits.max_open_windows {
-                let slot = &mut batch_keys[key];
-                if !self.has_room(slot, keys[key].as_ref(), ts, close_time, max_open, &mut out) {
-                    out.rejected_indexes.push(i);
-                    out.rejected_reasons.push(Rejection::WindowLimit.code());
-                    continue;
-                }
+            if let Some(max_open) = self.limits.max_open_windows
+                && !self.has_room(source, key, ts, close_time, max_open, &mut out)
+            {
+                out.rejected_indexes.push(i);
+                out.rejected_reasons.push(Rejection::WindowLimit.code());
+                continue;
             }
-            let id = match batch_keys[key] {
-                BatchKey::Interned(id) => id,
-                _ => {
-                    let id = self.keys.intern(keys[key].as_ref());
-                    batch_keys[key] = BatchKey::Interned(id);
-                    id
-                }
-            };
+            let id = source.intern(key, &mut self.keys);
             let size = self.spec.size;
             let offset = offset as i64;
             for start in self.spec.window_starts(ts) {
@@ -939,14 +1141,14 @@ impl Aggregator {
         Ok(out)
     }
 
-    /// Whether a sample of the batch key `slot` (named `key`) at `ts` fits in
-    /// `max_open` open aggregates at `close_time` (rule 7 in the module docs).
-    /// May close windows that are already due into `out.closed`, and resolves
-    /// `slot` against the interner (without interning).
-    fn has_room(
+    /// Whether a sample of key reference `key` at `ts` fits in `max_open`
+    /// open aggregates at `close_time` (rule 7 in the module docs). May close
+    /// windows that are already due into `out.closed`, and resolves the key
+    /// against the interner (without interning).
+    fn has_room<S: KeySource>(
         &mut self,
-        slot: &mut BatchKey,
-        key: &str,
+        source: &mut S,
+        key: u32,
         ts: i64,
         close_time: i64,
         max_open: usize,
@@ -961,21 +1163,15 @@ impl Aggregator {
         if self.open_count + wanted <= max_open {
             return true; // fits even if every window is new
         }
-        if let BatchKey::Unresolved = *slot {
-            *slot = self
-                .keys
-                .get(key)
-                .map_or(BatchKey::Absent, BatchKey::Interned);
-        }
-        let new = match *slot {
-            BatchKey::Interned(id) => open_starts
+        let new = match source.lookup(key, &self.keys) {
+            Some(id) => open_starts
                 .filter(|start| {
                     self.windows
                         .get(start)
                         .is_none_or(|window| !window.contains_key(&id))
                 })
                 .count(),
-            _ => wanted,
+            None => wanted,
         };
         if new == 0 || self.open_count + new <= max_open {
             return true;
@@ -1102,7 +1298,8 @@ impl Aggregator {
             return Ok(());
         };
 
-        let mut keys = Interner::default();
+        // A fresh aggregator holds only pinned keys: they stay.
+        let mut keys = self.keys.clone();
         let mut windows: BTreeMap<i64, WindowMap> = BTreeMap::new();
         let mut first_offsets: BTreeMap<i64, u32> = BTreeMap::new();
         for i in 0..len {
@@ -1286,9 +1483,9 @@ struct SampleChecks {
 }
 
 impl SampleChecks {
-    /// Checks codes 1-6 in order; returns the timestamp as whole milliseconds.
+    /// Codes 1 and 2; returns the timestamp as whole milliseconds.
     #[inline]
-    fn check(&self, keys: &[BatchKey], key: u32, ts: f64, value: f64) -> Result<i64, Rejection> {
+    fn value_and_time(&self, ts: f64, value: f64) -> Result<i64, Rejection> {
         if !value.is_finite() {
             return Err(Rejection::NonFiniteValue);
         }
@@ -1296,15 +1493,17 @@ impl SampleChecks {
         if !(ts.fract() == 0.0 && ts >= self.min_ts && ts < SAFE_LIMIT) {
             return Err(Rejection::InvalidTimestamp);
         }
-        match keys.get(key as usize) {
-            None => return Err(Rejection::UnknownKey),
-            Some(BatchKey::Invalid(reason)) => return Err(*reason),
-            Some(_) => {}
-        }
-        if ts > self.max_ts {
+        Ok(ts as i64)
+    }
+
+    /// Code 6 (checked after the key's codes 3-5).
+    #[inline]
+    fn not_future(&self, ts: i64) -> Result<i64, Rejection> {
+        // Exact: ts is below 2^53.
+        if ts as f64 > self.max_ts {
             return Err(Rejection::FutureTimestamp);
         }
-        Ok(ts as i64)
+        Ok(ts)
     }
 }
 

@@ -287,14 +287,17 @@ class Incarnation {
   }
 }
 
-/** The harness environment minus anything kwa would read as configuration. */
+/**
+ * The harness environment minus anything kwa would read as configuration, plus KWA_HTTP_PORT=0:
+ * replicas on one machine must not all bind the default metrics port.
+ */
 function replicaEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {}
   for (const [key, value] of Object.entries(process.env)) {
     if (key.startsWith('KWA_') || key === 'KAFKA_BROKERS' || key === 'NODE_OPTIONS') continue
     env[key] = value
   }
-  return { ...env, ...extra }
+  return { ...env, KWA_HTTP_PORT: '0', ...extra }
 }
 
 /**
@@ -1358,6 +1361,37 @@ export class ChaosHarness {
       options.keepLogs ?? process.env['KWA_CHAOS_KEEP_LOGS'] === '1',
       options.seed ?? (Number.isInteger(envSeed) ? envSeed : 0x5eed),
       onEvent,
+    )
+  }
+
+  /**
+   * A harness on a broker that someone else runs (e.g. the integration tests' shared one): the
+   * scenarios that kill or restart the broker cannot run on it; close() leaves it running.
+   */
+  static async attach(brokers: string, options: HarnessOptions = {}): Promise<ChaosHarness> {
+    const logRoot = await fs.mkdtemp(path.join(os.tmpdir(), 'kwa-chaos-'))
+    const notOurs = (what: string) => () =>
+      Promise.reject(new Error(`cannot ${what} a broker the harness did not start`))
+    const broker: LocalBroker = {
+      brokers,
+      version: 'external',
+      port: Number(brokers.split(':').pop()),
+      controllerPort: 0,
+      dataDir: '',
+      logFile: '(not started by the harness)',
+      stop: notOurs('stop'),
+      kill: notOurs('kill'),
+      restart: notOurs('restart'),
+      cleanup: () => Promise.resolve(),
+    }
+    const envSeed = Number(process.env['KWA_CHAOS_SEED'])
+    return new ChaosHarness(
+      broker,
+      logRoot,
+      options.delivery === undefined ? deliveryFromEnv() : options.delivery,
+      options.keepLogs ?? process.env['KWA_CHAOS_KEEP_LOGS'] === '1',
+      options.seed ?? (Number.isInteger(envSeed) ? envSeed : 0x5eed),
+      options.onEvent ?? (() => undefined),
     )
   }
 

@@ -4,6 +4,7 @@
 import { randomBytes } from 'node:crypto'
 import { inject } from 'vitest'
 import { Kafka, logLevel, type Admin, type Batch, type IHeaders } from 'kafkajs'
+import type { KafkaSecurity } from '../../consumer/kafka'
 
 /** Bootstrap string ("host:port") of the broker set up for this test run. */
 export function kafkaBrokers(): string {
@@ -27,7 +28,7 @@ export async function createTopic(
   partitions = 1,
   config: Record<string, string> = {},
 ): Promise<void> {
-  await withAdmin(brokers, async (admin) => {
+  await withAdmin(brokers, undefined, async (admin) => {
     const created = await admin.createTopics({
       waitForLeaders: true,
       topics: [
@@ -64,6 +65,8 @@ export interface ReadAllOptions {
   timeoutMs?: number
   /** kafkajs reads committed by default; set true to see records of open/aborted transactions. */
   readUncommitted?: boolean
+  /** TLS and SASL (a broker's SASL listener); default plaintext. */
+  security?: KafkaSecurity
 }
 
 const DEFAULT_READ_TIMEOUT_MS = 30_000
@@ -78,9 +81,9 @@ export async function readAll(
   topic: string,
   options: ReadAllOptions = {},
 ): Promise<ReadMessage[]> {
-  const endOffsets = await fetchEndOffsets(brokers, topic)
+  const endOffsets = await fetchEndOffsets(brokers, topic, options.security)
   const progress = new ReadProgress(endOffsets, options)
-  const kafka = newKafka(brokers, 'read-all')
+  const kafka = newKafka(brokers, 'read-all', options.security)
   const consumer = kafka.consumer({
     groupId: `read-all-${topic}-${randomBytes(6).toString('hex')}`,
     readUncommitted: options.readUncommitted ?? false,
@@ -175,8 +178,12 @@ class ReadProgress {
 }
 
 /** End offset per partition; a partition whose log is empty (low == high) needs no reading. */
-async function fetchEndOffsets(brokers: string, topic: string): Promise<Map<number, bigint>> {
-  return withAdmin(brokers, async (admin) => {
+async function fetchEndOffsets(
+  brokers: string,
+  topic: string,
+  security?: KafkaSecurity,
+): Promise<Map<number, bigint>> {
+  return withAdmin(brokers, security, async (admin) => {
     const offsets = await admin.fetchTopicOffsets(topic)
     const ends = new Map<number, bigint>()
     for (const { partition, high, low } of offsets) {
@@ -186,8 +193,12 @@ async function fetchEndOffsets(brokers: string, topic: string): Promise<Map<numb
   })
 }
 
-async function withAdmin<T>(brokers: string, use: (admin: Admin) => Promise<T>): Promise<T> {
-  const admin = newKafka(brokers, 'test-admin').admin()
+async function withAdmin<T>(
+  brokers: string,
+  security: KafkaSecurity | undefined,
+  use: (admin: Admin) => Promise<T>,
+): Promise<T> {
+  const admin = newKafka(brokers, 'test-admin', security).admin()
   await admin.connect()
   try {
     return await use(admin)
@@ -197,6 +208,12 @@ async function withAdmin<T>(brokers: string, use: (admin: Admin) => Promise<T>):
 }
 
 /** kafkajs logs retriable errors (e.g. coordinator still loading) at ERROR: keep test output clean. */
-function newKafka(brokers: string, clientId: string): Kafka {
-  return new Kafka({ clientId, brokers: brokers.split(','), logLevel: logLevel.NOTHING })
+function newKafka(brokers: string, clientId: string, security: KafkaSecurity = {}): Kafka {
+  return new Kafka({
+    clientId,
+    brokers: brokers.split(','),
+    logLevel: logLevel.NOTHING,
+    ...(security.ssl !== undefined && { ssl: security.ssl }),
+    ...(security.sasl !== undefined && { sasl: security.sasl }),
+  })
 }
