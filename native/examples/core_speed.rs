@@ -1,0 +1,75 @@
+//! Throughput of the plain-Rust core, without Node: per-batch key tables
+//! (`ingest`) against pinned key ids (`ingest_ids`). For profiling with perf:
+//! `cargo build --release --example core_speed && perf record -g target/release/examples/core_speed`
+use kwa_native::window::{Aggregator, WindowSpec};
+use std::time::Instant;
+
+fn main() {
+    let keys_n = 10_000usize;
+    let names: Vec<String> = (0..keys_n).map(|i| format!("series-{i:06}")).collect();
+    let n = 10_000_000usize;
+    let batch = 10_000usize;
+    let mut seed = 42u64;
+    let mut rnd = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 11) as f64 / (1u64 << 53) as f64
+    };
+    // Per batch: key table, key index, global key, timestamps, values, offsets.
+    type Batch<'a> = (
+        Vec<&'a str>,
+        Vec<u32>,
+        Vec<u32>,
+        Vec<f64>,
+        Vec<f64>,
+        Vec<f64>,
+    );
+    let mut batches: Vec<Batch> = vec![];
+    for s in (0..n).step_by(batch) {
+        let mut local = vec![u32::MAX; keys_n];
+        let (mut keys, mut ki, mut gk) = (vec![], vec![], vec![]);
+        let (mut ts, mut vs, mut os) = (vec![], vec![], vec![]);
+        for i in 0..batch {
+            let g = s + i;
+            let k = (rnd() * keys_n as f64) as usize;
+            if local[k] == u32::MAX {
+                local[k] = keys.len() as u32;
+                keys.push(names[k].as_str());
+            }
+            ki.push(local[k]);
+            gk.push(k as u32);
+            let mut t = 1_700_000_000_000f64 + ((g as f64) * 0.06).floor();
+            if rnd() < 0.01 {
+                t -= (rnd() * 1000.0).floor();
+            }
+            ts.push(t);
+            vs.push((rnd() * 10000.0).round() / 100.0);
+            os.push(g as f64);
+        }
+        batches.push((keys, ki, gk, ts, vs, os));
+    }
+    for (size, adv) in [(60_000.0, 60_000.0), (60_000.0, 15_000.0)] {
+        let spec = || WindowSpec::new(size, Some(adv), Some(2000.0)).unwrap();
+        let mut agg = Aggregator::new(spec());
+        let t = Instant::now();
+        for (keys, ki, _, ts, vs, os) in &batches {
+            agg.ingest(keys, ki, ts, vs, os, None).unwrap();
+        }
+        let table = n as f64 / t.elapsed().as_secs_f64() / 1e6;
+        let mut agg = Aggregator::new(spec());
+        let ids = agg.pin_keys(&names).unwrap();
+        let id_batches: Vec<Vec<u32>> = batches
+            .iter()
+            .map(|b| b.2.iter().map(|&k| ids[k as usize]).collect())
+            .collect();
+        let t = Instant::now();
+        for ((_, _, _, ts, vs, os), kid) in batches.iter().zip(&id_batches) {
+            agg.ingest_ids(kid, ts, vs, os, None).unwrap();
+        }
+        let pinned = n as f64 / t.elapsed().as_secs_f64() / 1e6;
+        println!(
+            "{size}/{adv}: key tables {table:.1}M samples/s, pinned ids {pinned:.1}M samples/s"
+        );
+    }
+}
