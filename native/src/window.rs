@@ -99,7 +99,6 @@
 //! bounds, rather than O(keys ever seen); [`Stats::series_keys`] is never
 //! more than [`Stats::open_windows`] after a batch.
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, btree_map};
 use std::fmt;
 use std::mem::size_of;
@@ -754,8 +753,140 @@ impl Interner {
     }
 }
 
-/// Aggregates of one window start, by series key id.
-type WindowMap = FxHashMap<u32, Aggregate>;
+/// Rows per chunk of a [`Window`] once it outgrows its first chunk.
+const CHUNK: usize = 1024;
+
+/// An open aggregate and its key.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    agg: Aggregate,
+    id: u32,
+}
+
+/// The open aggregates of one window start. Rows live in chunks of at most
+/// [`CHUNK`] (a row never moves, and at most one chunk is partly empty) and
+/// are found by key id through an index: a dense array by id once the window
+/// holds enough of the ids below its largest (the common case: one lookup,
+/// no hashing), a hash map before (few keys with large ids cost no array).
+#[derive(Debug, Default)]
+struct Window {
+    chunks: Vec<Vec<Row>>,
+    len: usize,
+    /// One more than the largest key id held.
+    ids: usize,
+    index: Index,
+}
+
+#[derive(Debug)]
+enum Index {
+    /// Row by id.
+    Hashed(FxHashMap<u32, u32>),
+    /// Row + 1 by id (0: no row).
+    Dense(Vec<u32>),
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Self::Hashed(FxHashMap::default())
+    }
+}
+
+impl Window {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The row holding key `id`.
+    #[inline]
+    fn find(&self, id: u32) -> Option<usize> {
+        match &self.index {
+            Index::Dense(rows) => match rows.get(id as usize) {
+                Some(&r) if r > 0 => Some(r as usize - 1),
+                _ => None,
+            },
+            Index::Hashed(rows) => rows.get(&id).map(|&r| r as usize),
+        }
+    }
+
+    fn get(&self, id: u32) -> Option<&Aggregate> {
+        self.find(id).map(|r| &self.row(r).agg)
+    }
+
+    #[inline]
+    fn row(&self, r: usize) -> &Row {
+        &self.chunks[r / CHUNK][r % CHUNK]
+    }
+
+    #[inline]
+    fn row_mut(&mut self, r: usize) -> &mut Row {
+        &mut self.chunks[r / CHUNK][r % CHUNK]
+    }
+
+    /// Adds the row of key `id`, which has none.
+    fn push(&mut self, id: u32, agg: Aggregate) {
+        let r = self.len;
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < CHUNK => chunk.push(Row { agg, id }),
+            _ => {
+                // The first chunk grows as a Vec does, so small windows stay small.
+                let mut chunk = Vec::with_capacity(if r == 0 { 4 } else { CHUNK });
+                chunk.push(Row { agg, id });
+                self.chunks.push(chunk);
+            }
+        }
+        self.len += 1;
+        self.ids = self.ids.max(id as usize + 1);
+        match &mut self.index {
+            Index::Dense(rows) => {
+                if rows.len() <= id as usize {
+                    rows.resize(id as usize + 1, 0);
+                }
+                rows[id as usize] = r as u32 + 1;
+            }
+            Index::Hashed(rows) => {
+                rows.insert(id, r as u32);
+                self.densify_if_cheap();
+            }
+        }
+    }
+
+    /// Switches to the dense index once it takes no more than ~2x the hash
+    /// map's memory: at least 1 row per 8 ids below the largest.
+    fn densify_if_cheap(&mut self) {
+        let Index::Hashed(rows) = &self.index else {
+            return;
+        };
+        if self.len >= 16 && self.ids <= 8 * self.len {
+            let mut dense = vec![0u32; self.ids];
+            for (&id, &r) in rows {
+                dense[id as usize] = r + 1;
+            }
+            self.index = Index::Dense(dense);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u32, &Aggregate)> {
+        self.chunks.iter().flatten().map(|row| (row.id, &row.agg))
+    }
+
+    /// Renames every key id by `remap` (see [`Interner::compact`]).
+    fn remap(&mut self, remap: &[u32]) {
+        let mut renamed = Window::default();
+        for row in self.chunks.iter().flatten() {
+            renamed.push(remap[row.id as usize], row.agg);
+        }
+        *self = renamed;
+    }
+
+    fn bytes(&self) -> usize {
+        let rows: usize = self.chunks.iter().map(Vec::capacity).sum();
+        let index = match &self.index {
+            Index::Dense(rows) => rows.capacity() * size_of::<u32>(),
+            Index::Hashed(rows) => rows.capacity() * (size_of::<(u32, u32)>() + 1),
+        };
+        rows * size_of::<Row>() + self.chunks.capacity() * size_of::<Vec<Row>>() + index
+    }
+}
 
 /// What one batch knows about an entry of its key table.
 #[derive(Debug, Clone, Copy)]
@@ -867,7 +998,7 @@ pub struct Aggregator {
     spec: WindowSpec,
     keys: Interner,
     /// Open windows by start, so the oldest (first to close) are at the front.
-    windows: BTreeMap<i64, WindowMap>,
+    windows: BTreeMap<i64, Window>,
     /// Multiset of the open windows' first offsets; its minimum is the low watermark.
     first_offsets: BTreeMap<i64, u32>,
     /// Number of open (key, window) aggregates: the sum of the `windows` map sizes.
@@ -1111,10 +1242,10 @@ impl Aggregator {
             for start in self.spec.window_starts(ts) {
                 if start + size > close_time {
                     let window = self.windows.entry(start).or_default();
-                    match window.entry(id) {
-                        Entry::Occupied(mut agg) => agg.get_mut().add(value),
-                        Entry::Vacant(slot) => {
-                            slot.insert(Aggregate::new(value, offset));
+                    match window.find(id) {
+                        Some(r) => window.row_mut(r).agg.add(value),
+                        None => {
+                            window.push(id, Aggregate::new(value, offset));
                             self.keys.acquire(id);
                             self.open_count += 1;
                             *self.first_offsets.entry(offset).or_default() += 1;
@@ -1168,7 +1299,7 @@ impl Aggregator {
                 .filter(|start| {
                     self.windows
                         .get(start)
-                        .is_none_or(|window| !window.contains_key(&id))
+                        .is_none_or(|window| window.find(id).is_none())
                 })
                 .count(),
             None => wanted,
@@ -1202,15 +1333,16 @@ impl Aggregator {
             let start = group[0].0;
             let window = &self.windows[&start];
             for (_, id) in group {
-                states.push(self.keys.name(*id), start, &window[id]);
+                let agg = window.get(*id).expect("a touched window holds its key");
+                states.push(self.keys.name(*id), start, agg);
             }
         }
         states
     }
 
     /// The aggregates of one window start, ordered by series key.
-    fn by_key_name<'a>(&self, window: &'a WindowMap) -> Vec<(u32, &'a Aggregate)> {
-        let mut rows: Vec<(u32, &Aggregate)> = window.iter().map(|(&id, agg)| (id, agg)).collect();
+    fn by_key_name<'a>(&self, window: &'a Window) -> Vec<(u32, &'a Aggregate)> {
+        let mut rows: Vec<(u32, &Aggregate)> = window.iter().collect();
         // Keys are unique within a window, so an unstable sort is deterministic.
         rows.sort_unstable_by(|a, b| self.keys.name(a.0).cmp(self.keys.name(b.0)));
         rows
@@ -1300,7 +1432,7 @@ impl Aggregator {
 
         // A fresh aggregator holds only pinned keys: they stay.
         let mut keys = self.keys.clone();
-        let mut windows: BTreeMap<i64, WindowMap> = BTreeMap::new();
+        let mut windows: BTreeMap<i64, Window> = BTreeMap::new();
         let mut first_offsets: BTreeMap<i64, u32> = BTreeMap::new();
         for i in 0..len {
             let key = states.series_keys[i].as_ref();
@@ -1308,11 +1440,13 @@ impl Aggregator {
                 .restored_row(&states, i, now)
                 .map_err(|msg| Error::InvalidRestore(format!("row {i} (key {key:?}): {msg}")))?;
             let id = keys.intern(key);
-            if windows.entry(start).or_default().insert(id, agg).is_some() {
+            let window = windows.entry(start).or_default();
+            if window.find(id).is_some() {
                 return Err(Error::InvalidRestore(format!(
                     "row {i} (key {key:?}): window {start} appears twice"
                 )));
             }
+            window.push(id, agg);
             keys.acquire(id);
             *first_offsets.entry(agg.first_offset).or_default() += 1;
         }
@@ -1419,10 +1553,7 @@ impl Aggregator {
         if self.keys.sparse() {
             let remap = self.keys.compact();
             for window in self.windows.values_mut() {
-                *window = window
-                    .drain()
-                    .map(|(id, agg)| (remap[id as usize], agg))
-                    .collect();
+                window.remap(&remap);
             }
         }
     }
@@ -1448,10 +1579,7 @@ impl Aggregator {
         let windows: usize = self
             .windows
             .values()
-            .map(|aggs| {
-                size_of::<(i64, WindowMap)>()
-                    + aggs.capacity() * (size_of::<(u32, Aggregate)>() + 1)
-            })
+            .map(|window| size_of::<(i64, Window)>() + window.bytes())
             .sum();
         let offsets = self.first_offsets.len() * size_of::<(i64, u32)>();
         size_of::<Self>() + self.keys.bytes_held() + windows + offsets
@@ -1559,7 +1687,7 @@ mod tests {
             .expect("well-formed batch");
         assert_eq!(
             agg.open_windows(),
-            agg.windows.values().map(WindowMap::len).sum()
+            agg.windows.values().map(Window::len).sum()
         );
         assert_key_counts(agg);
         let accounted =
@@ -1574,7 +1702,7 @@ mod tests {
         let keys = &agg.keys;
         let mut counts = vec![0u32; keys.names.len()];
         for window in agg.windows.values() {
-            for &id in window.keys() {
+            for (id, _) in window.iter() {
                 counts[id as usize] += 1;
             }
         }
