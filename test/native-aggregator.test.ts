@@ -1658,3 +1658,54 @@ describe('lifecycle and errors', () => {
     expect(make).toThrow('sizeMs')
   })
 })
+
+describe('pinned keys', () => {
+  it('ingestIds agrees with the TS reference, and unpinned ids are unknown keys', () => {
+    const keys = Array.from({ length: 200 }, (_, i) => `host-${i}/cpu`)
+    const native = new PartitionAggregator({ sizeMs: 1_000, advanceMs: 500, graceMs: 100 })
+    const reference = new ReferenceAggregator({ sizeMs: 1_000, advanceMs: 500, graceMs: 100 })
+    const ids = native.pinKeys(keys)
+    const random = mulberry32(5)
+    const closed: RefWindow[] = []
+    const expected: RefWindow[] = []
+    for (let batch = 0; batch < 40; batch++) {
+      const n = 500
+      const keyNumbers = Array.from({ length: n }, () => Math.floor(random() * keys.length))
+      const timestamps = Float64Array.from({ length: n }, (_, i) =>
+        Math.max(0, batch * 100 + Math.floor(i / 5) - Math.floor(random() * 150)),
+      )
+      const values = Float64Array.from({ length: n }, () => Math.round(random() * 1e4) / 100)
+      const offsets = new Float64Array(n).fill(batch)
+      const got = native.ingestIds(
+        Uint32Array.from(keyNumbers, (k) => ids[k] as number),
+        timestamps,
+        values,
+        offsets,
+      )
+      const samples: RefSample[] = keyNumbers.map((k, i) => ({
+        key: keys[k] as string,
+        ts: timestamps[i] as number,
+        value: values[i] as number,
+        offset: batch,
+      }))
+      const want = reference.ingest(samples)
+      expect(got.aggregated).toBe(want.aggregated)
+      expect(Array.from(got.lateIndexes)).toEqual(want.lateIdx)
+      closed.push(...rowsOf(got.closed))
+      expected.push(...want.closed)
+    }
+    expect(closed.length).toBeGreaterThan(100)
+    expect(closedProblems(closed, expected, false)).toEqual([])
+    native.unpinKeys(ids)
+    const out = native.ingestIds(
+      ids.subarray(0, 1),
+      new Float64Array([1e6]),
+      new Float64Array([1]),
+      new Float64Array([0]),
+    )
+    expect(Array.from(out.rejectedReasons)).toEqual([3])
+    expect(() => native.unpinKeys(ids.subarray(0, 1))).toThrow(/pinned 0 times/)
+    expect(() => native.pinKeys([''])).toThrow(/keys\[0\] cannot be pinned/)
+    native.free()
+  })
+})

@@ -3343,4 +3343,156 @@ mod tests {
             .expect_err("fractional offset");
         assert!(err.to_string().contains("offsets"), "{err}");
     }
+
+    /// Runs `batches` (key indexes into `names`) through `ingest` with the
+    /// whole table and through `ingest_ids` with pinned keys.
+    fn both_ways(
+        spec: WindowSpec,
+        limits: Limits,
+        names: &[String],
+        batches: &[Batch],
+    ) -> (Vec<IngestOutcome>, Vec<IngestOutcome>, Aggregator) {
+        let mut by_table = Aggregator::new(spec)
+            .with_limits(limits)
+            .with_change_tracking(true);
+        let mut by_id = Aggregator::new(spec)
+            .with_limits(limits)
+            .with_change_tracking(true);
+        let ids = by_id.pin_keys(names).expect("valid keys");
+        let (mut a, mut b) = (vec![], vec![]);
+        for (n, batch) in batches.iter().enumerate() {
+            let offsets = vec![n as f64; batch.len()];
+            let ts: Vec<f64> = batch.iter().map(|s| s.1).collect();
+            let values: Vec<f64> = batch.iter().map(|s| s.2).collect();
+            let index: Vec<u32> = batch.iter().map(|s| s.0).collect();
+            let key_ids: Vec<u32> = index.iter().map(|&k| ids[k as usize]).collect();
+            a.push(
+                by_table
+                    .ingest(names, &index, &ts, &values, &offsets, Some(5_000.0))
+                    .unwrap(),
+            );
+            b.push(
+                by_id
+                    .ingest_ids(&key_ids, &ts, &values, &offsets, Some(5_000.0))
+                    .unwrap(),
+            );
+        }
+        assert_eq!(by_table.snapshot(), by_id.snapshot());
+        (a, b, by_id)
+    }
+
+    #[test]
+    fn pinned_ids_give_the_same_outcomes_as_key_tables() {
+        for (seed, advance, max_open) in
+            [(1, 10.0, None), (2, 5.0, Some(40.0)), (3, 20.0, Some(5.0))]
+        {
+            let (names, batches) = random_batches(seed, 30, 80);
+            let spec = spec(20.0, Some(advance), Some(3.0));
+            let limits = Limits::new(&spec, None, None, max_open).unwrap();
+            let (a, b, _) = both_ways(spec, limits, &names, &batches);
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(x.closed, y.closed);
+                assert_eq!(x.changes, y.changes);
+                assert_eq!(x.late_indexes, y.late_indexes);
+                assert_eq!(x.rejected_indexes, y.rejected_indexes);
+                assert_eq!(x.rejected_reasons, y.rejected_reasons);
+                assert_eq!(x.aggregated, y.aggregated);
+            }
+        }
+    }
+
+    #[test]
+    fn pinned_keys_stay_until_unpinned() {
+        let mut agg = Aggregator::new(spec(10.0, None, None));
+        let ids = agg.pin_keys(&["a", "b", "a"]).unwrap();
+        assert_eq!(ids[0], ids[2], "one id per key, pinned twice");
+        // Ids that are not pinned are unknown keys (code 3).
+        let out = agg
+            .ingest_ids(
+                &[ids[1], 77, ids[0]],
+                &[1.0, 2.0, 3.0],
+                &[1.0, 2.0, 3.0],
+                &[0.0; 3],
+                None,
+            )
+            .unwrap();
+        assert_eq!(out.rejected_indexes, [1]);
+        assert_eq!(out.rejected_reasons, [Rejection::UnknownKey.code()]);
+        // Closing every window keeps pinned keys (no open window holds them).
+        let out = agg
+            .ingest_ids(&[ids[1]], &[100.0], &[1.0], &[1.0], None)
+            .unwrap();
+        assert_eq!(out.closed.series_keys, ["a", "b"]);
+        assert_eq!(agg.stats().series_keys, 2);
+        agg.unpin_keys(&[ids[0]]).unwrap();
+        assert_eq!(agg.stats().series_keys, 2, "a is still pinned once");
+        let err = agg.unpin_keys(&[ids[0], ids[0]]).unwrap_err();
+        assert!(err.to_string().contains("pinned 1 times"), "{err}");
+        agg.unpin_keys(&[ids[0]]).unwrap();
+        assert_eq!(
+            agg.stats().series_keys,
+            1,
+            "a released, b held by its open window"
+        );
+        let out = agg
+            .ingest_ids(&[ids[0]], &[101.0], &[1.0], &[2.0], None)
+            .unwrap();
+        assert_eq!(out.rejected_reasons, [Rejection::UnknownKey.code()]);
+        assert!(
+            agg.pin_keys(&["ok", ""])
+                .unwrap_err()
+                .to_string()
+                .contains("keys[1]")
+        );
+        assert_eq!(agg.stats().series_keys, 1, "a refused pin pins nothing");
+    }
+
+    #[test]
+    fn pinned_ids_survive_churn_that_would_compact() {
+        // Many short-lived keys would renumber ids; pinned ones must keep theirs.
+        let mut agg = Aggregator::new(spec(10.0, None, None));
+        let pinned = agg.pin_keys(&["keep"]).unwrap()[0];
+        for round in 0..50 {
+            let names: Vec<String> = (0..20).map(|k| format!("churn-{round}-{k}")).collect();
+            let index: Vec<u32> = (0..20).collect();
+            let ts = vec![round as f64 * 100.0; 20];
+            agg.ingest(&names, &index, &ts, &[1.0; 20], &[0.0; 20], None)
+                .unwrap();
+            let out = agg
+                .ingest_ids(&[pinned], &[round as f64 * 100.0], &[1.0], &[0.0], None)
+                .unwrap();
+            assert_eq!(out.aggregated, 1, "round {round}");
+        }
+        assert!(agg.stats().series_keys <= 21);
+    }
+
+    #[test]
+    fn windows_switch_to_a_dense_index_and_find_every_key() {
+        let mut w = Window::default();
+        let ids: Vec<u32> = (0..3_000).map(|i| (i * 7919) % 4_001).collect();
+        for (n, &id) in ids.iter().enumerate() {
+            assert!(w.find(id).is_none());
+            w.push(id, Aggregate::new(n as f64, 0));
+            if n < 15 {
+                assert!(matches!(w.index, Index::Hashed(_)));
+            }
+        }
+        assert!(matches!(w.index, Index::Dense(_)));
+        assert_eq!(w.len(), ids.len());
+        for (n, &id) in ids.iter().enumerate() {
+            assert_eq!(w.get(id).map(Aggregate::sum), Some(n as f64));
+        }
+        let remap: Vec<u32> = (0..4_001).map(|id| 4_000 - id).collect();
+        w.remap(&remap);
+        for (n, &id) in ids.iter().enumerate() {
+            assert_eq!(w.get(4_000 - id).map(Aggregate::sum), Some(n as f64));
+        }
+        // Few keys with large ids stay hashed.
+        let mut sparse = Window::default();
+        for id in (0..40).map(|i| i * 1_000_000) {
+            sparse.push(id, Aggregate::new(1.0, 0));
+        }
+        assert!(matches!(sparse.index, Index::Hashed(_)));
+        assert!(sparse.bytes() < 10_000);
+    }
 }
