@@ -97,6 +97,8 @@ export interface BatchOutcome {
   commit: { offset: string; metadata: string }
   /** Exactly once: the state changes to write to the changelog with the results. */
   changelog: ChangelogRecord[]
+  /** Rejected samples by reason code (counts.rejected in all). */
+  rejectedByReason: Map<number, number>
   lastOffset: string
   /** The offset after the last record processed. */
   nextOffset: string
@@ -369,6 +371,7 @@ export class PartitionPipeline {
     let results: OutputRecord[] = []
     let changelog: ChangelogRecord[] = []
     let late: Message[] = []
+    const rejectedByReason = new Map<number, number>()
     if (live.length > 0) {
       const skew = this.options.maxFutureSkewMs
       const now = this.options.now ?? Date.now
@@ -386,6 +389,9 @@ export class PartitionPipeline {
       counts.aggregated = result.aggregated
       counts.late = result.late
       counts.rejected = result.rejected
+      for (const code of result.rejectedReasons) {
+        rejectedByReason.set(code, (rejectedByReason.get(code) ?? 0) + 1)
+      }
       counts.windowsClosed = result.closed.seriesKeys.length
       this.logDropped(ingested)
       results = encodeClosedWindows(result.closed)
@@ -408,6 +414,7 @@ export class PartitionPipeline {
       late,
       commit: { offset: String(commitOffset), metadata: encodeCheckpoint(checkpoint) },
       changelog,
+      rejectedByReason,
       lastOffset,
       nextOffset: String(this.processedUpTo),
       counts,

@@ -3,7 +3,7 @@ import { Partitioners } from 'kafkajs'
 import { ChangelogReader } from './changelog'
 import { TelemetryDecoder, type TelemetryDecoderOptions } from './decode'
 import { isPoisonMessageError, KwaError } from './errors'
-import { deadLetterHeaders, rejectionReasons } from './dead-letter'
+import { rejectionReason, rejectionReasons } from './dead-letter'
 import { OpsServer, type Health } from './http'
 import { reasonLabel, ServiceMetrics } from './metrics'
 import { provisionTopics } from './topics'
@@ -19,7 +19,6 @@ import {
   type PipelineOptions,
   type WindowConfig,
 } from './pipeline'
-import { decodeTelemetryBatch } from './schemas'
 import { FencedError, PartitionTransactor } from './transactions'
 
 export type Delivery = 'exactly-once' | 'at-least-once'
@@ -496,18 +495,8 @@ export class AggregatorService {
     m.samplesLate.inc(c.late)
     m.poisonMessages.inc(c.badMessages)
     m.windowsEmitted.inc(c.windowsClosed)
-    if (c.rejected > 0) {
-      // By reason, from the batch's dead-letter records (one per message and reason).
-      let counted = 0
-      for (const record of outcome.deadLetters) {
-        const headers = record.headers ?? {}
-        if (String(headers[deadLetterHeaders.kind]) !== 'rejected-samples') continue
-        const reason = String(headers[deadLetterHeaders.reason])
-        const samples = decodeTelemetryBatch(record.value as Buffer).samples.length
-        m.samplesRejected.inc({ reason: reasonLabel(reason) }, samples)
-        counted += samples
-      }
-      if (counted < c.rejected) m.samplesRejected.inc({ reason: 'unknown' }, c.rejected - counted)
+    for (const [code, samples] of outcome.rejectedByReason) {
+      m.samplesRejected.inc({ reason: reasonLabel(rejectionReason(code)) }, samples)
     }
     const lag = BigInt(highWatermark) - BigInt(outcome.nextOffset)
     this.lag.set(partition, lag > 0n ? Number(lag) : 0)

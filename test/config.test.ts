@@ -565,6 +565,8 @@ describe('config file (--config)', () => {
     })
     vi.unstubAllEnvs()
     vi.stubEnv('KWA_GROUP_ID', 'group-from-env')
+    // The integration setup may export KAFKA_BROKERS into this process.
+    vi.stubEnv('KAFKA_BROKERS', undefined)
     expect(await parseWithCommander(['--config', file])).toMatchObject({
       groupId: 'group-from-env',
       grace: 3_000,
