@@ -337,6 +337,15 @@ export const optionSpecs = {
     default: '30s',
     schema: duration({ min: 1000 }),
   }),
+  concurrency: spec({
+    flags: '--concurrency <n>',
+    env: 'KWA_CONCURRENCY',
+    description:
+      'partitions whose batches are processed at once (each partition stays in order; with ' +
+      'exactly-once, their transactions overlap)',
+    default: '8',
+    schema: integer(1, 1024),
+  }),
   httpHost: spec({
     flags: '--http-host <host>',
     env: 'KWA_HTTP_HOST',

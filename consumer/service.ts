@@ -32,6 +32,8 @@ export interface ServiceConfig {
   outputTopic: string
   window: WindowConfig
   sessionTimeoutMs: number
+  /** Partitions whose batches are processed at once (default 8). */
+  concurrency?: number
   /** Default exactly-once. */
   delivery?: Delivery
   /** Exactly once: the compacted state topic; default `<groupId>-window-state-changelog`. */
@@ -293,7 +295,7 @@ export class AggregatorService {
     await this.consumer.run({
       autoCommit: false,
       eachBatchAutoResolve: false,
-      partitionsConsumedConcurrently: 1,
+      partitionsConsumedConcurrently: this.config.concurrency ?? 8,
       eachBatch: (payload) => this.handleBatch(payload),
     })
     const interval = this.config.statsIntervalMs ?? 10_000
