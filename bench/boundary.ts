@@ -10,13 +10,11 @@
  */
 import { parseArgs } from 'node:util'
 import { PartitionAggregator } from '../consumer/native'
-import { type Batch, fmt, keyNames, makeWorkload, median, yieldToLoop } from './lib'
+import { type Batch, type KeyForm, fmt, keyNames, makeWorkload, median, yieldToLoop } from './lib'
 
 const geometry = { sizeMs: 60_000, advanceMs: 60_000, graceMs: 2_000 }
 const keys = 10_000
 const sizes = [1, 10, 100, 1_000, 10_000, 100_000]
-
-type KeyForm = 'ids' | 'tables'
 
 /** An aggregator with the key dictionary pinned (ids equal to key numbers). */
 function aggregator(): PartitionAggregator {

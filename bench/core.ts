@@ -20,6 +20,7 @@ import {
   concatClosed,
   diffClosed,
   fmt,
+  type KeyForm,
   keyNames,
   makeWorkload,
   median,
@@ -90,13 +91,6 @@ async function verify(): Promise<void> {
   await yieldToLoop()
   console.log('verified')
 }
-
-/**
- * How batches name their series keys: `ids` (a dictionary pinned once, then key ids per sample:
- * what the service does, whose keys never cross the boundary as text) or `tables` (each batch
- * carries the text of its distinct keys, and each implementation looks them up).
- */
-type KeyForm = 'ids' | 'tables'
 
 async function timeRun(
   impl: Impl,

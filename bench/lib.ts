@@ -59,6 +59,13 @@ export interface Result {
   closed: Closed
 }
 
+/**
+ * How batches name their series keys: `ids` (a dictionary pinned once, then key ids per sample:
+ * what the service does, whose keys never cross the boundary as text) or `tables` (each batch
+ * carries the text of its distinct keys, and each implementation looks them up).
+ */
+export type KeyForm = 'ids' | 'tables'
+
 export interface Aggregator {
   ingest(
     keys: string[],

@@ -366,14 +366,6 @@ export class AggregatorService {
     }
   }
 
-  private restoreChain: Promise<unknown> = Promise.resolve()
-
-  private oneRestoreAtATime<T>(read: () => Promise<T>): Promise<T> {
-    const next = this.restoreChain.then(read, read)
-    this.restoreChain = next.catch(() => undefined)
-    return next
-  }
-
   /** Runs `restore` after any other restore of the same partition (batch or warm-up). */
   private exclusive<T>(partition: number, restore: () => Promise<T>): Promise<T> {
     const previous = this.restoring.get(partition) ?? Promise.resolve()
@@ -576,13 +568,7 @@ export class AggregatorService {
         )
       }
       if (firstOffset !== undefined) this.seeking.delete(partition)
-      // One changelog read at a time: concurrent reads through the shared restore consumer
-      // were seen to miss records (duplicated windows in the kill -9 chaos scenario).
-      const changelog = this.changelog
-      const restored =
-        changelog === undefined
-          ? undefined
-          : await this.oneRestoreAtATime(() => changelog.restore(partition))
+      const restored = await this.changelog?.restore(partition)
       const pipeline = new PartitionPipeline(
         this.config.inputTopic,
         partition,
