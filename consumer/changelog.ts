@@ -221,9 +221,8 @@ export class ChangelogReader {
   private reads: Promise<unknown> = Promise.resolve()
 
   /**
-   * The latest state of one changelog partition (read_committed, up to its current end). Reads
-   * run one at a time: concurrent ones through the shared consumer were seen to miss records
-   * (duplicated windows in the kill -9 chaos scenario with several partitions in flight).
+   * The latest state of one changelog partition (read_committed, up to its last stable offset).
+   * Reads run one at a time, so the shared consumer seeks and resumes one partition at a time.
    */
   restore(partition: number, timeoutMs = 120_000): Promise<RestoredState> {
     const read = () => this.read(partition, timeoutMs)
