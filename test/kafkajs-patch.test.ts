@@ -1,0 +1,240 @@
+/**
+ * The kafkajs patches (patches/kafkajs+2.2.4.patch), against independent references:
+ * - produce encoding (presized, in-place varints, no per-record copies) still writes record
+ *   batches that decode to the messages given, with a valid CRC-32C;
+ * - read_committed filtering drops exactly the records of aborted transactions, whatever order
+ *   the broker lists them in (test/integration/read-committed.test.ts does it on a broker).
+ */
+import { createRequire } from 'node:module'
+import fc from 'fast-check'
+import { describe, expect, it } from 'vitest'
+
+const require = createRequire(import.meta.url)
+interface Message {
+  key: string | Buffer | null
+  value: Buffer | null
+  timestamp: string
+  headers?: Record<string, string>
+}
+const produceRequest = require('kafkajs/src/protocol/requests/produce/v3/request.js') as (args: {
+  acks: number
+  timeout: number
+  transactionalId?: string
+  producerId: number
+  producerEpoch: number
+  compression: number
+  topicData: {
+    topic: string
+    partitions: { partition: number; firstSequence: number; messages: Message[] }[]
+  }[]
+}) => { encode: () => Promise<{ buffer: Buffer }> }
+const Decoder = require('kafkajs/src/protocol/decoder.js') as new (buffer: Buffer) => {
+  readString(): string
+  readInt16(): number
+  readInt32(): number
+  readBytes(): Buffer
+}
+const decodeRecordBatch = require('kafkajs/src/protocol/recordBatch/v0/decoder.js') as (
+  decoder: InstanceType<typeof Decoder>,
+) => Promise<{
+  inTransaction: boolean
+  records: {
+    key: Buffer | null
+    value: Buffer | null
+    timestamp: string
+    offset: string
+    headers: Record<string, Buffer>
+  }[]
+}>
+interface FilterMessage {
+  offset: string
+  key: Buffer | null
+  isControlRecord: boolean
+  batchContext: { producerId: string; inTransaction: boolean }
+}
+const filterAbortedMessages = require('kafkajs/src/consumer/filterAbortedMessages.js') as (args: {
+  messages: FilterMessage[]
+  abortedTransactions: { producerId: string; firstOffset: string }[]
+}) => FilterMessage[]
+
+/** CRC-32C (Castagnoli), bit by bit: the reference for the record batch checksum. */
+function crc32c(bytes: Buffer): number {
+  let crc = 0xffffffff
+  for (const byte of bytes) {
+    crc ^= byte
+    for (let bit = 0; bit < 8; bit++) crc = crc & 1 ? (crc >>> 1) ^ 0x82f63b78 : crc >>> 1
+  }
+  return (crc ^ 0xffffffff) >>> 0
+}
+
+const message = fc.record({
+  key: fc.oneof(
+    fc.constant(null),
+    fc.string({ maxLength: 40 }),
+    fc.uint8Array({ maxLength: 40 }).map(Buffer.from),
+  ),
+  value: fc.oneof(fc.constant(null), fc.uint8Array({ maxLength: 300 }).map(Buffer.from)),
+  timestampDelta: fc.integer({ min: 0, max: 5_000_000_000 }),
+  headers: fc.option(
+    fc.dictionary(
+      // Not names on Object.prototype: the (unpatched) decoder folds headers into {}.
+      fc.stringMatching(/^h-[a-z0-9]{1,6}$/),
+      fc.string({ maxLength: 8 }),
+      {
+        maxKeys: 3,
+      },
+    ),
+    { nil: undefined },
+  ),
+})
+
+describe('kafkajs patch: produce encoding', () => {
+  it('record batches decode to the messages sent, with a valid CRC-32C', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.array(message, { minLength: 1, maxLength: 60 }), {
+          minLength: 1,
+          maxLength: 3,
+        }),
+        fc.boolean(),
+        async (partitions, transactional) => {
+          const base = 1_700_000_000_000
+          const sent = partitions.map((messages) =>
+            messages.map(({ timestampDelta, ...m }) => ({
+              ...m,
+              timestamp: String(base + timestampDelta),
+            })),
+          )
+          const request = produceRequest({
+            acks: -1,
+            timeout: 30_000,
+            transactionalId: transactional ? 'tx' : undefined,
+            producerId: 7,
+            producerEpoch: 1,
+            compression: 0,
+            topicData: [
+              {
+                topic: 'out',
+                partitions: sent.map((messages, partition) => ({
+                  partition,
+                  firstSequence: 0,
+                  messages,
+                })),
+              },
+            ],
+          })
+          const decoder = new Decoder((await request.encode()).buffer)
+          expect(decoder.readString()).toBe(transactional ? 'tx' : null)
+          decoder.readInt16() // acks
+          decoder.readInt32() // timeout
+          expect(decoder.readInt32()).toBe(1) // topics
+          expect(decoder.readString()).toBe('out')
+          expect(decoder.readInt32()).toBe(sent.length)
+          for (const [partition, messages] of sent.entries()) {
+            expect(decoder.readInt32()).toBe(partition)
+            const batch = decoder.readBytes()
+            // CRC-32C of everything from the attributes on (after offset, length, epoch, magic, crc).
+            expect(batch.readUInt32BE(17)).toBe(crc32c(batch.subarray(21)))
+            const decoded = await decodeRecordBatch(new Decoder(batch) as never)
+            expect(decoded.inTransaction).toBe(transactional)
+            expect(
+              decoded.records.map((r) => ({
+                key: r.key,
+                value: r.value,
+                timestamp: r.timestamp,
+                offset: r.offset,
+                headers: Object.fromEntries(
+                  Object.entries(r.headers).map(([k, v]) => [k, v.toString()]),
+                ),
+              })),
+            ).toEqual(
+              messages.map((m, i) => ({
+                key: m.key === null ? null : Buffer.from(m.key),
+                value: m.value,
+                timestamp: m.timestamp,
+                offset: String(i),
+                headers: m.headers ?? {},
+              })),
+            )
+          }
+        },
+      ),
+      { numRuns: 200 },
+    )
+  })
+})
+
+describe('kafkajs patch: read_committed filtering', () => {
+  it('drops exactly the aborted transactions, listed in marker order', () => {
+    fc.assert(
+      fc.property(
+        // Each step: a producer sends a record, or ends its open transaction (commit or abort).
+        fc.array(
+          fc.record({
+            producer: fc.integer({ min: 0, max: 3 }),
+            end: fc.option(fc.boolean(), { nil: undefined }),
+          }),
+          {
+            maxLength: 80,
+          },
+        ),
+        fc.integer({ min: 0, max: 20 }),
+        (steps, fetchFrom) => {
+          const log: FilterMessage[] = []
+          const expected: string[] = []
+          const aborted: { producerId: string; firstOffset: string; marker: number }[] = []
+          const open = new Map<number, { first: number; offsets: string[] }>()
+          const append = (producer: number, control: Buffer | null) => {
+            const offset = String(log.length)
+            log.push({
+              offset,
+              key: control ?? Buffer.from('k'),
+              isControlRecord: control !== null,
+              batchContext: { producerId: String(producer), inTransaction: true },
+            })
+            return offset
+          }
+          for (const { producer, end } of steps) {
+            const txn = open.get(producer)
+            if (end === undefined || txn === undefined) {
+              const offset = append(producer, null)
+              if (txn === undefined)
+                open.set(producer, { first: Number(offset), offsets: [offset] })
+              else txn.offsets.push(offset)
+              continue
+            }
+            open.delete(producer)
+            // Control record key: version 0, type 0 = abort, 1 = commit.
+            const marker = append(producer, Buffer.from([0, 0, 0, end ? 1 : 0]))
+            if (end) expected.push(...txn.offsets)
+            else {
+              aborted.push({
+                producerId: String(producer),
+                firstOffset: String(txn.first),
+                marker: Number(marker),
+              })
+            }
+          }
+          // Still-open transactions are beyond the last stable offset: not fetched.
+          const lso = Math.min(log.length, ...[...open.values()].map((t) => t.first))
+          const fetched = log.slice(Math.min(fetchFrom, lso), lso)
+          const from = fetched[0] === undefined ? lso : Number(fetched[0].offset)
+          // The broker lists the aborted transactions that end in or after the fetched range,
+          // in the order their markers were written.
+          const abortedTransactions = aborted
+            .filter((a) => a.marker >= from && Number(a.firstOffset) < lso)
+            .map(({ producerId, firstOffset }) => ({ producerId, firstOffset }))
+          const kept = filterAbortedMessages({ messages: fetched, abortedTransactions })
+            .filter((m) => !m.isControlRecord)
+            .map((m) => m.offset)
+          expect(kept).toEqual(
+            expected
+              .filter((o) => Number(o) >= from && Number(o) < lso)
+              .sort((a, b) => Number(a) - Number(b)),
+          )
+        },
+      ),
+      { numRuns: 2000 },
+    )
+  })
+})
