@@ -9,7 +9,7 @@ import { createRequire } from 'node:module'
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 
-const require = createRequire(import.meta.url)
+const require = createRequire(__filename)
 interface Message {
   key: string | Buffer | null
   value: Buffer | null
