@@ -1,0 +1,118 @@
+/**
+ * Cost of kafkajs encoding the service's output into a produce request (records, record batches,
+ * CRC-32C), which was half of a replica's CPU end to end: µs per record, median of several runs,
+ * for the output records (Avro window results) and the changelog records a batch produces. No
+ * broker: this times `produce/v3/request.js`'s encode, which the producer runs per request.
+ * Run it with and without patches/kafkajs+2.2.4.patch to compare (see docs/benchmarks.md).
+ *
+ *   npm run bench:produce -- [--runs 30]
+ */
+import { createRequire } from 'node:module'
+import { parseArgs } from 'node:util'
+import { changelogRecords } from '../consumer/changelog'
+import type { ClosedWindows, WindowStates } from '../consumer/native'
+import { encodeClosedWindows } from '../consumer/pipeline'
+import { fmt, median } from './lib'
+
+const require = createRequire(__filename)
+interface Message {
+  key: string | Buffer | null
+  value: Buffer | null
+  partition?: number
+}
+const produceRequest = require('kafkajs/src/protocol/requests/produce/v3/request.js') as (args: {
+  acks: number
+  timeout: number
+  transactionalId?: string
+  producerId: number
+  producerEpoch: number
+  compression: number
+  topicData: {
+    topic: string
+    partitions: { partition: number; firstSequence: number; messages: Message[] }[]
+  }[]
+}) => { encode: () => Promise<{ buffer: Buffer }> }
+
+const { values: options } = parseArgs({ options: { runs: { type: 'string', default: '30' } } })
+const runs = Number(options.runs)
+
+/** `n` closed windows of distinct series keys, as the aggregator reports them. */
+function closedWindows(n: number): ClosedWindows {
+  const column = (f: (i: number) => number) => Float64Array.from({ length: n }, (_, i) => f(i))
+  return {
+    seriesKeys: Array.from({ length: n }, (_, i) => `host-${i % 1000}/metric-${i}`),
+    windowStart: column(() => 1_700_000_000_000),
+    windowEnd: column(() => 1_700_000_001_000),
+    count: column((i) => 1 + (i % 17)),
+    sum: column((i) => i * 1.5),
+    mean: column((i) => (i * 1.5) / (1 + (i % 17))),
+    min: column((i) => i % 7),
+    max: column((i) => 100 + (i % 13)),
+  }
+}
+
+function openWindows(closed: ClosedWindows): WindowStates {
+  return {
+    seriesKeys: closed.seriesKeys,
+    windowStart: closed.windowStart,
+    count: closed.count,
+    sum: closed.sum,
+    compensation: new Float64Array(closed.seriesKeys.length),
+    min: closed.min,
+    max: closed.max,
+    firstOffset: closed.count,
+  }
+}
+
+/** µs per record to encode `messages`, spread over 4 partitions, into one produce request. */
+async function timeEncode(messages: Message[], transactional: boolean): Promise<number> {
+  const partitions = [0, 1, 2, 3].map((partition) => ({
+    partition,
+    firstSequence: 0,
+    messages: messages.filter((_, i) => i % 4 === partition),
+  }))
+  const encode = () =>
+    produceRequest({
+      acks: -1,
+      timeout: 30_000,
+      transactionalId: transactional ? 'kwa-bench' : undefined,
+      producerId: 1,
+      producerEpoch: 0,
+      compression: 0,
+      topicData: [{ topic: 'out', partitions }],
+    }).encode()
+  for (let i = 0; i < 5; i++) await encode()
+  const times: number[] = []
+  for (let i = 0; i < runs; i++) {
+    const t = performance.now()
+    await encode()
+    times.push(((performance.now() - t) * 1000) / messages.length)
+  }
+  return median(times)
+}
+
+async function main(): Promise<void> {
+  const rows: string[][] = []
+  const summary: Record<string, number> = {}
+  for (const n of [100, 1_000, 10_000]) {
+    const closed = closedWindows(n)
+    const output: Message[] = encodeClosedWindows(closed)
+    const changelog: Message[] = changelogRecords(openWindows(closed), closed, 1_700_000_000_500)
+    const outputUs = await timeEncode(output, true)
+    const changelogUs = await timeEncode(changelog, true)
+    rows.push([fmt(n), fmt(outputUs, 2), fmt(changelogUs, 2)])
+    if (n === 10_000) Object.assign(summary, { outputUs, changelogUs })
+  }
+
+  console.log(
+    `Node ${process.version}; kafkajs produce request v3 encode, 4 partitions, median of ${runs}`,
+  )
+  console.log('| records per request | output records µs/record | changelog records µs/record |')
+  console.log('|---|---|---|')
+  for (const row of rows) console.log(`| ${row.join(' | ')} |`)
+  console.log(
+    `produce: output ${fmt(summary['outputUs'] ?? NaN, 2)} µs/record, changelog ${fmt(summary['changelogUs'] ?? NaN, 2)} µs/record`,
+  )
+}
+
+void main()
