@@ -97,7 +97,7 @@ async function main(): Promise<void> {
   for (const n of [100, 1_000, 10_000]) {
     const closed = closedWindows(n)
     const output: Message[] = encodeClosedWindows(closed)
-    const changelog: Message[] = changelogRecords(openWindows(closed), closed, 1_700_000_000_500)
+    const changelog: Message[] = changelogRecords(openWindows(closed), closed, 1_700_000_000_500, 0)
     const outputUs = await timeEncode(output, true)
     const changelogUs = await timeEncode(changelog, true)
     rows.push([fmt(n), fmt(outputUs, 2), fmt(changelogUs, 2)])

@@ -18,6 +18,8 @@ import type { ClosedWindows, WindowStates } from './native'
 export interface ChangelogRecord {
   key: Buffer
   value: Buffer | null
+  /** The changelog partition: the input partition's. */
+  partition: number
 }
 
 const formatVersion = 1
@@ -27,7 +29,10 @@ const streamTimeKey = Buffer.from('T')
 function windowKey(start: number, seriesKey: string): Buffer {
   const key = Buffer.allocUnsafe(9 + Buffer.byteLength(seriesKey))
   key[0] = windowTag
-  key.writeBigInt64BE(BigInt(start), 1)
+  // int64 big-endian from a safe integer, without a BigInt per record.
+  const high = Math.floor(start / 2 ** 32)
+  key.writeInt32BE(high, 1)
+  key.writeUInt32BE(start - high * 2 ** 32, 5)
   key.write(seriesKey, 9, 'utf8')
   return key
 }
@@ -37,36 +42,36 @@ export function changelogRecords(
   changes: WindowStates,
   closed: ClosedWindows,
   streamTime: number | null,
+  partition: number,
 ): ChangelogRecord[] {
   const records: ChangelogRecord[] = []
   for (let i = 0; i < changes.seriesKeys.length; i++) {
     const value = Buffer.allocUnsafe(1 + 6 * 8)
     value[0] = formatVersion
-    const fields = [
-      changes.count[i],
-      changes.sum[i],
-      changes.compensation[i],
-      changes.min[i],
-      changes.max[i],
-      changes.firstOffset[i],
-    ]
-    fields.forEach((f, j) => value.writeDoubleLE(f as number, 1 + 8 * j))
+    value.writeDoubleLE(changes.count[i] as number, 1)
+    value.writeDoubleLE(changes.sum[i] as number, 9)
+    value.writeDoubleLE(changes.compensation[i] as number, 17)
+    value.writeDoubleLE(changes.min[i] as number, 25)
+    value.writeDoubleLE(changes.max[i] as number, 33)
+    value.writeDoubleLE(changes.firstOffset[i] as number, 41)
     records.push({
       key: windowKey(changes.windowStart[i] as number, changes.seriesKeys[i] as string),
       value,
+      partition,
     })
   }
   for (let i = 0; i < closed.seriesKeys.length; i++) {
     records.push({
       key: windowKey(closed.windowStart[i] as number, closed.seriesKeys[i] as string),
       value: null,
+      partition,
     })
   }
   if (streamTime !== null) {
     const value = Buffer.allocUnsafe(9)
     value[0] = formatVersion
     value.writeDoubleLE(streamTime, 1)
-    records.push({ key: streamTimeKey, value })
+    records.push({ key: streamTimeKey, value, partition })
   }
   return records
 }

@@ -396,7 +396,12 @@ export class PartitionPipeline {
       this.logDropped(ingested)
       results = encodeClosedWindows(result.closed)
       if (this.trackChanges && result.changes) {
-        changelog = changelogRecords(result.changes, result.closed, this.aggregator.streamTime)
+        changelog = changelogRecords(
+          result.changes,
+          result.closed,
+          this.aggregator.streamTime,
+          this.partition,
+        )
       }
       deadLetters.push(...this.rejectedRecords(ingested))
       if (this.options.routeLate === true) late = this.lateRecords(ingested)

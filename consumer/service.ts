@@ -464,10 +464,7 @@ export class AggregatorService {
     const timings = await transactor.commit({
       records: [
         ...this.records(outcome),
-        {
-          topic: this.changelogTopic,
-          messages: outcome.changelog.map((r) => ({ ...r, partition })),
-        },
+        { topic: this.changelogTopic, messages: outcome.changelog },
       ],
       offsets: {
         consumerGroupId: this.config.groupId,

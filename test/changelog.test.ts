@@ -39,6 +39,7 @@ describe('changelog records', () => {
         ]),
         closed([]),
         5,
+        0,
       ),
     )
     apply(
@@ -49,6 +50,7 @@ describe('changelog records', () => {
         ]),
         closed([['ü/b', -10]]),
         12,
+        0,
       ),
     )
     const restored = log.toRestoredState()
@@ -68,6 +70,27 @@ describe('changelog records', () => {
       ['a', 0, 2, 4, -1e-16, 1.5, 2.5, 7],
       ['a', 10, 1, 9, 0, 9, 9, 9],
     ])
+  })
+
+  it('key window starts as big-endian int64, negative and beyond 32 bits included', () => {
+    const starts = [
+      0,
+      -1,
+      -10,
+      2 ** 32,
+      -(2 ** 32) - 1,
+      1_700_000_000_000,
+      2 ** 53 - 1,
+      -(2 ** 53 - 1),
+    ]
+    const records = changelogRecords(
+      states(starts.map((start) => ['k', start, 1, 1, 0, 1, 1, 0])),
+      closed([]),
+      null,
+      3,
+    )
+    expect(records.map((r) => r.key.readBigInt64BE(1))).toEqual(starts.map((s) => BigInt(s)))
+    expect(records.map((r) => r.partition)).toEqual(starts.map(() => 3))
   })
 
   it('restore nothing from an empty changelog', () => {

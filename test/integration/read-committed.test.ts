@@ -156,9 +156,9 @@ describe('read_committed with aborted transactions listed out of offset order', 
     }
     await abortOutOfOrder(topic, {
       // Aborted batches: one opened a window for another key, one grew the window.
-      first: changelogRecords(window('ghost', 0, 5), none, 9_000),
-      second: changelogRecords(window('s', 0, 99), none, 8_000),
-      committed: changelogRecords(window('s', 0, 3), none, 500),
+      first: changelogRecords(window('ghost', 0, 5), none, 9_000, 0),
+      second: changelogRecords(window('s', 0, 99), none, 8_000, 0),
+      committed: changelogRecords(window('s', 0, 3), none, 500, 0),
     })
     const reader = new ChangelogReader(kafka, topic, uniqueTopic('restore'), logger)
     await reader.start()
