@@ -893,10 +893,9 @@ impl Window {
 enum BatchKey {
     /// Rejected (code 4 or 5): every sample with this key is.
     Invalid(Rejection),
-    /// Not looked up in the interner yet.
+    /// Valid, and not known to be interned (looked up again each time: a
+    /// duplicate entry of the table may intern it).
     Unresolved,
-    /// Looked up: not interned, so it holds no open window.
-    Absent,
     Interned(u32),
 }
 
@@ -944,15 +943,14 @@ impl<K: AsRef<str>> KeySource for KeyTable<'_, K> {
 
     fn lookup(&mut self, key: u32, interner: &Interner) -> Option<u32> {
         let slot = &mut self.slots[key as usize];
-        if let BatchKey::Unresolved = *slot {
-            *slot = interner
-                .get(self.keys[key as usize].as_ref())
-                .map_or(BatchKey::Absent, BatchKey::Interned);
+        if let BatchKey::Interned(id) = *slot {
+            return Some(id);
         }
-        match *slot {
-            BatchKey::Interned(id) => Some(id),
-            _ => None,
-        }
+        // Absence is not remembered: another entry of the table with the same
+        // text may intern the key later in the batch.
+        let id = interner.get(self.keys[key as usize].as_ref())?;
+        *slot = BatchKey::Interned(id);
+        Some(id)
     }
 
     #[inline]
