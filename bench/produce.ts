@@ -1,12 +1,14 @@
 /**
  * Cost of kafkajs encoding the service's output into a produce request (records, record batches,
- * CRC-32C), which was half of a replica's CPU end to end: µs per record, median of several runs,
+ * CRC-32C) and choosing each keyed record's partition (murmur2), which was half of a replica's
+ * CPU end to end: µs per record, median of several runs,
  * for the output records (Avro window results) and the changelog records a batch produces. No
  * broker: this times `produce/v3/request.js`'s encode, which the producer runs per request.
  * Run it with and without patches/kafkajs+2.2.4.patch to compare (see docs/benchmarks.md).
  *
  *   npm run bench:produce -- [--runs 30]
  */
+import { Partitioners } from 'kafkajs'
 import { createRequire } from 'node:module'
 import { parseArgs } from 'node:util'
 import { changelogRecords } from '../consumer/changelog'
@@ -65,6 +67,33 @@ function openWindows(closed: ClosedWindows): WindowStates {
 }
 
 /** µs per record to encode `messages`, spread over 4 partitions, into one produce request. */
+/** µs per record to pick each keyed record's partition (murmur2 of the key), 4 partitions. */
+function timePartitioner(messages: Message[]): number {
+  const partitioner = Partitioners.DefaultPartitioner()
+  const partitionMetadata = [0, 1, 2, 3].map((partitionId) => ({
+    partitionId,
+    leader: 0,
+    replicas: [0],
+    isr: [0],
+    partitionErrorCode: 0,
+  }))
+  let sink = 0
+  const once = () => {
+    for (const message of messages) {
+      sink += partitioner({ topic: 'out', partitionMetadata, message })
+    }
+  }
+  for (let i = 0; i < 5; i++) once()
+  const times: number[] = []
+  for (let i = 0; i < runs; i++) {
+    const t = performance.now()
+    once()
+    times.push(((performance.now() - t) * 1000) / messages.length)
+  }
+  if (sink < 0) throw new Error('unreachable')
+  return median(times)
+}
+
 async function timeEncode(messages: Message[], transactional: boolean): Promise<number> {
   const partitions = [0, 1, 2, 3].map((partition) => ({
     partition,
@@ -100,18 +129,21 @@ async function main(): Promise<void> {
     const changelog: Message[] = changelogRecords(openWindows(closed), closed, 1_700_000_000_500, 0)
     const outputUs = await timeEncode(output, true)
     const changelogUs = await timeEncode(changelog, true)
-    rows.push([fmt(n), fmt(outputUs, 2), fmt(changelogUs, 2)])
-    if (n === 10_000) Object.assign(summary, { outputUs, changelogUs })
+    const partitionUs = timePartitioner(output)
+    rows.push([fmt(n), fmt(outputUs, 2), fmt(changelogUs, 2), fmt(partitionUs, 2)])
+    if (n === 10_000) Object.assign(summary, { outputUs, changelogUs, partitionUs })
   }
 
   console.log(
     `Node ${process.version}; kafkajs produce request v3 encode, 4 partitions, median of ${runs}`,
   )
-  console.log('| records per request | output records µs/record | changelog records µs/record |')
-  console.log('|---|---|---|')
+  console.log(
+    '| records per request | output records µs/record | changelog records µs/record | partitioner µs/record |',
+  )
+  console.log('|---|---|---|---|')
   for (const row of rows) console.log(`| ${row.join(' | ')} |`)
   console.log(
-    `produce: output ${fmt(summary['outputUs'] ?? NaN, 2)} µs/record, changelog ${fmt(summary['changelogUs'] ?? NaN, 2)} µs/record`,
+    `produce: output ${fmt(summary['outputUs'] ?? NaN, 2)} µs/record, changelog ${fmt(summary['changelogUs'] ?? NaN, 2)} µs/record, partitioner ${fmt(summary['partitionUs'] ?? NaN, 2)} µs/record`,
   )
 }
 

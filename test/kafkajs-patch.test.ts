@@ -2,6 +2,7 @@
  * The kafkajs patches (patches/kafkajs+2.2.4.patch), against independent references:
  * - produce encoding (presized, in-place varints, no per-record copies) still writes record
  *   batches that decode to the messages given, with a valid CRC-32C;
+ * - murmur2 (the default partitioner's hash, now in 32-bit arithmetic) equals Java's;
  * - read_committed filtering drops exactly the records of aborted transactions, whatever order
  *   the broker lists them in (test/integration/read-committed.test.ts does it on a broker).
  */
@@ -46,6 +47,9 @@ const decodeRecordBatch = require('kafkajs/src/protocol/recordBatch/v0/decoder.j
     headers: Record<string, Buffer>
   }[]
 }>
+const murmur2 = require('kafkajs/src/producer/partitioners/default/murmur2.js') as (
+  key: string | Buffer,
+) => number
 interface FilterMessage {
   offset: string
   key: Buffer | null
@@ -238,6 +242,58 @@ describe('kafkajs patch: read_committed filtering', () => {
         },
       ),
       { numRuns: 2000 },
+    )
+  })
+})
+
+/** Java's int murmur2 (Kafka's Utils.murmur2), in BigInt: the reference for the partitioner. */
+function javaMurmur2(data: Buffer): number {
+  const int = (x: bigint) => BigInt.asIntN(32, x)
+  const ushr = (x: bigint, n: bigint) => BigInt.asUintN(32, x) >> n
+  const m = 0x5bd1e995n
+  let h = int(0x9747b28cn ^ BigInt(data.length))
+  const whole = data.length - (data.length % 4)
+  for (let i = 0; i < whole; i += 4) {
+    let k = int(BigInt(data.readUInt32LE(i)))
+    k = int(k * m)
+    k = int(k ^ ushr(k, 24n))
+    k = int(k * m)
+    h = int(int(h * m) ^ k)
+  }
+  const rest = data.length % 4
+  if (rest >= 3) h = int(h ^ (BigInt(data[whole + 2] as number) << 16n))
+  if (rest >= 2) h = int(h ^ (BigInt(data[whole + 1] as number) << 8n))
+  if (rest >= 1) h = int(int(h ^ BigInt(data[whole] as number)) * m)
+  h = int(h ^ ushr(h, 13n))
+  h = int(h * m)
+  h = int(h ^ ushr(h, 15n))
+  return Number(h)
+}
+
+describe('kafkajs patch: murmur2 partitioning', () => {
+  it("matches Apache Kafka's own test vectors", () => {
+    // From Kafka's UtilsTest.testMurmur2.
+    const vectors: [string, number][] = [
+      ['21', -973932308],
+      ['foobar', -790332482],
+      ['a-little-bit-long-string', -985981536],
+      ['a-little-bit-longer-string', -1486304829],
+      ['lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8', -58897971],
+      ['abc', 479470107],
+    ]
+    for (const [key, hash] of vectors) {
+      expect(murmur2(Buffer.from(key)), key).toBe(hash)
+      expect(murmur2(key), key).toBe(hash)
+    }
+  })
+
+  it('equals Java int arithmetic on random keys', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 64 }), (bytes) => {
+        const data = Buffer.from(bytes)
+        expect(murmur2(data)).toBe(javaMurmur2(data))
+      }),
+      { numRuns: 5000 },
     )
   })
 })
