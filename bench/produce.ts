@@ -66,9 +66,20 @@ function openWindows(closed: ClosedWindows): WindowStates {
   }
 }
 
-/** µs per record to encode `messages`, spread over 4 partitions, into one produce request. */
+/** Median µs per record of `run` over `records` records, after 5 warm-up runs. */
+async function microsPerRecord(records: number, run: () => unknown): Promise<number> {
+  for (let i = 0; i < 5; i++) await run()
+  const times: number[] = []
+  for (let i = 0; i < runs; i++) {
+    const t = performance.now()
+    await run()
+    times.push(((performance.now() - t) * 1000) / records)
+  }
+  return median(times)
+}
+
 /** µs per record to pick each keyed record's partition (murmur2 of the key), 4 partitions. */
-function timePartitioner(messages: Message[]): number {
+function timePartitioner(messages: Message[]): Promise<number> {
   const partitioner = Partitioners.DefaultPartitioner()
   const partitionMetadata = [0, 1, 2, 3].map((partitionId) => ({
     partitionId,
@@ -77,47 +88,36 @@ function timePartitioner(messages: Message[]): number {
     isr: [0],
     partitionErrorCode: 0,
   }))
+  // Summed so the calls are not optimised away.
   let sink = 0
-  const once = () => {
-    for (const message of messages) {
+  return microsPerRecord(messages.length, () => {
+    for (const message of messages)
       sink += partitioner({ topic: 'out', partitionMetadata, message })
-    }
-  }
-  for (let i = 0; i < 5; i++) once()
-  const times: number[] = []
-  for (let i = 0; i < runs; i++) {
-    const t = performance.now()
-    once()
-    times.push(((performance.now() - t) * 1000) / messages.length)
-  }
-  if (sink < 0) throw new Error('unreachable')
-  return median(times)
+    return sink
+  })
 }
 
-async function timeEncode(messages: Message[], transactional: boolean): Promise<number> {
+/**
+ * µs per record to encode `messages`, spread over 4 partitions, into one transactional produce
+ * request (as the service's producers send them).
+ */
+function timeEncode(messages: Message[]): Promise<number> {
   const partitions = [0, 1, 2, 3].map((partition) => ({
     partition,
     firstSequence: 0,
     messages: messages.filter((_, i) => i % 4 === partition),
   }))
-  const encode = () =>
+  return microsPerRecord(messages.length, () =>
     produceRequest({
       acks: -1,
       timeout: 30_000,
-      transactionalId: transactional ? 'kwa-bench' : undefined,
+      transactionalId: 'kwa-bench',
       producerId: 1,
       producerEpoch: 0,
       compression: 0,
       topicData: [{ topic: 'out', partitions }],
-    }).encode()
-  for (let i = 0; i < 5; i++) await encode()
-  const times: number[] = []
-  for (let i = 0; i < runs; i++) {
-    const t = performance.now()
-    await encode()
-    times.push(((performance.now() - t) * 1000) / messages.length)
-  }
-  return median(times)
+    }).encode(),
+  )
 }
 
 async function main(): Promise<void> {
@@ -127,9 +127,9 @@ async function main(): Promise<void> {
     const closed = closedWindows(n)
     const output: Message[] = encodeClosedWindows(closed)
     const changelog: Message[] = changelogRecords(openWindows(closed), closed, 1_700_000_000_500, 0)
-    const outputUs = await timeEncode(output, true)
-    const changelogUs = await timeEncode(changelog, true)
-    const partitionUs = timePartitioner(output)
+    const outputUs = await timeEncode(output)
+    const changelogUs = await timeEncode(changelog)
+    const partitionUs = await timePartitioner(output)
     rows.push([fmt(n), fmt(outputUs, 2), fmt(changelogUs, 2), fmt(partitionUs, 2)])
     if (n === 10_000) Object.assign(summary, { outputUs, changelogUs, partitionUs })
   }
