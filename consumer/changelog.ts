@@ -13,7 +13,9 @@ import type { ClosedWindows, WindowStates } from './native'
  *   window:      key `W` + int64 BE window start + UTF-8 series key
  *                value 1 + float64 LE × 6: count, sum, compensation, min, max, first offset
  *                (null value = tombstone: the window closed)
- *   stream time: key `T`, value 1 + float64 LE stream time
+ *   position:    key `T`, value 2 + float64 LE stream time (NaN: none yet) + float64 LE next
+ *                input offset; written by every transaction, so the changelog itself says which
+ *                input its state holds (version 1, still read: 1 + float64 LE stream time)
  */
 export interface ChangelogRecord {
   key: Buffer
@@ -23,8 +25,9 @@ export interface ChangelogRecord {
 }
 
 const formatVersion = 1
+const positionVersion = 2
 const windowTag = 0x57 // 'W'
-const streamTimeKey = Buffer.from('T')
+const positionKey = Buffer.from('T')
 
 function windowKey(start: number, seriesKey: string): Buffer {
   const key = Buffer.allocUnsafe(9 + Buffer.byteLength(seriesKey))
@@ -37,15 +40,19 @@ function windowKey(start: number, seriesKey: string): Buffer {
   return key
 }
 
-/** Records for what a batch changed: open windows it touched, tombstones, stream time. */
+/**
+ * Records for what a batch changed: open windows it touched, tombstones, and the position (stream
+ * time and the next input offset, the same offset the transaction commits for the group).
+ */
 export function changelogRecords(
-  changes: WindowStates,
-  closed: ClosedWindows,
+  changes: WindowStates | null,
+  closed: ClosedWindows | null,
   streamTime: number | null,
   partition: number,
+  nextOffset: number,
 ): ChangelogRecord[] {
   const records: ChangelogRecord[] = []
-  for (let i = 0; i < changes.seriesKeys.length; i++) {
+  for (let i = 0; changes !== null && i < changes.seriesKeys.length; i++) {
     const value = Buffer.allocUnsafe(1 + 6 * 8)
     value[0] = formatVersion
     value.writeDoubleLE(changes.count[i] as number, 1)
@@ -60,19 +67,18 @@ export function changelogRecords(
       partition,
     })
   }
-  for (let i = 0; i < closed.seriesKeys.length; i++) {
+  for (let i = 0; closed !== null && i < closed.seriesKeys.length; i++) {
     records.push({
       key: windowKey(closed.windowStart[i] as number, closed.seriesKeys[i] as string),
       value: null,
       partition,
     })
   }
-  if (streamTime !== null) {
-    const value = Buffer.allocUnsafe(9)
-    value[0] = formatVersion
-    value.writeDoubleLE(streamTime, 1)
-    records.push({ key: streamTimeKey, value, partition })
-  }
+  const value = Buffer.allocUnsafe(17)
+  value[0] = positionVersion
+  value.writeDoubleLE(streamTime ?? Number.NaN, 1)
+  value.writeDoubleLE(nextOffset, 9)
+  records.push({ key: positionKey, value, partition })
   return records
 }
 
@@ -80,6 +86,11 @@ export function changelogRecords(
 export interface RestoredState {
   states: WindowStates
   streamTime: number | null
+  /**
+   * The next input offset of the last transaction the state holds: where processing resumes.
+   * Null when the changelog holds no position (empty, or written by a kwa before 0.2).
+   */
+  nextOffset: string | null
   /** Changelog records read. */
   records: number
 }
@@ -90,13 +101,14 @@ export class ChangelogError extends KwaError {}
 export class ChangelogState {
   private readonly windows = new Map<string, { start: number; seriesKey: string; value: Buffer }>()
   private streamTime: number | null = null
+  private nextOffset: string | null = null
   records = 0
 
   fold(key: Buffer | null, value: Buffer | null): void {
     this.records++
     if (key === null || key.length === 0) throw new ChangelogError('changelog record without a key')
-    if (key.equals(streamTimeKey)) {
-      if (value !== null) this.streamTime = readVersioned(value, 9).readDoubleLE(1)
+    if (key.equals(positionKey)) {
+      if (value !== null) this.foldPosition(value)
       return
     }
     if (key[0] !== windowTag || key.length < 9)
@@ -112,6 +124,19 @@ export class ChangelogState {
       seriesKey: key.toString('utf8', 9),
       value: readVersioned(value, 49),
     })
+  }
+
+  private foldPosition(value: Buffer): void {
+    if (value.length === 17 && value[0] === positionVersion) {
+      const streamTime = value.readDoubleLE(1)
+      const nextOffset = value.readDoubleLE(9)
+      if (!Number.isSafeInteger(nextOffset) || nextOffset < 0)
+        throw new ChangelogError(`changelog position with an invalid offset ${nextOffset}`)
+      this.streamTime = Number.isNaN(streamTime) ? null : streamTime
+      this.nextOffset = String(nextOffset)
+      return
+    }
+    this.streamTime = readVersioned(value, 9).readDoubleLE(1)
   }
 
   toRestoredState(): RestoredState {
@@ -138,7 +163,12 @@ export class ChangelogState {
       states.firstOffset[i] = value.readDoubleLE(41)
       i++
     }
-    return { states, streamTime: this.streamTime, records: this.records }
+    return {
+      states,
+      streamTime: this.streamTime,
+      nextOffset: this.nextOffset,
+      records: this.records,
+    }
   }
 }
 

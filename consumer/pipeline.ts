@@ -15,6 +15,7 @@ import {
   type ClosedWindows,
   type IngestResult,
   type SampleRows,
+  type WindowStates,
 } from './native'
 import { TelemetryDecoder } from './decode'
 import { encodeWindowAggregate, type Sample, type TelemetryBatch } from './schemas'
@@ -369,7 +370,7 @@ export class PartitionPipeline {
     if (replay.length > 0) counts.replayed = this.ingest(replay, null).samples
 
     let results: OutputRecord[] = []
-    let changelog: ChangelogRecord[] = []
+    let changes: { states: WindowStates; closed: ClosedWindows } | undefined
     let late: Message[] = []
     const rejectedByReason = new Map<number, number>()
     if (live.length > 0) {
@@ -395,14 +396,8 @@ export class PartitionPipeline {
       counts.windowsClosed = result.closed.seriesKeys.length
       this.logDropped(ingested)
       results = encodeClosedWindows(result.closed)
-      if (this.trackChanges && result.changes) {
-        changelog = changelogRecords(
-          result.changes,
-          result.closed,
-          this.aggregator.streamTime,
-          this.partition,
-        )
-      }
+      if (this.trackChanges && result.changes)
+        changes = { states: result.changes, closed: result.closed }
       deadLetters.push(...this.rejectedRecords(ingested))
       if (this.options.routeLate === true) late = this.lateRecords(ingested)
     }
@@ -413,6 +408,16 @@ export class PartitionPipeline {
     const low = this.aggregator.lowWatermark
     const commitOffset = low === null ? this.processedUpTo : Math.min(low, this.processedUpTo)
     const checkpoint = { streamTime: this.aggregator.streamTime, processedUpTo: this.processedUpTo }
+    // Every transaction records its position in the changelog, whatever the batch held.
+    const changelog: ChangelogRecord[] = this.trackChanges
+      ? changelogRecords(
+          changes?.states ?? null,
+          changes?.closed ?? null,
+          this.aggregator.streamTime,
+          this.partition,
+          this.processedUpTo,
+        )
+      : []
     return {
       results,
       deadLetters,

@@ -86,6 +86,28 @@ interface OwnedPartition {
   expectedOffset?: string
 }
 
+/**
+ * Where a restored partition resumes. Exactly once, the changelog's position is the truth: it
+ * commits in the same transaction as the group's offset, and after the fence it is complete,
+ * whereas an OffsetFetch may still answer an older offset. kafkajs speaks no OffsetFetch with
+ * require_stable (KIP-447), and Kafka's classic group coordinator materialises a committed
+ * transaction's offsets asynchronously, after its markers: for a moment a new owner sees the
+ * changelog of a transaction and the offset from before it. A group offset ahead of the
+ * changelog was moved by an operator (kafka-consumer-groups --reset-offsets, to skip input):
+ * it is followed. One behind it is stale, or a reset backwards that the state already holds.
+ */
+export function resumePosition(
+  changelog: string | null,
+  committed: string | null,
+): { offset: string | null; reset?: string } {
+  if (changelog === null) return { offset: committed }
+  if (committed === null || BigInt(committed) <= BigInt(changelog)) return { offset: changelog }
+  return {
+    offset: committed,
+    reset: 'group offset is ahead of the changelog (reset by an operator?): skipping to it',
+  }
+}
+
 export const defaultChangelogTopic = (groupId: string) => `${groupId}-window-state-changelog`
 export const defaultDeadLetterTopic = (inputTopic: string) => `${inputTopic}-dead-letter`
 
@@ -503,28 +525,53 @@ export class AggregatorService {
 
   /**
    * The state of a partition, restored from what is committed when this generation has none.
-   * Returns undefined after seeking the partition back to its committed offset. `firstOffset`
-   * is that of the batch to process; undefined for the warm-up restore right after a join.
+   * `firstOffset` is that of the batch to process (undefined for the warm-up restore right after
+   * a join). Returns undefined when that batch must not be processed: the partition was sought to
+   * where its state resumes, or moved away meanwhile.
    */
   private async ownedPartition(
     partition: number,
     firstOffset: string | undefined,
   ): Promise<OwnedPartition | undefined> {
-    const owned = this.owned.get(partition)
-    if (owned !== undefined && owned.generation === this.generation) {
-      const expected = owned.expectedOffset
-      if (firstOffset === undefined || expected === undefined) return owned
-      owned.expectedOffset = undefined
-      if (expected === firstOffset) {
-        this.seeking.delete(partition)
-        return owned
-      }
-      // Restored at the committed offset after the join, but the input starts elsewhere.
-      this.log.info(
-        { topic: this.config.inputTopic, partition, offset: firstOffset, committed: expected },
-        'first batch is not at the committed offset; restoring again',
-      )
+    let owned = this.owned.get(partition)
+    if (owned === undefined || owned.generation !== this.generation) {
+      owned = await this.restore(partition)
+      if (owned === undefined) return undefined
     }
+    const expected = owned.expectedOffset
+    if (firstOffset === undefined || expected === undefined || firstOffset === expected) {
+      if (firstOffset !== undefined) {
+        owned.expectedOffset = undefined
+        this.seeking.delete(partition)
+      }
+      return owned
+    }
+    const where = { topic: this.config.inputTopic, partition, offset: firstOffset }
+    if (BigInt(firstOffset) > BigInt(expected) && this.seeking.get(partition) === expected) {
+      // Sought there once and the input still starts beyond: control records, or records
+      // deleted by retention.
+      this.log.warn({ ...where, committed: expected }, 'input resumes beyond the committed offset')
+      owned.expectedOffset = undefined
+      this.seeking.delete(partition)
+      return owned
+    }
+    // Behind: those records are in the restored state already, so they are never processed,
+    // however often kafkajs' own (possibly stale) fetch position comes back there.
+    this.log.info(
+      { ...where, committed: expected },
+      'batch is not at the committed offset; seeking',
+    )
+    this.seeking.set(partition, expected)
+    this.consumer.seek({ topic: this.config.inputTopic, partition, offset: expected })
+    return undefined
+  }
+
+  /**
+   * Restores a partition from what is committed, remembering the offset its state resumes at.
+   * Exactly once: fence (initialise the partition's producer), read the changelog, then the
+   * group's offset. Undefined when the partition moved away meanwhile.
+   */
+  private async restore(partition: number): Promise<OwnedPartition | undefined> {
     await this.release(partition)
     if (this.fenced.has(partition)) {
       // Re-initialising now would fence the new owner in turn: wait for the group to rebalance.
@@ -533,7 +580,6 @@ export class AggregatorService {
       })
     }
     const generation = this.generation
-    const where = { topic: this.config.inputTopic, partition, offset: firstOffset }
     const stopTimer = this.metrics.restoreDuration.startTimer()
 
     // Exactly once: fence the previous owner first, so nothing it does can commit after we read.
@@ -547,25 +593,18 @@ export class AggregatorService {
       await transactor.connect()
     }
     try {
+      // After the fence the changelog holds every committed transaction, the last one's input
+      // position included; the group's offset may still answer from before it (resumePosition).
+      const restored = await this.changelog?.restore(partition)
       const committed = await this.fetchCommitted(partition)
-      if (firstOffset === undefined) {
-        // Warm-up: the consumer fetches from the committed offset (or the start when none).
-        where.offset = committed?.offset
-      } else if (committed !== undefined && committed.offset !== firstOffset) {
-        if (this.seeking.get(partition) !== committed.offset) {
-          this.seeking.set(partition, committed.offset)
-          this.consumer.seek({ topic: this.config.inputTopic, partition, offset: committed.offset })
-          await transactor?.disconnect()
-          return undefined
-        }
-        // Sought once and still elsewhere: the records were deleted (retention); go on from here.
+      const position = resumePosition(restored?.nextOffset ?? null, committed?.offset ?? null)
+      const where = { topic: this.config.inputTopic, partition, offset: position.offset }
+      if (position.reset !== undefined) {
         this.log.warn(
-          { ...where, committed: committed.offset },
-          'committed offset no longer readable',
+          { ...where, changelog: restored?.nextOffset, committed: committed?.offset },
+          position.reset,
         )
       }
-      if (firstOffset !== undefined) this.seeking.delete(partition)
-      const restored = await this.changelog?.restore(partition)
       const pipeline = new PartitionPipeline(
         this.config.inputTopic,
         partition,
@@ -577,7 +616,7 @@ export class AggregatorService {
         pipeline,
         transactor,
         generation,
-        expectedOffset: firstOffset === undefined ? committed?.offset : undefined,
+        expectedOffset: position.offset ?? undefined,
       }
       this.owned.set(partition, state)
       const seconds = stopTimer()

@@ -40,6 +40,7 @@ describe('changelog records', () => {
         closed([]),
         5,
         0,
+        100,
       ),
     )
     apply(
@@ -51,10 +52,12 @@ describe('changelog records', () => {
         closed([['ü/b', -10]]),
         12,
         0,
+        107,
       ),
     )
     const restored = log.toRestoredState()
     expect(restored.streamTime).toBe(12)
+    expect(restored.nextOffset).toBe('107')
     expect(restored.records).toBe(7)
     const rows = restored.states.seriesKeys.map((key, i) => [
       key,
@@ -88,7 +91,8 @@ describe('changelog records', () => {
       closed([]),
       null,
       3,
-    )
+      0,
+    ).filter((r) => r.key[0] === 0x57)
     expect(records.map((r) => r.key.readBigInt64BE(1))).toEqual(starts.map((s) => BigInt(s)))
     expect(records.map((r) => r.partition)).toEqual(starts.map(() => 3))
   })
@@ -96,15 +100,37 @@ describe('changelog records', () => {
   it('restore nothing from an empty changelog', () => {
     const restored = new ChangelogState().toRestoredState()
     expect(restored.streamTime).toBeNull()
+    expect(restored.nextOffset).toBeNull()
     expect(restored.states.seriesKeys).toEqual([])
+  })
+
+  it('record the position of every transaction, even one that changed no window', () => {
+    const log = new ChangelogState()
+    const records = changelogRecords(null, null, null, 2, 42)
+    expect(records).toHaveLength(1)
+    records.forEach((r) => log.fold(r.key, r.value))
+    expect(log.toRestoredState()).toMatchObject({ streamTime: null, nextOffset: '42' })
+  })
+
+  it('read the stream time of a version 1 position (no offset: kwa before 0.2)', () => {
+    const log = new ChangelogState()
+    const value = Buffer.alloc(9)
+    value[0] = 1
+    value.writeDoubleLE(1234, 1)
+    log.fold(Buffer.from('T'), value)
+    expect(log.toRestoredState()).toMatchObject({ streamTime: 1234, nextOffset: null })
   })
 
   it('refuse records of another format', () => {
     const log = new ChangelogState()
     expect(() => log.fold(Buffer.from('X1'), Buffer.from([1]))).toThrow(ChangelogError)
-    expect(() => log.fold(Buffer.from('T'), Buffer.from([2, 0, 0, 0, 0, 0, 0, 0, 0]))).toThrow(
+    expect(() => log.fold(Buffer.from('T'), Buffer.from([3, 0, 0, 0, 0, 0, 0, 0, 0]))).toThrow(
       /unknown format/,
     )
+    const negative = Buffer.alloc(17)
+    negative[0] = 2
+    negative.writeDoubleLE(-1, 9)
+    expect(() => log.fold(Buffer.from('T'), negative)).toThrow(/invalid offset/)
     expect(() => log.fold(null, null)).toThrow(/without a key/)
   })
 })

@@ -156,15 +156,16 @@ describe('read_committed with aborted transactions listed out of offset order', 
     }
     await abortOutOfOrder(topic, {
       // Aborted batches: one opened a window for another key, one grew the window.
-      first: changelogRecords(window('ghost', 0, 5), none, 9_000, 0),
-      second: changelogRecords(window('s', 0, 99), none, 8_000, 0),
-      committed: changelogRecords(window('s', 0, 3), none, 500, 0),
+      first: changelogRecords(window('ghost', 0, 5), none, 9_000, 0, 11),
+      second: changelogRecords(window('s', 0, 99), none, 8_000, 0, 12),
+      committed: changelogRecords(window('s', 0, 3), none, 500, 0, 10),
     })
     const reader = new ChangelogReader(kafka, topic, uniqueTopic('restore'), logger)
     await reader.start()
     try {
       const restored = await reader.restore(0, 30_000)
       expect(restored.streamTime).toBe(500)
+      expect(restored.nextOffset).toBe('10')
       expect(restored.states.seriesKeys).toEqual(['s'])
       expect(Array.from(restored.states.count)).toEqual([3])
       expect(Array.from(restored.states.sum)).toEqual([6])
