@@ -20,7 +20,7 @@ import {
 } from '../test/chaos/harness'
 
 const USAGE =
-  'usage: npm run chaos -- --minutes N [--kafka-version V] [--scenarios a,b,c,d,e,f] ' +
+  'usage: npm run chaos -- --minutes N [--kafka-version V] [--scenarios a,b,...,k] ' +
   '[--delivery exactly-once|at-least-once|none]'
 
 interface Totals {

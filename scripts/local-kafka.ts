@@ -87,6 +87,10 @@ export interface LocalBroker {
   kill(): Promise<void>
   /** Start again on the same dataDir and ports (stopping first if running), wait until ready. */
   restart(): Promise<void>
+  /** Sends a signal to the running JVM (chaos tests: SIGSTOP/SIGCONT); false when not running. */
+  signal(signal: NodeJS.Signals): boolean
+  /** The running JVM's process id (chaos tests pin it to a CPU); undefined when not running. */
+  pid(): number | undefined
   /** Stop if running and delete the dataDir if startLocalBroker created it. */
   cleanup(): Promise<void>
 }
@@ -740,6 +744,8 @@ export async function startLocalBroker(options: LocalBrokerOptions = {}): Promis
     logFile: layout.logFile,
     stop: () => runner.stop(),
     kill: () => runner.kill(),
+    signal: (signal) => runner.signal(signal),
+    pid: () => runner.pid(),
     restart: async () => {
       await runner.stop()
       await runner.start()
@@ -819,10 +825,20 @@ class BrokerProcess {
     await this.terminate('SIGKILL', STOP_TIMEOUT_MS)
   }
 
+  pid(): number | undefined {
+    return this.isRunning() ? this.child?.pid : undefined
+  }
+
+  signal(signal: NodeJS.Signals): boolean {
+    if (!this.isRunning()) return false
+    return this.child?.kill(signal) ?? false
+  }
+
   private async terminate(signal: NodeJS.Signals, timeoutMs: number): Promise<void> {
     const child = this.child
     if (!child || !this.isRunning()) return
     this.expectingExit = true
+    child.kill('SIGCONT') // a SIGSTOPped JVM would not handle SIGTERM
     child.kill(signal)
     const exited = await withTimeout(waitForExit(child), timeoutMs, `exit after ${signal}`).then(
       () => true,

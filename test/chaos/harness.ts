@@ -176,6 +176,53 @@ function trackChild(child: ChildProcess): void {
   child.once('exit', () => liveChildren.delete(child))
 }
 
+/**
+ * CPU starvation: busy-loop processes, optionally all on one CPU together with a target process
+ * (the broker's JVM, every thread), so that the target gets a fraction of one core. stop() ends
+ * the loops and gives the target back every CPU.
+ */
+export class CpuHog {
+  private readonly loops: ChildProcess[] = []
+  private pinned: number | undefined
+
+  constructor(count: number, options: { pin?: number } = {}) {
+    const cpu = '0'
+    if (options.pin !== undefined && taskset(['-a', '-p', '-c', cpu, String(options.pin)])) {
+      this.pinned = options.pin
+    }
+    for (let i = 0; i < count; i++) {
+      const args = ['-e', 'for (;;) {}']
+      const [command, commandArgs] =
+        this.pinned !== undefined
+          ? ['taskset', ['-c', cpu, process.execPath, ...args]]
+          : [process.execPath, args]
+      const [wrapped, wrappedArgs] = pdeathsig
+        ? ['setpriv', ['--pdeathsig', 'KILL', command, ...commandArgs]]
+        : [command, commandArgs]
+      const child = spawn(wrapped, wrappedArgs, { stdio: 'ignore' })
+      trackChild(child)
+      this.loops.push(child)
+    }
+  }
+
+  /** Whether the loops share one CPU with the target. */
+  get pinnedTo(): number | undefined {
+    return this.pinned
+  }
+
+  stop(): void {
+    for (const loop of this.loops.splice(0)) loop.kill('SIGKILL')
+    if (this.pinned !== undefined) {
+      taskset(['-a', '-p', '-c', `0-${os.cpus().length - 1}`, String(this.pinned)])
+      this.pinned = undefined
+    }
+  }
+}
+
+function taskset(args: string[]): boolean {
+  return spawnSync('taskset', args, { stdio: 'ignore' }).status === 0
+}
+
 interface ReplicaLaunch {
   brokers: string
   groupId: string
@@ -1102,6 +1149,8 @@ export interface ScenarioResult {
   input: InputStats
   /** Exits of replicas by their own SIGKILL (the fault hook). */
   selfKills: number
+  /** Replicas that exited by themselves (not by a signal of the harness or the fault hook). */
+  selfExits: string[]
   replicas: ReplicaSummary[]
   events: string[]
   logDir: string
@@ -1119,6 +1168,8 @@ export class Scenario {
   private readonly started = Date.now()
   private supervisor: NodeJS.Timeout | undefined
   private fatal: Error | undefined
+  private hog: CpuHog | undefined
+  private brokerPaused = false
   private readonly launch: ReplicaLaunch
 
   constructor(
@@ -1258,6 +1309,54 @@ export class Scenario {
     this.note(`broker restarted on the same data dir, ready after ${seconds(Date.now() - started)}`)
   }
 
+  /**
+   * Starves the machine's CPU with `loops` busy loops until stopStarving() (or the end of the
+   * scenario). With `broker`, the loops and the broker's JVM share one CPU.
+   */
+  starveCpu(loops: number, options: { broker?: boolean } = {}): void {
+    this.stopStarving()
+    const pin = options.broker === true ? this.broker.pid() : undefined
+    this.hog = new CpuHog(loops, { pin })
+    this.note(
+      `CPU starved: ${loops} busy loops` +
+        (this.hog.pinnedTo !== undefined ? ` on the broker's CPU (pid ${this.hog.pinnedTo})` : ''),
+    )
+  }
+
+  stopStarving(): void {
+    if (this.hog === undefined) return
+    this.hog.stop()
+    this.hog = undefined
+    this.note('CPU starvation stopped')
+  }
+
+  /** SIGSTOP the broker for `ms` (a GC pause, a frozen VM), then SIGCONT. */
+  async pauseBroker(ms: number): Promise<void> {
+    if (!this.broker.signal('SIGSTOP')) throw new Error('the broker is not running')
+    this.brokerPaused = true
+    this.note(`SIGSTOP broker for ${seconds(ms)}`)
+    try {
+      await this.sleep(ms)
+    } finally {
+      this.resumeBroker()
+    }
+  }
+
+  /** @internal */
+  resumeBroker(): void {
+    if (!this.brokerPaused) return
+    this.brokerPaused = false
+    this.broker.signal('SIGCONT')
+    this.note('SIGCONT broker')
+  }
+
+  /** Stops the broker cleanly and starts it again on the same data dir: coordinators reload. */
+  async restartBroker(): Promise<void> {
+    const started = Date.now()
+    await this.broker.restart()
+    this.note(`broker restarted, ready after ${seconds(Date.now() - started)}`)
+  }
+
   /** @internal Restart exited replicas every 250 ms. */
   startSupervisor(): void {
     this.supervisor = setInterval(() => {
@@ -1291,6 +1390,8 @@ export class Scenario {
 
   /** @internal Resumes stopped replicas and makes sure one runs. */
   ensureActive(): void {
+    this.stopStarving()
+    this.resumeBroker()
     for (const replica of this.live()) replica.resume()
     if (this.live().length === 0) this.startReplica()
   }
@@ -1298,6 +1399,8 @@ export class Scenario {
   /** @internal SIGTERM every replica (bounded), kill -9 the rest. */
   async stopAll(): Promise<void> {
     this.stopSupervisor()
+    this.stopStarving()
+    this.resumeBroker()
     await Promise.all(this.replicas.map((r) => r.stop(15_000).catch(() => r.kill())))
     await Promise.all(this.replicas.map((r) => r.closeLog()))
   }
@@ -1382,6 +1485,8 @@ export class ChaosHarness {
       stop: notOurs('stop'),
       kill: notOurs('kill'),
       restart: notOurs('restart'),
+      signal: () => false,
+      pid: () => undefined,
       cleanup: () => Promise.resolve(),
     }
     const envSeed = Number(process.env['KWA_CHAOS_SEED'])
@@ -1479,6 +1584,11 @@ export class ChaosHarness {
         verification,
         input: input.stats,
         selfKills: s.replicas.reduce((n, r) => n + r.selfKills, 0),
+        selfExits: s.replicas.flatMap((r) =>
+          r.exits
+            .filter((e) => e.cause === 'crash' || e.cause === 'exit')
+            .map((e) => `${r.name}: ${describeExit(e.exit)} after ${seconds(e.afterMs)}`),
+        ),
         replicas: s.replicas.map(summarise),
         events: s.events,
         logDir,
@@ -1700,6 +1810,111 @@ export function duplicateAndOutOfOrderInput(
   )
 }
 
+/**
+ * (g) SIGSTOP the broker mid-stream (a long GC pause, a frozen VM), then SIGCONT: every client
+ * times out at once; replicas must ride it out or exit and be restarted, never hang.
+ */
+export function brokerPause(
+  h: ChaosHarness,
+  { disruptMs = 60_000, pauseMs = 40_000 } = {},
+): Promise<ScenarioResult> {
+  return h.run('broker-sigstop', async (s) => {
+    s.startReplica()
+    s.startReplica()
+    await s.waitForGroup()
+    const at = Math.max(2_000, Math.min(5_000, disruptMs - pauseMs - 5_000))
+    await s.timeline(disruptMs, [[at, () => s.pauseBroker(pauseMs)]])
+  })
+}
+
+/**
+ * (h) Three replicas started at the same moment against a broker that has just (re)started, its
+ * group and transaction coordinators still loading; the side topics do not exist yet, so all
+ * three race to create them. No replica may die of it.
+ */
+export function coldStart(h: ChaosHarness, { disruptMs = 20_000 } = {}): Promise<ScenarioResult> {
+  return h.run('cold-start-3-replicas', async (s) => {
+    await s.restartBroker()
+    s.startReplica()
+    s.startReplica()
+    s.startReplica()
+    await s.timeline(disruptMs, [])
+    await s.waitForGroup()
+  })
+}
+
+/**
+ * (i) The broker starved of CPU (busy loops pinned on its CPU) for a minute, with replicas
+ * killed and restarted during it.
+ */
+export function brokerStarved(
+  h: ChaosHarness,
+  { disruptMs = 60_000, loops = 3, kills = 2 } = {},
+): Promise<ScenarioResult> {
+  return h.run('broker-cpu-starved', async (s) => {
+    s.startReplica()
+    s.startReplica()
+    await s.waitForGroup()
+    s.starveCpu(loops, { broker: true })
+    await s.timeline(
+      disruptMs,
+      s.randomMoments(kills, disruptMs).map((at) => [at, () => s.killRandomReplica()]),
+    )
+  })
+}
+
+/**
+ * (j) A replica cut off for longer than the session timeout (SIGSTOP: no heartbeat, no I/O, its
+ * sockets open) while another takes over; then the other one; CPU starved throughout.
+ */
+export function replicaCutOff(
+  h: ChaosHarness,
+  { disruptMs = 40_000, pauseMs = 2.5 * SESSION_TIMEOUT_MS } = {},
+): Promise<ScenarioResult> {
+  return h.run('replica-cut-off', async (s) => {
+    const first = s.startReplica()
+    const second = s.startReplica()
+    await s.waitForGroup()
+    s.starveCpu(2)
+    const gap = Math.max(1_000, (disruptMs - 2 * pauseMs) / 3)
+    await s.timeline(disruptMs, [
+      [gap, () => first.pause()],
+      [gap + pauseMs, () => first.resume()],
+      [2 * gap + pauseMs, () => second.pause()],
+      [2 * gap + 2 * pauseMs, () => second.resume()],
+    ])
+  })
+}
+
+/**
+ * (k) Issue 10's scenario: two replicas started at the same moment on a freshly started broker,
+ * CPU starved by two busy loops, a third replica added, one killed -9 and replaced, one SIGSTOPped
+ * past the session timeout (a zombie), one stopped with SIGTERM. Under starvation a new owner
+ * used to read the changelog of the previous owner's last transaction and, from the group, the
+ * offset from before it, and counted that input twice.
+ */
+export function starvedRebalances(
+  h: ChaosHarness,
+  { disruptMs = 60_000 } = {},
+): Promise<ScenarioResult> {
+  return h.run('starved-rebalances', async (s) => {
+    await s.restartBroker()
+    s.starveCpu(2)
+    const first = s.startReplica()
+    const second = s.startReplica()
+    let third: Replica | undefined
+    const at = (fraction: number) => Math.round(disruptMs * fraction)
+    await s.timeline(disruptMs, [
+      [at(8 / 60), () => (third = s.startReplica())],
+      [at(16 / 60), () => first.kill({ retire: true })],
+      [at(22 / 60), () => s.startReplica()],
+      [at(28 / 60), () => second.pause()],
+      [at(28 / 60) + Math.max(2 * SESSION_TIMEOUT_MS, at(16 / 60)), () => second.resume()],
+      [at(50 / 60), () => third?.stop()],
+    ])
+  })
+}
+
 /** Every scenario, in rotation order, with its default durations scaled by `factor`. */
 export const scenarios: readonly {
   name: string
@@ -1711,4 +1926,9 @@ export const scenarios: readonly {
   { name: 'd', run: (h, f) => zombieReplica(h, { disruptMs: Math.max(20_000, 25_000 * f) }) },
   { name: 'e', run: (h, f) => brokerCrash(h, { disruptMs: 30_000 * f }) },
   { name: 'f', run: (h, f) => duplicateAndOutOfOrderInput(h, { disruptMs: 20_000 * f }) },
+  { name: 'g', run: (h, f) => brokerPause(h, { disruptMs: Math.max(50_000, 60_000 * f) }) },
+  { name: 'h', run: (h, f) => coldStart(h, { disruptMs: 20_000 * f }) },
+  { name: 'i', run: (h, f) => brokerStarved(h, { disruptMs: 60_000 * f }) },
+  { name: 'j', run: (h, f) => replicaCutOff(h, { disruptMs: Math.max(40_000, 40_000 * f) }) },
+  { name: 'k', run: (h, f) => starvedRebalances(h, { disruptMs: 60_000 * f }) },
 ]

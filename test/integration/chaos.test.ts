@@ -13,11 +13,16 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   brokerCrash,
+  brokerPause,
+  brokerStarved,
   ChaosHarness,
+  coldStart,
   duplicateAndOutOfOrderInput,
   formatResult,
   killBetweenSendAndCommit,
+  replicaCutOff,
   scaleOutAndIn,
+  starvedRebalances,
   sigtermMidStream,
   zombieReplica,
   type ScenarioResult,
@@ -46,16 +51,25 @@ afterAll(async () => {
   await harness?.close()
 }, 120_000)
 
-/** Exactly once: nothing missing, nothing twice, nothing wrong, no transaction left open. */
+/**
+ * Exactly once: nothing missing, nothing twice, nothing wrong, no transaction left open, and no
+ * replica alive whose consumer stopped for good (it must exit, to be restarted).
+ */
 function expectExactlyOnce(result: ScenarioResult): void {
   const report = formatResult(result)
   console.log(report)
   const { counts, hanging } = result.verification
   expect(counts.windows, report).toBeGreaterThan(MIN_WINDOWS)
   expect(
-    { missing: counts.missing, duplicated: counts.duplicated, wrong: counts.wrong, hanging },
+    {
+      missing: counts.missing,
+      duplicated: counts.duplicated,
+      wrong: counts.wrong,
+      hanging,
+      idle: result.warnings,
+    },
     report,
-  ).toEqual({ missing: 0, duplicated: 0, wrong: 0, hanging: [] })
+  ).toEqual({ missing: 0, duplicated: 0, wrong: 0, hanging: [], idle: [] })
 }
 
 describe('chaos: exactly-once under failures', () => {
@@ -98,6 +112,48 @@ describe('chaos: exactly-once under failures', () => {
     'kill -9 the broker and restart it on the same data dir',
     async () => {
       expectExactlyOnce(await brokerCrash(harness, { disruptMs: 30_000, downMs: 3_000 }))
+    },
+    SCENARIO_TIMEOUT_MS,
+  )
+
+  it(
+    'SIGSTOP the broker for 40 s mid-stream, then SIGCONT',
+    async () => {
+      expectExactlyOnce(await brokerPause(harness, { disruptMs: 50_000, pauseMs: 40_000 }))
+    },
+    SCENARIO_TIMEOUT_MS,
+  )
+
+  it(
+    'three replicas started at once on a broker that has just started: none dies',
+    async () => {
+      const result = await coldStart(harness, { disruptMs: 15_000 })
+      expectExactlyOnce(result)
+      expect(result.selfExits, formatResult(result)).toEqual([])
+    },
+    SCENARIO_TIMEOUT_MS,
+  )
+
+  it(
+    'the broker starved of CPU for a minute, replicas killed meanwhile',
+    async () => {
+      expectExactlyOnce(await brokerStarved(harness, { disruptMs: 60_000 }))
+    },
+    SCENARIO_TIMEOUT_MS,
+  )
+
+  it(
+    'a replica cut off past the session timeout while another takes over, CPU starved',
+    async () => {
+      expectExactlyOnce(await replicaCutOff(harness, { disruptMs: 40_000 }))
+    },
+    SCENARIO_TIMEOUT_MS,
+  )
+
+  it(
+    'issue 10: fresh broker, CPU starved, scale-up, kill -9, zombie and scale-down',
+    async () => {
+      expectExactlyOnce(await starvedRebalances(harness, { disruptMs: 60_000 }))
     },
     SCENARIO_TIMEOUT_MS,
   )
