@@ -2,6 +2,7 @@ import type { Admin, Consumer, Kafka } from 'kafkajs'
 import { randomUUID } from 'node:crypto'
 import { KwaError } from './errors'
 import type { Logger } from './logger'
+import { retryWithBackoff } from './retry'
 import type { ClosedWindows, WindowStates } from './native'
 
 /**
@@ -189,6 +190,26 @@ interface PendingRestore {
 }
 
 /**
+ * How long reading one changelog partition to its end may take before the restore fails (and is
+ * retried by the partition's next batch). Also part of the main consumer's stall bound: a batch
+ * may legitimately wait this long for its restore.
+ */
+export const RESTORE_READ_TIMEOUT_MS = 120_000
+
+/** Default bound of the end-offset fetch retries: the default --session-timeout. */
+export const RESTORE_FETCH_RETRY_BOUND_MS = 30_000
+
+export interface ChangelogReaderOptions {
+  /** How long to retry the end-offset fetch of a restore (transient broker errors). */
+  fetchRetryBoundMs?: number
+  /** Called for each changelog batch a restore reads: progress, for the stall watchdog. */
+  onProgress?: () => void
+}
+
+/** The reader's consumer crashed: restores in progress fail, and with `restart` false, all later. */
+export class ChangelogReaderCrashedError extends KwaError {}
+
+/**
  * Reads whole changelog partitions on demand. kafkajs has no manual assignment, so one consumer
  * in a private group holds every changelog partition, paused; a restore seeks one partition to
  * its start, resumes it until its end offset, and pauses it again.
@@ -196,22 +217,34 @@ interface PendingRestore {
 export class ChangelogReader {
   private readonly consumer: Consumer
   private readonly admin: Admin
+  private readonly groupId: string
   private readonly pending = new Map<number, PendingRestore>()
+  private dead: ChangelogReaderCrashedError | undefined
+  private onDeath: ((error: ChangelogReaderCrashedError) => void) | undefined
+  /**
+   * Settles when the reader's consumer crashed and kafkajs will not restart it: no restore can
+   * succeed any more.
+   */
+  readonly died: Promise<ChangelogReaderCrashedError>
 
   constructor(
     kafka: Kafka,
     private readonly topic: string,
     groupId: string,
     private readonly log: Logger,
+    private readonly options: ChangelogReaderOptions = {},
   ) {
+    this.groupId = `${groupId}.restore.${randomUUID()}`
     this.consumer = kafka.consumer({
-      groupId: `${groupId}.restore.${randomUUID()}`,
+      groupId: this.groupId,
       maxWaitTimeInMs: 100,
       readUncommitted: false,
     })
     this.admin = kafka.admin()
+    this.died = new Promise((resolve) => (this.onDeath = resolve))
   }
 
+  /** Connects and joins the reader's private group; fails if its consumer crashes before that. */
   async start(): Promise<void> {
     await Promise.all([this.consumer.connect(), this.admin.connect()])
     await this.consumer.subscribe({ topic: this.topic, fromBeginning: true })
@@ -219,8 +252,15 @@ export class ChangelogReader {
     this.consumer.on(this.consumer.events.END_BATCH_PROCESS, ({ payload }) => {
       this.advance(payload.partition, BigInt(payload.lastOffset) + 1n)
     })
-    const joined = new Promise<void>((resolve) => {
+    let crashedBeforeJoin: ((error: Error) => void) | undefined
+    this.consumer.on(this.consumer.events.CRASH, ({ payload }) => {
+      const error = this.crashed(payload.error, payload.restart)
+      crashedBeforeJoin?.(error)
+    })
+    const joined = new Promise<void>((resolve, reject) => {
+      crashedBeforeJoin = reject
       this.consumer.on(this.consumer.events.GROUP_JOIN, () => {
+        crashedBeforeJoin = undefined
         // Every (re)join: only partitions being restored are fetched.
         this.consumer.pause([{ topic: this.topic }])
         const restoring = [...this.pending.keys()]
@@ -234,6 +274,7 @@ export class ChangelogReader {
       eachBatch: ({ batch }) => {
         const restore = this.pending.get(batch.partition)
         if (restore === undefined) return Promise.resolve()
+        this.options.onProgress?.()
         try {
           for (const m of batch.messages) {
             if (BigInt(m.offset) < restore.endOffset) restore.state.fold(m.key, m.value)
@@ -253,13 +294,37 @@ export class ChangelogReader {
     await Promise.all([this.consumer.disconnect(), this.admin.disconnect()])
   }
 
+  /**
+   * A crash ends every restore in progress at once rather than at its timeout: kafkajs' restart
+   * (if any) starts a new consumer group session, which forgets the restores' seeks.
+   */
+  private crashed(cause: Error, restart: boolean): ChangelogReaderCrashedError {
+    const error = new ChangelogReaderCrashedError(
+      `changelog reader (group ${this.groupId}) crashed` +
+        `${restart ? '; kafkajs restarts it' : ' and kafkajs will not restart it'}: ${cause.message}`,
+      // No cause: kafkajs (through a failed batch) would judge the cause instead.
+      { retriable: restart },
+    )
+    const restoring = [...this.pending.keys()]
+    this.log[restart ? 'warn' : 'error'](
+      { topic: this.topic, partitions: restoring, restart, err: cause },
+      'changelog reader crashed; restores in progress fail',
+    )
+    for (const partition of restoring) this.finish(partition, error)
+    if (!restart) {
+      this.dead ??= error
+      this.onDeath?.(error)
+    }
+    return error
+  }
+
   private reads: Promise<unknown> = Promise.resolve()
 
   /**
    * The latest state of one changelog partition (read_committed, up to its last stable offset).
    * Reads run one at a time, so the shared consumer seeks and resumes one partition at a time.
    */
-  restore(partition: number, timeoutMs = 120_000): Promise<RestoredState> {
+  restore(partition: number, timeoutMs = RESTORE_READ_TIMEOUT_MS): Promise<RestoredState> {
     const read = () => this.read(partition, timeoutMs)
     const next = this.reads.then(read, read)
     this.reads = next.catch(() => undefined)
@@ -267,13 +332,21 @@ export class ChangelogReader {
   }
 
   private async read(partition: number, timeoutMs: number): Promise<RestoredState> {
-    const offsets = await this.admin.fetchTopicOffsets(this.topic)
+    this.throwIfDead()
+    const offsets = await retryWithBackoff(() => this.admin.fetchTopicOffsets(this.topic), {
+      what: `fetching the end offsets of changelog ${this.topic}`,
+      boundMs: this.options.fetchRetryBoundMs ?? RESTORE_FETCH_RETRY_BOUND_MS,
+      log: this.log,
+      where: { topic: this.topic, partition },
+    })
     const entry = offsets.find((o) => o.partition === partition)
     if (entry === undefined)
       throw new KwaError(`changelog ${this.topic} has no partition ${partition}`)
     const state = new ChangelogState()
     const endOffset = BigInt(entry.high)
     if (endOffset <= BigInt(entry.low)) return state.toRestoredState()
+    // It may have died while the offsets were fetched: nothing would ever finish this read.
+    this.throwIfDead()
     const done = new Promise<void>((resolve, reject) => {
       this.pending.set(partition, { state, endOffset, resolve, reject })
     })
@@ -286,15 +359,39 @@ export class ChangelogReader {
       timeoutMs,
     )
     try {
-      this.consumer.seek({ topic: this.topic, partition, offset: entry.low })
-      this.consumer.resume([{ topic: this.topic, partitions: [partition] }])
+      try {
+        this.consumer.seek({ topic: this.topic, partition, offset: entry.low })
+        this.consumer.resume([{ topic: this.topic, partitions: [partition] }])
+      } catch (error) {
+        // No consumer group between a crash and kafkajs' restart: the next attempt may work.
+        throw new KwaError(`changelog reader not running: ${(error as Error).message}`, {
+          retriable: true,
+        })
+      }
       await done
     } finally {
       clearTimeout(timer)
-      this.consumer.pause([{ topic: this.topic, partitions: [partition] }])
+      this.pending.delete(partition)
+      this.pauseQuietly(partition)
     }
-    this.log.debug({ topic: this.topic, partition, records: state.records }, 'changelog read')
+    this.log.debug(
+      { topic: this.topic, partition, offset: entry.low, records: state.records },
+      'changelog read',
+    )
     return state.toRestoredState()
+  }
+
+  private throwIfDead(): void {
+    if (this.dead !== undefined) throw this.dead
+  }
+
+  /** Between a crash and kafkajs' restart there is no consumer group to pause in (it throws). */
+  private pauseQuietly(partition: number): void {
+    try {
+      this.consumer.pause([{ topic: this.topic, partitions: [partition] }])
+    } catch {
+      // The next join pauses every partition anyway.
+    }
   }
 
   private advance(partition: number, position: bigint): void {

@@ -1,6 +1,7 @@
 import type { Admin, ITopicConfig } from 'kafkajs'
 import { KwaError } from './errors'
 import type { Logger } from './logger'
+import { isTransientBrokerError, retryWithBackoff, START_RETRY_BOUND_MS } from './retry'
 
 /**
  * Topic provisioning: `kwa topics` creates every topic of a deployment; `kwa run` creates the
@@ -39,6 +40,8 @@ export interface ProvisionOptions {
   report?: boolean
   /** Logs each topic created and each existing topic whose retention differs from the one asked. */
   log?: Logger
+  /** How long to retry transient broker errors; default START_RETRY_BOUND_MS. */
+  retryBoundMs?: number
 }
 
 /** What provisioning found or did, per topic. */
@@ -83,9 +86,23 @@ export async function provisionTopics(
   plan: TopicPlan,
   options: ProvisionOptions,
 ): Promise<TopicStatus[]> {
-  const existing = new Set(await admin.listTopics())
   /** Missing when we looked, so created by this call (or, racing, by another at the same time). */
   const created = new Set<string>()
+  // Every attempt starts from what exists now, so a retry creates only what is still missing.
+  return retryWithBackoff(() => provisionOnce(admin, plan, options, created), {
+    what: 'provisioning topics',
+    boundMs: options.retryBoundMs ?? START_RETRY_BOUND_MS,
+    log: options.log,
+  })
+}
+
+async function provisionOnce(
+  admin: Admin,
+  plan: TopicPlan,
+  options: ProvisionOptions,
+  created: Set<string>,
+): Promise<TopicStatus[]> {
+  const existing = new Set(await admin.listTopics())
 
   if (!existing.has(plan.input)) {
     if (!options.create || options.inputPartitions === undefined) {
@@ -134,6 +151,14 @@ export async function provisionTopics(
     for (const [topic, role] of missing) {
       created.add(topic)
       options.log?.info({ topic, role, partitions: inputPartitions }, 'created topic')
+    }
+    // A create that timed out may or may not have happened: look again before going on.
+    const now = new Set(await admin.listTopics())
+    const absent = missing.filter(([topic]) => !now.has(topic)).map(([topic]) => topic)
+    if (absent.length > 0) {
+      throw new KwaError(`topics not visible after creating them: ${absent.join(', ')}`, {
+        retriable: true,
+      })
     }
     // Another replica may have created the changelog at the same moment: check what is there.
     if (plan.changelog !== undefined && missing.some(([topic]) => topic === plan.changelog)) {
@@ -203,9 +228,34 @@ function topicSpec(
   }
 }
 
-/** Topics another client created meanwhile are fine: kafkajs resolves false for those. */
+/**
+ * Topics another client created meanwhile are fine: kafkajs resolves false when all of them
+ * exist, but throws when only some do while others failed (replicas starting together on a busy
+ * controller). Then the failures decide: transient ones are retried by the caller.
+ */
 async function createTopics(admin: Admin, topics: ITopicConfig[]): Promise<void> {
-  await admin.createTopics({ waitForLeaders: true, topics })
+  try {
+    await admin.createTopics({ waitForLeaders: true, topics })
+  } catch (error) {
+    const errors = (error as { errors?: unknown } | null)?.errors
+    if (!Array.isArray(errors)) throw error
+    const failures = errors.filter(
+      (e) => (e as { type?: unknown } | null)?.type !== 'TOPIC_ALREADY_EXISTS',
+    )
+    if (failures.length === 0) return
+    if (failures.every(isTransientBrokerError)) {
+      throw new KwaError(`creating topics failed: ${failures.map(describeFailure).join('; ')}`, {
+        retriable: true,
+        cause: error,
+      })
+    }
+    throw error
+  }
+}
+
+const describeFailure = (error: unknown): string => {
+  const { topic, message } = (error ?? {}) as { topic?: unknown; message?: unknown }
+  return `${typeof topic === 'string' ? `${topic}: ` : ''}${String(message)}`
 }
 
 /**
