@@ -127,11 +127,19 @@ async function runReplica(
   logger: Logger,
 ): Promise<void> {
   let bound: NodeJS.Timeout | undefined
+  let starting = true
   const startBound = () => {
     bound ??= setTimeout(() => {
+      // Typically a broker that does not answer. Nothing committed is lost: the partitions'
+      // next owners fence this replica's transactions and restore from what was committed.
+      const pending =
+        service.pendingShutdownStep ??
+        (starting ? 'starting (connecting, provisioning topics, joining the group)' : 'stopping')
       logger.error(
-        { shutdownTimeoutMs },
-        'shutdown did not finish within --shutdown-timeout; exiting with code 1',
+        { shutdownTimeoutMs, pending },
+        `shutdown did not finish within --shutdown-timeout (left undone: ${pending}); exiting ` +
+          'with code 1; exactly once, nothing is lost: the next owner of each partition fences ' +
+          "this replica's transactions and restores what was committed",
       )
       process.exit(1)
     }, shutdownTimeoutMs).unref()
@@ -141,6 +149,7 @@ async function runReplica(
     try {
       // A signal during start is acted on once start settles (the bound runs from the signal).
       await service.start()
+      starting = false
     } catch (error) {
       startBound()
       await service.stop().catch(() => undefined)

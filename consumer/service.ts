@@ -1,6 +1,6 @@
 import type { Admin, Consumer, EachBatchPayload, Kafka, Message, Producer } from 'kafkajs'
 import { Partitioners } from 'kafkajs'
-import { ChangelogReader } from './changelog'
+import { ChangelogReader, RESTORE_READ_TIMEOUT_MS } from './changelog'
 import { TelemetryDecoder, type TelemetryDecoderOptions } from './decode'
 import { isPoisonMessageError, KwaError } from './errors'
 import { rejectionReason, rejectionReasons } from './dead-letter'
@@ -19,7 +19,9 @@ import {
   type PipelineOptions,
   type WindowConfig,
 } from './pipeline'
+import { isBrokerRetriesExhausted, retryWithBackoff, START_RETRY_BOUND_MS } from './retry'
 import { FencedError, PartitionTransactor } from './transactions'
+import { StallWatchdog } from './watchdog'
 
 export type Delivery = 'exactly-once' | 'at-least-once'
 export const deliveryModes = ['exactly-once', 'at-least-once'] as const
@@ -61,6 +63,46 @@ export interface ServiceConfig {
   security?: KafkaSecurity
   /** Create missing output/dead-letter/late/changelog topics at start (default), or only check. */
   createTopics?: boolean
+  /** Overrides of the bounds derived by failureBounds() (tests). */
+  bounds?: Partial<FailureBounds>
+}
+
+/**
+ * How long a replica waits on a slow or absent broker before it gives up (docs/OPERATIONS.md,
+ * "Failure handling and bounds"). Giving up means failing: /healthz 503 and exit code 1.
+ */
+export interface FailureBounds {
+  /** Retrying transient errors at start: connecting, provisioning topics, the reader's join. */
+  startRetryMs: number
+  /** Retrying a restore's offset fetches (the group's committed offsets, the changelog's end). */
+  restoreRetryMs: number
+  /** Reading one changelog partition to its end (then the restore fails and is retried). */
+  restoreReadMs: number
+  /** The main consumer silent (no fetch, heartbeat, join, batch) while not stopping. */
+  stallMs: number
+}
+
+/** The watchdog never trips sooner: a fetch or a rejoin may take most of a minute on its own. */
+export const MIN_STALL_BOUND_MS = 60_000
+
+/**
+ * The bounds for a session timeout. A restore runs inside kafkajs' fetch loop (eachBatch), so
+ * the loop may legitimately be silent for a changelog read plus the restore's offset fetches:
+ * the stall bound exceeds restoreReadMs plus a session timeout (restore progress also counts as
+ * activity, so a long restore that makes progress never trips it). Retrying a restore's fetches
+ * longer than a session timeout is pointless: by then the group has moved on without us.
+ */
+export function failureBounds(
+  sessionTimeoutMs: number,
+  overrides: Partial<FailureBounds> = {},
+): FailureBounds {
+  const restoreReadMs = overrides.restoreReadMs ?? RESTORE_READ_TIMEOUT_MS
+  return {
+    startRetryMs: overrides.startRetryMs ?? START_RETRY_BOUND_MS,
+    restoreRetryMs: overrides.restoreRetryMs ?? sessionTimeoutMs,
+    restoreReadMs,
+    stallMs: overrides.stallMs ?? Math.max(MIN_STALL_BOUND_MS, restoreReadMs + sessionTimeoutMs),
+  }
 }
 
 /** kafkajs' own test (errors.js `isRebalancing`): the group moved on, kafkajs will rejoin. */
@@ -131,6 +173,11 @@ export class AggregatorService {
   private readonly deadLetterTopic: string
   private readonly pipelineOptions: PipelineOptions
   private readonly decoder: TelemetryDecoder
+  private readonly bounds: FailureBounds
+  /** Fails the service when kafkajs' loop goes silent (see FailureBounds.stallMs). */
+  private readonly watchdog: StallWatchdog
+  /** What stop() is waiting for right now (for the shutdown-timeout message). */
+  private shutdownStep: string | undefined
   private failure: ((error: Error) => void) | undefined
   /** Settles when the service cannot go on (a poison message with `onPoison: 'fail'`). */
   readonly failed: Promise<Error>
@@ -176,6 +223,11 @@ export class AggregatorService {
       ...config.limits,
     }
     this.failed = new Promise((resolve) => (this.failure = resolve))
+    this.bounds = failureBounds(config.sessionTimeoutMs, config.bounds)
+    this.watchdog = new StallWatchdog({
+      boundMs: this.bounds.stallMs,
+      onStall: (quietMs) => this.stalled(quietMs),
+    })
     this.kafka = createKafka({
       brokers: config.brokers,
       clientId: config.clientId,
@@ -211,6 +263,11 @@ export class AggregatorService {
     for (const reason of Object.values(rejectionReasons)) {
       this.metrics.samplesRejected.inc({ reason: reasonLabel(reason) }, 0)
     }
+  }
+
+  /** What a stop in progress still waits for; undefined when not stopping or stopped. */
+  get pendingShutdownStep(): string | undefined {
+    return this.shutdownStep
   }
 
   /** Partitions of the input topic this replica owns in the current generation. */
@@ -267,7 +324,10 @@ export class AggregatorService {
         namespace(this.log, 'Http'),
       )
     }
-    await Promise.all([this.producer.connect(), this.admin.connect(), this.consumer.connect()])
+    await retryWithBackoff(
+      () => Promise.all([this.producer.connect(), this.admin.connect(), this.consumer.connect()]),
+      { what: 'connecting to the brokers', boundMs: this.bounds.startRetryMs, log: this.log },
+    )
     await provisionTopics(
       this.admin,
       {
@@ -277,17 +337,14 @@ export class AggregatorService {
         late: this.config.lateTopic,
         changelog: this.delivery === 'exactly-once' ? this.changelogTopic : undefined,
       },
-      { create: this.config.createTopics ?? true, log: this.log },
+      {
+        create: this.config.createTopics ?? true,
+        log: this.log,
+        retryBoundMs: this.bounds.startRetryMs,
+      },
     )
-    if (this.delivery === 'exactly-once') {
-      this.changelog = new ChangelogReader(
-        this.kafka,
-        this.changelogTopic,
-        this.config.groupId,
-        this.log,
-      )
-      await this.changelog.start()
-    }
+    if (this.delivery === 'exactly-once') this.changelog = await this.startChangelogReader()
+    this.watchConsumerActivity()
     this.consumer.on(this.consumer.events.GROUP_JOIN, ({ payload }) => {
       this.generation++
       this.assigned = [...(payload.memberAssignment[this.config.inputTopic] ?? [])].sort(
@@ -314,6 +371,8 @@ export class AggregatorService {
       this.fail(payload.error)
     })
     await this.consumer.subscribe({ topic: this.config.inputTopic, fromBeginning: true })
+    // Watching from before the first join: a join that never completes is a stall too.
+    this.watchdog.start()
     await this.consumer.run({
       autoCommit: false,
       eachBatchAutoResolve: false,
@@ -338,25 +397,36 @@ export class AggregatorService {
     )
   }
 
-  /** Finishes the batch in flight, leaves the group, frees native state. Idempotent. */
+  /**
+   * Finishes the batch in flight, leaves the group, frees native state. Idempotent. Each step
+   * that waits on the broker is named in `pendingShutdownStep`, so that a stop cut short by
+   * --shutdown-timeout can say what it left undone.
+   */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       // From here on /readyz answers 503.
       const started = Date.now()
+      this.watchdog.stop()
       this.log.info(
         { partitions: this.assigned },
         'stopping: finishing the batch in flight, then leaving the group',
       )
       clearInterval(this.statsTimer)
       // Stops fetching, waits for the batch in flight (published and committed), sends LeaveGroup.
+      this.shutdownStep = 'finishing the batch in flight and leaving the group'
       await this.consumer.disconnect()
       // Aborts a warm-up restore still reading the changelog, then frees what it restored.
+      this.shutdownStep = 'stopping the changelog reader'
       await this.changelog?.stop()
+      this.shutdownStep = 'ending the restore in progress'
       await this.warmup
+      this.shutdownStep = 'disconnecting the producers'
       await Promise.all([...this.owned.keys()].map((partition) => this.release(partition)))
       await Promise.all([this.producer.disconnect(), this.admin.disconnect()])
       this.logStats()
+      this.shutdownStep = 'closing the HTTP server'
       await this.http?.close()
+      this.shutdownStep = undefined
       this.log.info({ durationMs: Date.now() - started }, 'stopped')
     })()
     return this.stopping
@@ -364,8 +434,84 @@ export class AggregatorService {
 
   /** The service cannot go on: /healthz answers 503 and `failed` settles. */
   private fail(error: Error): void {
+    this.watchdog.stop()
     this.failedWith ??= error
     this.failure?.(error)
+  }
+
+  /**
+   * Starts the changelog reader, retrying transient failures of its join within the start bound
+   * (a fresh reader each time: a crashed kafkajs consumer is not worth reviving).
+   */
+  private async startChangelogReader(): Promise<ChangelogReader> {
+    let latest: ChangelogReader | undefined
+    let started: ChangelogReader
+    try {
+      started = await retryWithBackoff(
+        async () => {
+          await latest?.stop().catch(() => undefined)
+          const reader = new ChangelogReader(
+            this.kafka,
+            this.changelogTopic,
+            this.config.groupId,
+            this.log,
+            {
+              fetchRetryBoundMs: this.bounds.restoreRetryMs,
+              onProgress: () => this.watchdog.touch(),
+            },
+          )
+          latest = reader
+          await reader.start()
+          return reader
+        },
+        { what: 'starting the changelog reader', boundMs: this.bounds.startRetryMs, log: this.log },
+      )
+    } catch (error) {
+      // Also an attempt abandoned at the bound, which may still be joining.
+      await latest?.stop().catch(() => undefined)
+      throw error
+    }
+    // Failing beats recreating the reader here: a crash kafkajs will not restart means the
+    // coordinator stayed unavailable through kafkajs' retries, so a new reader would most likely
+    // crash too, and a restarted process starts from a clean, fully checked state (provisioning,
+    // fencing, restores) with the orchestrator's backoff. Either way nothing committed is lost.
+    void started.died.then((error) => {
+      if (this.stopping !== undefined || this.changelog !== started) return
+      this.log.fatal({ topic: this.changelogTopic, err: error }, 'changelog reader died; failing')
+      this.fail(error)
+    })
+    return started
+  }
+
+  /** Any sign of life of kafkajs' fetch loop resets the stall watchdog. */
+  private watchConsumerActivity(): void {
+    const events = this.consumer.events
+    for (const event of [
+      events.FETCH_START,
+      events.FETCH,
+      events.HEARTBEAT,
+      events.GROUP_JOIN,
+      events.REBALANCING,
+      events.START_BATCH_PROCESS,
+      events.END_BATCH_PROCESS,
+      events.COMMIT_OFFSETS,
+    ]) {
+      this.consumer.on(event, () => this.watchdog.touch())
+    }
+  }
+
+  private stalled(quietMs: number): void {
+    if (this.stopping !== undefined || this.failedWith !== undefined) return
+    const error = new KwaError(
+      `the consumer made no progress for ${Math.round(quietMs / 1000)} s (no fetch, heartbeat, ` +
+        `join, batch or restore progress; bound ${Math.round(this.bounds.stallMs / 1000)} s): ` +
+        'stuck on the broker',
+    )
+    this.log.fatal(
+      { partitions: this.assigned, quietMs, boundMs: this.bounds.stallMs },
+      'consumer stalled; failing',
+    )
+    this.fail(error)
   }
 
   /**
@@ -380,6 +526,14 @@ export class AggregatorService {
         await this.exclusive(partition, () => this.ownedPartition(partition, undefined))
       } catch (error) {
         if (this.stopping !== undefined) return
+        if (isBrokerRetriesExhausted(error)) {
+          this.log.fatal(
+            { topic: this.config.inputTopic, partition, err: error },
+            'restore after join gave up on the broker; failing',
+          )
+          this.fail(error)
+          return
+        }
         this.log.info(
           { topic: this.config.inputTopic, partition, err: error },
           'restore after join failed; the next batch restores the partition',
@@ -443,6 +597,13 @@ export class AggregatorService {
         this.log.fatal({ ...where, err: error }, 'poison message; stopping (--on-poison fail)')
         this.consumer.pause([{ topic: this.config.inputTopic }])
         this.fail(error)
+        return
+      } else if (isBrokerRetriesExhausted(error) || this.failedWith !== undefined) {
+        // Gave up on the broker, or failed meanwhile (e.g. the changelog reader died): the CLI
+        // stops the replica; kafkajs must not judge (and log) the error as a crash of its own.
+        this.log.fatal({ ...where, err: error }, 'batch failed for good; stopping')
+        this.consumer.pause([{ topic: this.config.inputTopic }])
+        this.fail(error instanceof Error ? error : new KwaError(String(error)))
         return
       } else {
         this.log.error({ ...where, err: error }, 'batch failed; partition will be restored')
@@ -595,7 +756,7 @@ export class AggregatorService {
     try {
       // After the fence the changelog holds every committed transaction, the last one's input
       // position included; the group's offset may still answer from before it (resumePosition).
-      const restored = await this.changelog?.restore(partition)
+      const restored = await this.changelog?.restore(partition, this.bounds.restoreReadMs)
       const committed = await this.fetchCommitted(partition)
       const position = resumePosition(restored?.nextOffset ?? null, committed?.offset ?? null)
       const where = { topic: this.config.inputTopic, partition, offset: position.offset }
@@ -620,6 +781,7 @@ export class AggregatorService {
       }
       this.owned.set(partition, state)
       const seconds = stopTimer()
+      this.watchdog.touch()
       if (generation !== this.generation && !this.assigned.includes(partition)) {
         // Moved away while restoring: no later join will release it.
         await this.release(partition)
@@ -645,10 +807,16 @@ export class AggregatorService {
   private async fetchCommitted(
     partition: number,
   ): Promise<{ offset: string; checkpoint: Checkpoint | null } | undefined> {
-    const [topic] = await this.admin.fetchOffsets({
-      groupId: this.config.groupId,
-      topics: [this.config.inputTopic],
-    })
+    const [topic] = await retryWithBackoff(
+      () =>
+        this.admin.fetchOffsets({ groupId: this.config.groupId, topics: [this.config.inputTopic] }),
+      {
+        what: `fetching the committed offsets of group ${this.config.groupId}`,
+        boundMs: this.bounds.restoreRetryMs,
+        log: this.log,
+        where: { topic: this.config.inputTopic, partition },
+      },
+    )
     const entry = topic?.partitions.find((p) => p.partition === partition)
     if (entry === undefined || Number(entry.offset) < 0) return undefined
     let checkpoint: Checkpoint | null = null
