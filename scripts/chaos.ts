@@ -8,11 +8,15 @@
  * was missing, duplicated or wrong, if a transaction was left hanging, or if a scenario failed.
  *
  *   npm run chaos -- --minutes N [--kafka-version V] [--scenarios a,b,...]
- *                    [--delivery exactly-once|at-least-once|none]
+ *                    [--delivery exactly-once|at-least-once|none] [--starve N]
+ *
+ * --starve N runs N busy loops beside everything for the whole soak (CPU starvation, as on a
+ * crowded node); scenarios i, j and k add their own on top.
  */
 import { parseArgs } from 'node:util'
 import {
   ChaosHarness,
+  CpuHog,
   deliveryFromEnv,
   formatResult,
   scenarios,
@@ -21,7 +25,7 @@ import {
 
 const USAGE =
   'usage: npm run chaos -- --minutes N [--kafka-version V] [--scenarios a,b,...,k] ' +
-  '[--delivery exactly-once|at-least-once|none]'
+  '[--delivery exactly-once|at-least-once|none] [--starve N]'
 
 interface Totals {
   scenarios: number
@@ -49,11 +53,13 @@ async function main(): Promise<number> {
       'kafka-version': { type: 'string' },
       scenarios: { type: 'string' },
       delivery: { type: 'string' },
+      starve: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   })
   const minutes = Number(values.minutes)
-  if (values.help || !(minutes > 0)) {
+  const starve = Number(values.starve ?? 0)
+  if (values.help || !(minutes > 0) || !Number.isInteger(starve) || starve < 0) {
     process.stderr.write(`${USAGE}\n`)
     return values.help ? 0 : 2
   }
@@ -85,11 +91,14 @@ async function main(): Promise<number> {
     delivery: parseDelivery(values.delivery),
     onEvent: say,
   })
+  const hog = starve > 0 ? new CpuHog(starve) : undefined
+  if (hog !== undefined) say(`chaos: ${starve} busy loops run beside the soak`)
   let interrupted = false
   const onSignal = (signal: NodeJS.Signals) => {
     if (interrupted) process.exit(130)
     interrupted = true
     say(`chaos: ${signal}, stopping`)
+    hog?.stop()
     void harness.close().finally(() => {
       process.stdout.write(`${summary()}\n`)
       process.exit(130)
@@ -126,6 +135,7 @@ async function main(): Promise<number> {
       }
     }
   } finally {
+    hog?.stop()
     if (!interrupted) await harness.close()
   }
   for (const warning of totals.warnings) say(`chaos: warning ${warning}`)

@@ -127,7 +127,7 @@ describe('chaos: exactly-once under failures', () => {
   it(
     'three replicas started at once on a broker that has just started: none dies',
     async () => {
-      const result = await coldStart(harness, { disruptMs: 15_000 })
+      const result = await coldStart(harness, { disruptMs: 20_000 })
       expectExactlyOnce(result)
       expect(result.selfExits, formatResult(result)).toEqual([])
     },
