@@ -136,9 +136,15 @@ describe('retryWithBackoff', () => {
   })
 })
 
+interface Topic {
+  partitions: number
+  configs: Record<string, string>
+}
+type FakeTopics = Map<string, Topic>
+
 /** An Admin that answers from an in-memory cluster, with scripted failures. */
 function fakeAdmin(
-  topics: Map<string, { partitions: number; configs: Record<string, string> }>,
+  topics: FakeTopics,
   script: { createTopics?: ((names: string[]) => Error | undefined)[] } = {},
 ) {
   const calls = { createTopics: 0, listTopics: 0 }
@@ -192,7 +198,7 @@ const plan = { input: 'in', output: 'out', deadLetter: 'in-dl', changelog: 'cl' 
 
 describe('provisionTopics on a busy or racing broker', () => {
   it('a topic another replica created at the same moment is success', async () => {
-    const topics = new Map([['in', { partitions: 3, configs: {} }]])
+    const topics: FakeTopics = new Map<string, Topic>([['in', { partitions: 3, configs: {} }]])
     // Created by "the other replica" (they exist afterwards) while our create timed out for one.
     const { admin, calls } = fakeAdmin(topics, {
       createTopics: [
@@ -209,7 +215,7 @@ describe('provisionTopics on a busy or racing broker', () => {
   })
 
   it('retries a create that timed out and re-checks what exists', async () => {
-    const topics = new Map([['in', { partitions: 2, configs: {} }]])
+    const topics: FakeTopics = new Map<string, Topic>([['in', { partitions: 2, configs: {} }]])
     const { admin, calls } = fakeAdmin(topics, {
       createTopics: [() => aggregate([createTopicError(timedOut(), 'out')])],
     })
@@ -222,7 +228,7 @@ describe('provisionTopics on a busy or racing broker', () => {
   })
 
   it('escalates after the bound when the controller stays unavailable', async () => {
-    const topics = new Map([['in', { partitions: 2, configs: {} }]])
+    const topics: FakeTopics = new Map<string, Topic>([['in', { partitions: 2, configs: {} }]])
     const { admin } = fakeAdmin(topics)
     admin.listTopics = () => Promise.reject(protocolError('NOT_CONTROLLER', true))
     const error = await provisionTopics(admin, plan, { create: true, retryBoundMs: 1_000 }).catch(
@@ -234,7 +240,7 @@ describe('provisionTopics on a busy or racing broker', () => {
   })
 
   it('a mismatched changelog is refused at once, not retried', async () => {
-    const topics = new Map([
+    const topics: FakeTopics = new Map<string, Topic>([
       ['in', { partitions: 4, configs: {} }],
       ['cl', { partitions: 2, configs: { 'cleanup.policy': 'compact' } }],
     ])
