@@ -126,7 +126,13 @@ async function main(): Promise<void> {
   for (const n of [100, 1_000, 10_000]) {
     const closed = closedWindows(n)
     const output: Message[] = encodeClosedWindows(closed)
-    const changelog: Message[] = changelogRecords(openWindows(closed), closed, 1_700_000_000_500, 0, 1_000_000)
+    const changelog: Message[] = changelogRecords(
+      openWindows(closed),
+      closed,
+      1_700_000_000_500,
+      0,
+      1_000_000,
+    )
     const outputUs = await timeEncode(output)
     const changelogUs = await timeEncode(changelog)
     const partitionUs = await timePartitioner(output)
