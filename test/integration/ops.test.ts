@@ -6,13 +6,14 @@
  *   npx vitest run --project integration test/integration/ops.test.ts
  */
 import { Partitioners } from 'kafkajs'
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { createKafka } from '../../consumer/kafka'
 import { createLogger } from '../../consumer/logger'
 import { encodeTelemetryBatch, type Sample } from '../../consumer/schemas'
 import { AggregatorService, type ServiceConfig } from '../../consumer/service'
 import { ChaosHarness, formatResult, type Replica } from '../chaos/harness'
-import { createTopic, kafkaBrokers, readAll, uniqueTopic } from '../helpers/kafka'
+import { kafkaBrokers, readAll } from '../helpers/kafka'
+import { inProcessReplicas } from '../helpers/service'
 import { has, parseExposition, sumOf, type Exposition } from '../helpers/prometheus'
 import { mulberry32 } from '../reference'
 
@@ -102,38 +103,14 @@ async function produce(brokers: string, topic: string, input: Sample[][][]): Pro
 }
 
 describe('operations on a real broker', () => {
-  const services: AggregatorService[] = []
-  afterEach(async () => {
-    await Promise.all(services.splice(0).map((s) => s.stop()))
-  })
-
-  async function setup(name: string, extra: Partial<ServiceConfig> = {}) {
-    const brokers = kafkaBrokers()
-    const input = uniqueTopic(`${name}-in`)
-    const output = uniqueTopic(`${name}-out`)
-    await createTopic(brokers, input, partitions)
-    await createTopic(brokers, output, partitions)
-    const config: ServiceConfig = {
-      brokers: [brokers],
-      clientId: 'kwa-ops-test',
-      groupId: uniqueTopic(`${name}-group`),
-      inputTopic: input,
-      outputTopic: output,
-      window,
-      sessionTimeoutMs: 10_000,
-      statsIntervalMs: 0,
+  const replicas = inProcessReplicas({ clientId: 'kwa-ops-test', partitions, window, logger })
+  const setup = (name: string, extra: Partial<ServiceConfig> = {}) =>
+    replicas(name, {
       // The CLI's defaults (the service's own are looser).
       limits: { minEventTimeMs: Date.UTC(2000, 0, 1), maxFutureSkewMs: 5 * 60_000 },
       http: { host: '127.0.0.1', port: 0 },
       ...extra,
-    }
-    const replica = () => {
-      const service = new AggregatorService(config, logger)
-      services.push(service)
-      return service
-    }
-    return { brokers, input, output, replica }
-  }
+    })
 
   it('metrics account for every sample, and windows_emitted matches the output topic', async () => {
     const { brokers, input, output, replica } = await setup('ops-metrics')

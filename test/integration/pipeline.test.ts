@@ -1,13 +1,7 @@
-import { Partitioners } from 'kafkajs'
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { createKafka } from '../../consumer/kafka'
 import { createLogger } from '../../consumer/logger'
-import {
-  decodeWindowAggregate,
-  encodeTelemetryBatch,
-  type Sample,
-  type WindowAggregate,
-} from '../../consumer/schemas'
+import { decodeWindowAggregate, type Sample, type WindowAggregate } from '../../consumer/schemas'
 import {
   AggregatorService,
   defaultChangelogTopic,
@@ -15,6 +9,7 @@ import {
   type ServiceConfig,
 } from '../../consumer/service'
 import { createTopic, kafkaBrokers, readAll, uniqueTopic } from '../helpers/kafka'
+import { inProcessReplicas, produceTelemetry as produce } from '../helpers/service'
 import { mulberry32, referenceRun, windowId, type RefWindow } from '../reference'
 
 const partitions = 4
@@ -44,31 +39,6 @@ function generateInput(seed: number, messagesPerPartition: number): Sample[][][]
       })
     }),
   )
-}
-
-async function produce(
-  brokers: string,
-  topic: string,
-  input: Sample[][][],
-  from: number,
-  to: number,
-) {
-  const kafka = createKafka({ brokers: [brokers], clientId: 'test-producer', logger })
-  const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner })
-  await producer.connect()
-  try {
-    for (let m = from; m < to; m += 50) {
-      const messages = input.flatMap((batches, partition) =>
-        batches.slice(m, Math.min(m + 50, to)).map((samples, i) => ({
-          partition,
-          value: encodeTelemetryBatch({ sourceId: `test-${partition}-${m + i}`, samples }),
-        })),
-      )
-      await producer.send({ topic, acks: -1, messages })
-    }
-  } finally {
-    await producer.disconnect()
-  }
 }
 
 /** Waits until `done()` or fails after `timeoutMs`, saying what it waited for. */
@@ -119,34 +89,10 @@ function compare(expected: Map<string, RefWindow>, published: WindowAggregate[])
 }
 
 describe.each(deliveryModes)('pipeline on a real broker, %s', (delivery) => {
-  const services: AggregatorService[] = []
-  afterEach(async () => {
-    await Promise.all(services.splice(0).map((s) => s.stop()))
-  })
+  const replicas = inProcessReplicas({ clientId: 'kwa-test', partitions, window, logger })
 
   async function setup(name: string) {
-    const brokers = kafkaBrokers()
-    const input = uniqueTopic(`${name}-in`)
-    const output = uniqueTopic(`${name}-out`)
-    await createTopic(brokers, input, partitions)
-    await createTopic(brokers, output, partitions)
-    const config: ServiceConfig = {
-      brokers: [brokers],
-      clientId: 'kwa-test',
-      groupId: uniqueTopic(`${name}-group`),
-      inputTopic: input,
-      outputTopic: output,
-      window,
-      sessionTimeoutMs: 10_000,
-      statsIntervalMs: 0,
-      delivery,
-    }
-    const replica = async () => {
-      const service = new AggregatorService(config, logger)
-      services.push(service)
-      await service.start()
-      return service
-    }
+    const { brokers, input, output, started } = await replicas(name, { delivery })
     const published = async (expected = 0) =>
       (
         await readAll(brokers, output, {
@@ -155,7 +101,7 @@ describe.each(deliveryModes)('pipeline on a real broker, %s', (delivery) => {
           timeoutMs: 180_000,
         })
       ).map((m) => decodeWindowAggregate(m.value as Buffer))
-    return { brokers, input, output, replica, published }
+    return { brokers, input, output, replica: started, published }
   }
 
   const owned = (replicas: AggregatorService[]) => replicas.flatMap((r) => [...r.assignment]).sort()

@@ -14,13 +14,13 @@
  * must equal a recomputation of the input: nothing missing, twice or double-counted. An offset
  * moved forward (an operator skipping input) is followed.
  */
-import { Partitioners } from 'kafkajs'
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { createKafka } from '../../consumer/kafka'
 import { createLogger } from '../../consumer/logger'
-import { decodeWindowAggregate, encodeTelemetryBatch, type Sample } from '../../consumer/schemas'
-import { AggregatorService, resumePosition, type ServiceConfig } from '../../consumer/service'
-import { createTopic, kafkaBrokers, readAll, uniqueTopic } from '../helpers/kafka'
+import { decodeWindowAggregate, type Sample } from '../../consumer/schemas'
+import { resumePosition } from '../../consumer/service'
+import { readAll } from '../helpers/kafka'
+import { inProcessReplicas, produceTelemetry as produce } from '../helpers/service'
 import { mulberry32, referenceRun, windowId } from '../reference'
 
 const partitions = 2
@@ -40,29 +40,6 @@ function generateInput(seed: number, messages: number): Sample[][][] {
       })),
     ),
   )
-}
-
-async function produce(
-  brokers: string,
-  topic: string,
-  input: Sample[][][],
-  from: number,
-  to: number,
-) {
-  const kafka = createKafka({ brokers: [brokers], clientId: 'stale-offsets-producer', logger })
-  const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner })
-  await producer.connect()
-  try {
-    const messages = input.flatMap((batches, partition) =>
-      batches.slice(from, to).map((samples, i) => ({
-        partition,
-        value: encodeTelemetryBatch({ sourceId: `p${partition}-${from + i}`, samples }),
-      })),
-    )
-    await producer.send({ topic, acks: -1, messages })
-  } finally {
-    await producer.disconnect()
-  }
 }
 
 async function eventually(what: string, done: () => boolean, timeoutMs = 120_000): Promise<void> {
@@ -89,38 +66,15 @@ describe('resumePosition', () => {
 })
 
 describe('exactly once with a stale committed offset', () => {
-  const services: AggregatorService[] = []
-  afterEach(async () => {
-    await Promise.all(services.splice(0).map((s) => s.stop()))
-  })
+  const replicas = inProcessReplicas({ clientId: 'kwa-stale-offsets', partitions, window, logger })
 
   async function setup(name: string) {
-    const brokers = kafkaBrokers()
-    const input = uniqueTopic(`${name}-in`)
-    const output = uniqueTopic(`${name}-out`)
-    await createTopic(brokers, input, partitions)
-    await createTopic(brokers, output, partitions)
-    const config: ServiceConfig = {
-      brokers: [brokers],
-      clientId: 'kwa-stale-offsets',
-      groupId: uniqueTopic(`${name}-group`),
-      inputTopic: input,
-      outputTopic: output,
-      window,
-      sessionTimeoutMs: 10_000,
-      statsIntervalMs: 0,
+    const { brokers, input, output, config, started } = await replicas(name, {
       delivery: 'exactly-once',
-    }
-    const replica = async () => {
-      const service = new AggregatorService(config, logger)
-      services.push(service)
-      await service.start()
-      return service
-    }
-    const kafka = createKafka({ brokers: [brokers], clientId: 'stale-offsets-admin', logger })
+    })
     /** Sets the group's committed offsets (the group must be empty). */
     const setOffsets = async (offset: (partition: number) => number) => {
-      const admin = kafka.admin()
+      const admin = createKafka({ brokers: [brokers], clientId: 'stale-offsets', logger }).admin()
       await admin.connect()
       try {
         await admin.setOffsets({
@@ -135,7 +89,7 @@ describe('exactly once with a stale committed offset', () => {
         await admin.disconnect()
       }
     }
-    return { brokers, input, output, replica, setOffsets, groupId: config.groupId }
+    return { brokers, input, output, replica: started, setOffsets, groupId: config.groupId }
   }
 
   it('a new owner resumes where the changelog ends, not at an older group offset', async () => {
@@ -150,7 +104,6 @@ describe('exactly once with a stale committed offset', () => {
       return first.totals.samples === firstSamples
     })
     await first.stop()
-    services.splice(services.indexOf(first), 1)
 
     // What a non-stable OffsetFetch answers while the last transactions' offsets are pending.
     await setOffsets(() => firstPart / 2)
@@ -197,7 +150,6 @@ describe('exactly once with a stale committed offset', () => {
     await produce(brokers, input, data, 0, 40)
     await eventually('the first replica to commit', () => first.totals.samples === 40 * 2 * 50)
     await first.stop()
-    services.splice(services.indexOf(first), 1)
     // kafka-consumer-groups --reset-offsets --to-offset 60: skip messages 40-59.
     await produce(brokers, input, data, 40, 100)
     await setOffsets(() => 60)
