@@ -751,9 +751,18 @@ export class AggregatorService {
         `${this.config.groupId}.${this.config.inputTopic}.${partition}`,
         this.log,
       )
-      await transactor.connect()
     }
     try {
+      if (transactor !== undefined) {
+        const fencing = transactor
+        // Answered CONCURRENT_TRANSACTIONS while the previous owner's transaction completes.
+        await retryWithBackoff(() => fencing.connect(), {
+          what: `initialising the producer ${fencing.transactionalId} (fencing)`,
+          boundMs: this.bounds.restoreRetryMs,
+          log: this.log,
+          where: { topic: this.config.inputTopic, partition },
+        })
+      }
       // After the fence the changelog holds every committed transaction, the last one's input
       // position included; the group's offset may still answer from before it (resumePosition).
       const restored = await this.changelog?.restore(partition, this.bounds.restoreReadMs)
