@@ -765,8 +765,10 @@ export class AggregatorService {
       }
       // After the fence the changelog holds every committed transaction, the last one's input
       // position included; the group's offset may still answer from before it (resumePosition).
-      const restored = await this.changelog?.restore(partition, this.bounds.restoreReadMs)
+      // The offset is read first: read after the changelog, it could come from a transaction of
+      // an owner that fenced this one meanwhile, and pass for an operator's reset.
       const committed = await this.fetchCommitted(partition)
+      const restored = await this.changelog?.restore(partition, this.bounds.restoreReadMs)
       const position = resumePosition(restored?.nextOffset ?? null, committed?.offset ?? null)
       const where = { topic: this.config.inputTopic, partition, offset: position.offset }
       if (position.reset !== undefined) {

@@ -45,6 +45,12 @@ const errorType = (error: unknown): string | undefined => {
   return typeof type === 'string' ? type : undefined
 }
 
+/** Fenced, also when kafkajs reports it as the cause of giving up after its own retries. */
+const isFenced = (error: unknown): boolean => {
+  const cause = (error as { cause?: unknown } | null)?.cause
+  return fencedTypes.has(errorType(error) ?? '') || fencedTypes.has(errorType(cause) ?? '')
+}
+
 export class FencedError extends KwaError {}
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -55,20 +61,16 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
  * group-generation fencing, so the transactional id is what stops zombies).
  */
 export class PartitionTransactor {
-  private producer: Producer
+  private readonly producer: Producer
 
   constructor(
-    private readonly kafka: Kafka,
+    kafka: Kafka,
     readonly transactionalId: string,
     private readonly log: Logger,
     private readonly maxAttempts = 5,
   ) {
-    this.producer = this.newProducer()
-  }
-
-  private newProducer(): Producer {
-    return this.kafka.producer({
-      transactionalId: this.transactionalId,
+    this.producer = kafka.producer({
+      transactionalId,
       idempotent: true,
       maxInFlightRequests: 1,
       allowAutoTopicCreation: false,
@@ -87,9 +89,9 @@ export class PartitionTransactor {
 
   /**
    * Sends the records and the offsets in one transaction and commits it. A transient error before
-   * the commit aborts and retries with backoff. A failed commit leaves the outcome unknown: the
-   * producer is re-initialised (which completes or aborts the transaction) and the error is
-   * thrown, so the caller restores its state from what was really committed.
+   * the commit aborts and retries with backoff, as long as the abort succeeds. Anything else (a
+   * failed commit: outcome unknown) disconnects the producer and throws, so the caller restores
+   * its state from what was really committed; the producer is never re-initialised here.
    */
   async commit(content: TransactionContent): Promise<TransactionTimings> {
     for (let attempt = 1; ; attempt++) {
@@ -114,8 +116,7 @@ export class PartitionTransactor {
         }
       } catch (error) {
         content.onAbort?.()
-        const type = errorType(error)
-        if (fencedTypes.has(type ?? '')) {
+        if (isFenced(error)) {
           // Retriable, and without the kafkajs cause (which kafkajs would judge instead): the
           // consumer must rejoin the group and learn what it owns now, not crash.
           const reason = error instanceof Error ? error.message : String(error)
@@ -123,29 +124,31 @@ export class PartitionTransactor {
             retriable: true,
           })
         }
-        if (committing || !transientTypes.has(type ?? '') || attempt >= this.maxAttempts) {
-          await this.reinitialise()
-          throw error
+        const type = errorType(error)
+        if (!committing && transientTypes.has(type ?? '') && attempt < this.maxAttempts) {
+          // An abort that succeeds proves this producer's epoch is still the newest: nobody
+          // fenced it, so nothing was committed since the state was restored, and the same
+          // records can be sent again.
+          const aborted = await transaction.abort().then(
+            () => true,
+            () => false,
+          )
+          if (aborted) {
+            this.log.warn(
+              { transactionalId: this.transactionalId, attempt, err: error },
+              'transaction retried',
+            )
+            await sleep(Math.min(2_000, 100 * 2 ** attempt))
+            continue
+          }
         }
-        this.log.warn(
-          { transactionalId: this.transactionalId, attempt, err: error },
-          'transaction retried',
-        )
-        await transaction.abort().catch(() => this.reinitialise())
-        await sleep(Math.min(2_000, 100 * 2 ** attempt))
+        // Outcome unknown, or perhaps fenced: the state may no longer be what is committed.
+        // Never re-initialise the producer here: a new epoch would fence a newer owner and let
+        // this stale state commit. The caller drops the partition and restores it (fence, then
+        // changelog); that fence completes or aborts whatever this transaction left pending.
+        await this.producer.disconnect().catch(() => undefined)
+        throw error
       }
     }
-  }
-
-  /** A fresh producer with the same id: the broker completes or aborts whatever was pending. */
-  private async reinitialise(): Promise<void> {
-    await this.producer.disconnect().catch(() => undefined)
-    this.producer = this.newProducer()
-    await this.producer.connect().catch((error: unknown) => {
-      this.log.warn(
-        { transactionalId: this.transactionalId, err: error },
-        'producer re-initialisation failed',
-      )
-    })
   }
 }

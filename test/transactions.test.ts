@@ -1,0 +1,88 @@
+import type { Kafka } from 'kafkajs'
+import { describe, expect, it } from 'vitest'
+import { createLogger } from '../consumer/logger'
+import { FencedError, PartitionTransactor, type TransactionContent } from '../consumer/transactions'
+
+/** A kafkajs error as the protocol layer throws it. */
+const protocolError = (type: string) => Object.assign(new Error(type), { type })
+
+/**
+ * A fake kafkajs producer: each transaction's steps answer from a script, and every producer the
+ * fake Kafka makes is counted (a second one would be a re-initialisation).
+ */
+function fakeKafka(script: { send?: Error[]; abort?: Error[]; commit?: Error[] }) {
+  const calls: string[] = []
+  const next = (step: 'send' | 'abort' | 'commit') => {
+    calls.push(step)
+    const outcome = script[step]?.shift()
+    return outcome === undefined ? Promise.resolve() : Promise.reject(outcome)
+  }
+  let producers = 0
+  const kafka = {
+    producer: () => {
+      producers++
+      return {
+        connect: () => Promise.resolve(calls.push('connect')),
+        disconnect: () => Promise.resolve(calls.push('disconnect')),
+        transaction: () =>
+          Promise.resolve({
+            send: () => next('send'),
+            sendOffsets: () => Promise.resolve(),
+            commit: () => next('commit'),
+            abort: () => next('abort'),
+          }),
+      }
+    },
+  } as unknown as Kafka
+  return { kafka, calls, producers: () => producers }
+}
+
+const content: TransactionContent = {
+  records: [{ topic: 'out', messages: [{ value: 'x' }] }],
+  offsets: { consumerGroupId: 'g', topic: 'in', partition: 0, offset: '10' },
+}
+const logger = createLogger('silent')
+
+describe('PartitionTransactor', () => {
+  it('retries a transient error after an abort that succeeds, with the same producer', async () => {
+    const fake = fakeKafka({ send: [protocolError('CONCURRENT_TRANSACTIONS')] })
+    const transactor = new PartitionTransactor(fake.kafka, 'g.in.0', logger)
+    const timings = await transactor.commit(content)
+    expect(timings.attempts).toBe(2)
+    expect(fake.producers()).toBe(1)
+    expect(fake.calls).toEqual(['send', 'abort', 'send', 'commit'])
+  })
+
+  it('never re-initialises when the abort fails: a newer owner may have committed since', async () => {
+    const fake = fakeKafka({
+      send: [protocolError('CONCURRENT_TRANSACTIONS')],
+      abort: [protocolError('INVALID_TXN_STATE')],
+    })
+    const transactor = new PartitionTransactor(fake.kafka, 'g.in.0', logger)
+    await expect(transactor.commit(content)).rejects.toThrow('CONCURRENT_TRANSACTIONS')
+    expect(fake.producers()).toBe(1)
+    expect(fake.calls).toEqual(['send', 'abort', 'disconnect'])
+  })
+
+  it('fails a commit of unknown outcome without retrying or re-initialising', async () => {
+    const fake = fakeKafka({ commit: [protocolError('REQUEST_TIMED_OUT')] })
+    const transactor = new PartitionTransactor(fake.kafka, 'g.in.0', logger)
+    await expect(transactor.commit(content)).rejects.toThrow('REQUEST_TIMED_OUT')
+    expect(fake.producers()).toBe(1)
+    expect(fake.calls).toEqual(['send', 'commit', 'disconnect'])
+  })
+
+  it('reports fencing, also as the cause of kafkajs giving up', async () => {
+    for (const error of [
+      protocolError('PRODUCER_FENCED'),
+      Object.assign(new Error('retries exceeded'), {
+        cause: protocolError('INVALID_PRODUCER_EPOCH'),
+      }),
+    ]) {
+      const fake = fakeKafka({ send: [error] })
+      const transactor = new PartitionTransactor(fake.kafka, 'g.in.0', logger)
+      await expect(transactor.commit(content)).rejects.toBeInstanceOf(FencedError)
+      expect(fake.producers()).toBe(1)
+    }
+  })
+})
