@@ -119,7 +119,7 @@ describe('chaos: exactly-once under failures', () => {
   it(
     'SIGSTOP the broker for 40 s mid-stream, then SIGCONT',
     async () => {
-      expectExactlyOnce(await brokerPause(harness, { disruptMs: 50_000, pauseMs: 40_000 }))
+      expectExactlyOnce(await brokerPause(harness, { disruptMs: 60_000, pauseMs: 40_000 }))
     },
     SCENARIO_TIMEOUT_MS,
   )
