@@ -124,6 +124,11 @@ async function main(): Promise<number> {
         totals.duplicated += c.duplicated
         totals.wrong += c.wrong
         totals.failures.push(...result.verification.hanging.map((h) => `${result.name}: ${h}`))
+        totals.failures.push(
+          ...result.verification.readersDisagree.map(
+            (d) => `${result.name}: kafkajs and librdkafka disagree: ${d}`,
+          ),
+        )
         totals.warnings.push(...result.warnings.map((w) => `${result.name}: ${w}`))
         say(formatResult(result))
       } catch (error) {

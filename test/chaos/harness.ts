@@ -826,6 +826,70 @@ async function readToEnd(
   }
 }
 
+/** The Python of the test tools (scripts/python-deps.sh): KWA_PYTHON or .cache/venv. */
+const testPython = (): string =>
+  process.env['KWA_PYTHON']?.trim() || path.join(REPO_ROOT, '.cache', 'venv', 'bin', 'python')
+
+/**
+ * Every committed record of `topic`, read by librdkafka (confluent-kafka, read_committed): a
+ * client that shares no code with kafkajs or its read_committed patch.
+ */
+export async function readCommittedWithLibrdkafka(
+  brokers: string,
+  topic: string,
+  timeoutMs = 60_000,
+): Promise<{ partition: number; offset: string; value: string | null }[]> {
+  const script = path.join(REPO_ROOT, 'scripts', 'python', 'read_committed.py')
+  const child = spawn(testPython(), [script, brokers, topic, String(timeoutMs / 1000)], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()))
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+  const code = await withTimeout(
+    new Promise<number | null>((resolve, reject) => {
+      child.once('error', reject)
+      child.once('exit', resolve)
+    }),
+    timeoutMs + 15_000,
+    `librdkafka reader of ${topic}`,
+  ).catch((error: unknown) => {
+    child.kill('SIGKILL')
+    throw new Error(
+      `librdkafka reader (${testPython()}; run npm run deps:python) failed: ${errorText(error)}`,
+    )
+  })
+  if (code !== 0) {
+    throw new Error(`librdkafka reader of ${topic} exited with ${code}: ${stderr.trim()}`)
+  }
+  return stdout
+    .split('\n')
+    .filter((line) => line.length > 0)
+    .map((line) => {
+      const { p, o, v } = JSON.parse(line) as { p: number; o: number; v: string | null }
+      return { partition: p, offset: String(o), value: v }
+    })
+}
+
+/** Records one committed read has and the other lacks or holds otherwise, as `p@offset`. */
+function readersDisagree(
+  kafkajs: readonly ReadRecord[],
+  librdkafka: readonly { partition: number; offset: string; value: string | null }[],
+): string[] {
+  const other = new Map(librdkafka.map((r) => [`${r.partition}@${r.offset}`, r.value]))
+  const differences: string[] = []
+  for (const r of kafkajs) {
+    const id = `${r.partition}@${r.offset}`
+    if (!other.has(id)) differences.push(`${id} only in kafkajs`)
+    else if (other.get(id) !== (r.value === null ? null : r.value.toString('hex')))
+      differences.push(`${id} differs`)
+    other.delete(id)
+  }
+  for (const id of other.keys()) differences.push(`${id} only in librdkafka`)
+  return differences
+}
+
 // ---------------------------------------------------------------------------------------------
 // Verification
 // ---------------------------------------------------------------------------------------------
@@ -845,6 +909,11 @@ export interface Verification {
   examples: { missing: string[]; duplicated: string[]; wrong: string[] }
   /** Output partitions whose last stable offset stays below the end: a transaction left open. */
   hanging: string[]
+  /**
+   * Committed output records on which kafkajs and librdkafka (read_committed both) disagree: the
+   * comparison rests on kafkajs' reads, so an independent client checks them.
+   */
+  readersDisagree: string[]
   inputMessages: number
   inputSamples: number
   lateSamples: number
@@ -926,9 +995,11 @@ export async function verify(
   }
 
   const comparison = compareOutput(expected, outputRecords)
+  const independent = await readCommittedWithLibrdkafka(brokers, outputTopic)
   return {
     ...comparison,
     hanging: open.hanging,
+    readersDisagree: readersDisagree(outputRecords, independent),
     inputMessages: input.length,
     inputSamples: perPartition.reduce((n, s) => n + s.length, 0),
     lateSamples: reference.late,
@@ -1566,7 +1637,11 @@ export class ChaosHarness {
       })
       const c = verification.counts
       passed =
-        c.missing === 0 && c.duplicated === 0 && c.wrong === 0 && verification.hanging.length === 0
+        c.missing === 0 &&
+        c.duplicated === 0 &&
+        c.wrong === 0 &&
+        verification.hanging.length === 0 &&
+        verification.readersDisagree.length === 0
       s.note(
         `verified: ${c.windows} windows, ${c.missing} missing, ${c.duplicated} duplicated, ` +
           `${c.wrong} wrong, ${verification.hanging.length} hanging ` +
@@ -1679,6 +1754,12 @@ export function formatResult(r: ScenarioResult): string {
     if (list.length > 0) lines.push(`  ${kind}: ${list.join(' | ')}`)
   }
   lines.push(...v.hanging.map((h) => `  hanging: ${h}`))
+  if (v.readersDisagree.length > 0) {
+    lines.push(
+      `  kafkajs and librdkafka disagree on ${v.readersDisagree.length} committed record(s): ` +
+        v.readersDisagree.slice(0, 5).join(', '),
+    )
+  }
   lines.push(...r.warnings.map((w) => `  warning: ${w}`))
   if (!r.passed) lines.push(`  logs: ${r.logDir}`, r.excerpts)
   return lines.join('\n')

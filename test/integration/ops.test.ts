@@ -314,12 +314,18 @@ describe('graceful shutdown of kwa run', () => {
       expect(stopped, report).toMatchObject({ cause: 'sigterm', code: 0, signal: null })
       expect(stopped.ms).toBeLessThan(shutdownTimeoutMs)
       expect(takenOver, 'the second replica owns every partition').toBe(true)
-      const { counts, hanging } = result.verification
+      const { counts, hanging, readersDisagree } = result.verification
       expect(counts.windows, report).toBeGreaterThan(200)
       expect(
-        { missing: counts.missing, duplicated: counts.duplicated, wrong: counts.wrong, hanging },
+        {
+          missing: counts.missing,
+          duplicated: counts.duplicated,
+          wrong: counts.wrong,
+          hanging,
+          readersDisagree,
+        },
         report,
-      ).toEqual({ missing: 0, duplicated: 0, wrong: 0, hanging: [] })
+      ).toEqual({ missing: 0, duplicated: 0, wrong: 0, hanging: [], readersDisagree: [] })
     } finally {
       await harness.close()
     }
