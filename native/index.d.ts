@@ -87,6 +87,14 @@ export declare class PartitionAggregator {
    * message columns.
    */
   ingestAvro(program: Uint32Array, values: Uint8Array, bounds: Uint32Array, bodyStarts: Uint32Array, roots: Uint32Array, offsets: Float64Array, maxSamples: number, maxEventTime?: number | null): AvroIngestResult
+  /**
+   * With coalesceChanges: the state of every window created or updated
+   * since the last call (or the restore) that is still open, ordered like
+   * IngestResult.changes; forgets them. Empty otherwise. Upserting them and
+   * deleting the windows closed since the last call keeps a changelog
+   * equal to snapshot().
+   */
+  takeChanges(): WindowStates
   /** The state of every open window, ordered by windowStart, then series key. */
   snapshot(): WindowStates
   /**
@@ -146,6 +154,14 @@ export interface AggregatorConfig {
    * or updated that is still open), e.g. to write a changelog. Default false.
    */
   trackChanges?: boolean
+  /**
+   * Coalesce changes across batches instead (overrides trackChanges):
+   * IngestResult.changes is null and takeChanges() returns every window
+   * created or updated since its last call that is still open, once, so a
+   * window touched by many batches is written to a changelog once per
+   * commit. Default false.
+   */
+  coalesceChanges?: boolean
   /**
    * Samples stamped before this (epoch ms) are rejected with reason 2, like
    * other invalid timestamps: e.g. 946684800000 refuses anything before the

@@ -42,6 +42,12 @@ pub struct AggregatorConfig {
     /// Report IngestResult.changes (the state of every window a batch created
     /// or updated that is still open), e.g. to write a changelog. Default false.
     pub track_changes: Option<bool>,
+    /// Coalesce changes across batches instead (overrides trackChanges):
+    /// IngestResult.changes is null and takeChanges() returns every window
+    /// created or updated since its last call that is still open, once, so a
+    /// window touched by many batches is written to a changelog once per
+    /// commit. Default false.
+    pub coalesce_changes: Option<bool>,
     /// Samples stamped before this (epoch ms) are rejected with reason 2, like
     /// other invalid timestamps: e.g. 946684800000 refuses anything before the
     /// year 2000. An integer >= 0; default 0.
@@ -279,7 +285,8 @@ impl PartitionAggregator {
         .map_err(map_error)?;
         let aggregator = Aggregator::restored(spec, stream_time)
             .with_limits(limits)
-            .with_change_tracking(config.track_changes.unwrap_or(false));
+            .with_change_tracking(config.track_changes.unwrap_or(false))
+            .with_coalesced_changes(config.coalesce_changes.unwrap_or(false));
         Ok(Self {
             inner: Some(aggregator),
         })
@@ -525,6 +532,16 @@ impl PartitionAggregator {
             late_samples,
             rejected_samples,
         })
+    }
+
+    /// With coalesceChanges: the state of every window created or updated
+    /// since the last call (or the restore) that is still open, ordered like
+    /// IngestResult.changes; forgets them. Empty otherwise. Upserting them and
+    /// deleting the windows closed since the last call keeps a changelog
+    /// equal to snapshot().
+    #[napi]
+    pub fn take_changes(&mut self) -> Result<WindowStates> {
+        Ok(self.live_mut()?.take_changes().into())
     }
 
     /// The state of every open window, ordered by windowStart, then series key.

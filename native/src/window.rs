@@ -1008,6 +1008,9 @@ pub struct Aggregator {
     limits: Limits,
     /// Whether [`IngestOutcome::changes`] is reported.
     track_changes: bool,
+    /// Coalesced change tracking: windows touched since the last
+    /// [`Aggregator::take_changes`], as (start, key id); `None` when off.
+    pending_changes: Option<FxHashSet<(i64, u32)>>,
 }
 
 impl Aggregator {
@@ -1030,6 +1033,7 @@ impl Aggregator {
             rejected_by_reason: [0; Rejection::SLOTS],
             limits: Limits::default(),
             track_changes: false,
+            pending_changes: None,
         }
     }
 
@@ -1048,6 +1052,30 @@ impl Aggregator {
     pub fn with_change_tracking(mut self, on: bool) -> Self {
         self.track_changes = on;
         self
+    }
+
+    /// Turns coalesced change tracking on or off (off by default): batches
+    /// then report no `changes`; instead [`Aggregator::take_changes`] returns
+    /// every window created or updated since its last call that is still
+    /// open, once. A window touched by many batches between two calls is
+    /// written to the changelog once (see the module docs).
+    pub fn with_coalesced_changes(mut self, on: bool) -> Self {
+        self.pending_changes = on.then(FxHashSet::default);
+        self
+    }
+
+    /// With coalesced change tracking: the state of every window created or
+    /// updated since the last call (or the restore) that is still open, in
+    /// the order of [`IngestOutcome::changes`]; forgets them. Empty when
+    /// coalescing is off.
+    pub fn take_changes(&mut self) -> WindowStates {
+        match self.pending_changes.as_mut() {
+            None => WindowStates::default(),
+            Some(pending) => {
+                let touched = std::mem::take(pending);
+                self.touched_states(touched)
+            }
+        }
     }
 
     pub fn stream_time(&self) -> Option<i64> {
@@ -1204,8 +1232,11 @@ impl Aggregator {
 
         let mut out = IngestOutcome::default();
         // (window start, key id) of every aggregate created or updated, once each.
-        let mut touched: Option<FxHashSet<(i64, u32)>> =
-            self.track_changes.then(FxHashSet::default);
+        // Coalescing, they accumulate across batches until take_changes.
+        let mut touched: Option<FxHashSet<(i64, u32)>> = match self.pending_changes.as_mut() {
+            Some(pending) => Some(std::mem::take(pending)),
+            None => self.track_changes.then(FxHashSet::default),
+        };
         let samples = key_index.iter().zip(timestamps).zip(values).zip(offsets);
         for (i, (((&key, &ts), &value), &offset)) in (0u32..).zip(samples) {
             let checked = checks
@@ -1265,7 +1296,10 @@ impl Aggregator {
         if let Some(stream_time) = self.stream_time {
             self.close_windows(stream_time - self.spec.grace, &mut out.closed);
         }
-        out.changes = touched.map(|touched| self.touched_states(touched));
+        match (&mut self.pending_changes, touched) {
+            (Some(pending), Some(touched)) => *pending = touched,
+            (_, touched) => out.changes = touched.map(|touched| self.touched_states(touched)),
+        }
         self.sweep_keys();
         Ok(out)
     }
@@ -1453,6 +1487,10 @@ impl Aggregator {
         self.first_offsets = first_offsets;
         self.open_count = len;
         self.stream_time = stream_time;
+        if let Some(pending) = self.pending_changes.as_mut() {
+            // What is restored is what the changelog holds already.
+            pending.clear();
+        }
         Ok(())
     }
 
@@ -1552,6 +1590,16 @@ impl Aggregator {
             let remap = self.keys.compact();
             for window in self.windows.values_mut() {
                 window.remap(&remap);
+            }
+            if let Some(pending) = self.pending_changes.as_mut() {
+                // A released key's windows have all closed: its changes are moot.
+                *pending = pending
+                    .drain()
+                    .filter_map(|(start, id)| {
+                        let id = remap[id as usize];
+                        (id != FREE).then_some((start, id))
+                    })
+                    .collect();
             }
         }
     }
@@ -2385,6 +2433,67 @@ mod tests {
             }
             assert!(agg.stats().late_total > 0 && agg.stats().open_windows > 0);
         }
+    }
+
+    #[test]
+    fn coalesced_changes_compact_to_the_snapshot() {
+        for (n, (size, advance, grace)) in GEOMETRIES.into_iter().enumerate() {
+            let (keys, batches) = random_batches(50 + n as u64, 12, 300);
+            let mut agg = Aggregator::new(spec(size, advance, grace)).with_coalesced_changes(true);
+            let mut per_batch = tracked(size, advance, grace);
+            let mut mirror = BTreeMap::new();
+            let mut closed: Vec<(i64, String)> = Vec::new();
+            let mut written = 0;
+            for (b, batch) in batches.iter().enumerate() {
+                let out = ingest(&mut agg, &keys, batch);
+                assert_eq!(out.changes, None);
+                // Coalescing changes what is reported, never a decision or a result.
+                let reference = ingest(&mut per_batch, &keys, batch);
+                assert_eq!(out.closed, reference.closed);
+                assert_eq!(out.late_indexes, reference.late_indexes);
+                closed.extend((0..out.closed.len()).map(|i| {
+                    (
+                        out.closed.window_start[i] as i64,
+                        out.closed.series_keys[i].clone(),
+                    )
+                }));
+                if b % 7 == 3 || b + 1 == batches.len() {
+                    let changes = agg.take_changes();
+                    written += changes.len();
+                    let taken = IngestOutcome {
+                        changes: Some(changes),
+                        ..IngestOutcome::default()
+                    };
+                    apply(&mut mirror, &taken);
+                    for id in closed.drain(..) {
+                        assert!(
+                            !mirror_of(taken.changes.as_ref().expect("set")).contains_key(&id),
+                            "{id:?} is both changed and closed"
+                        );
+                        mirror.remove(&id);
+                    }
+                    assert_eq!(mirror, mirror_of(&agg.snapshot()));
+                    assert_eq!(agg.take_changes(), WindowStates::default());
+                }
+            }
+            // Each window is written at most once per take, not once per batch.
+            assert!(written < batches.len() * 12, "{written} rows written");
+        }
+    }
+
+    #[test]
+    fn a_restore_forgets_coalesced_changes() {
+        let mut agg = Aggregator::new(spec(10.0, None, None)).with_coalesced_changes(true);
+        ingest(&mut agg, &["a"], &[(0, 1.0, 1.0)]);
+        let snapshot = agg.snapshot();
+        let mut copy = Aggregator::new(spec(10.0, None, None)).with_coalesced_changes(true);
+        copy.restore(snapshot.view(), Some(1.0)).expect("valid");
+        assert_eq!(copy.take_changes(), WindowStates::default());
+        ingest(&mut copy, &["a"], &[(0, 2.0, 3.0)]);
+        assert_eq!(
+            state_rows(&copy.take_changes()),
+            [("a", 0.0, 2.0, 4.0, 0.0, 0.0)]
+        );
     }
 
     #[test]
