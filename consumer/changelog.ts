@@ -41,13 +41,17 @@ function windowKey(start: number, seriesKey: string): Buffer {
   return key
 }
 
+/** Windows that closed: their start and series key (a `ClosedWindows`, or a part of one). */
+export type ClosedKeys = Pick<ClosedWindows, 'windowStart' | 'seriesKeys'>
+
 /**
- * Records for what a batch changed: open windows it touched, tombstones, and the position (stream
- * time and the next input offset, the same offset the transaction commits for the group).
+ * Records for what a transaction changed: the open windows its batches touched (once each),
+ * tombstones for the windows they closed, and the position (stream time and the next input
+ * offset, the same offset the transaction commits for the group).
  */
 export function changelogRecords(
   changes: WindowStates | null,
-  closed: ClosedWindows | null,
+  closed: ClosedKeys | readonly ClosedKeys[] | null,
   streamTime: number | null,
   partition: number,
   nextOffset: number,
@@ -68,12 +72,15 @@ export function changelogRecords(
       partition,
     })
   }
-  for (let i = 0; closed !== null && i < closed.seriesKeys.length; i++) {
-    records.push({
-      key: windowKey(closed.windowStart[i] as number, closed.seriesKeys[i] as string),
-      value: null,
-      partition,
-    })
+  const closedLists = closed === null ? [] : Array.isArray(closed) ? closed : [closed]
+  for (const list of closedLists as readonly ClosedKeys[]) {
+    for (let i = 0; i < list.seriesKeys.length; i++) {
+      records.push({
+        key: windowKey(list.windowStart[i] as number, list.seriesKeys[i] as string),
+        value: null,
+        partition,
+      })
+    }
   }
   const value = Buffer.allocUnsafe(17)
   value[0] = positionVersion
@@ -94,6 +101,8 @@ export interface RestoredState {
   nextOffset: string | null
   /** Changelog records read. */
   records: number
+  /** The changelog partition's end offset the restore read up to (set by ChangelogReader). */
+  endOffset?: bigint
 }
 
 export class ChangelogError extends KwaError {}
@@ -140,7 +149,19 @@ export class ChangelogState {
     this.streamTime = readVersioned(value, 9).readDoubleLE(1)
   }
 
-  toRestoredState(): RestoredState {
+  /**
+   * The folded state. With `closedBefore` (the restored stream time minus grace), windows with
+   * `start + sizeMs <= closedBefore` are left out: they had closed, and only the compaction of
+   * their tombstone while this restore read the partition (after delete.retention.ms) let their
+   * last update through.
+   */
+  toRestoredState(window?: { sizeMs: number; graceMs: number }): RestoredState {
+    if (window !== undefined && this.streamTime !== null) {
+      const closeTime = this.streamTime - window.graceMs
+      for (const [id, { start }] of this.windows) {
+        if (start + window.sizeMs <= closeTime) this.windows.delete(id)
+      }
+    }
     const n = this.windows.size
     const states: WindowStates = {
       seriesKeys: new Array<string>(n),
@@ -318,21 +339,22 @@ export class ChangelogReader {
     return error
   }
 
-  private reads: Promise<unknown> = Promise.resolve()
-
   /**
-   * The latest state of one changelog partition (read_committed, up to its last stable offset).
-   * Reads run one at a time, so the shared consumer seeks and resumes one partition at a time.
+   * The latest state of one changelog partition (read_committed, up to its last stable offset),
+   * without the windows that `window` says had closed at its stream time. Restores of different
+   * partitions run at once: the shared consumer fetches every partition being restored.
    */
-  restore(partition: number, timeoutMs = RESTORE_READ_TIMEOUT_MS): Promise<RestoredState> {
-    const read = () => this.read(partition, timeoutMs)
-    const next = this.reads.then(read, read)
-    this.reads = next.catch(() => undefined)
-    return next
+  async restore(
+    partition: number,
+    timeoutMs = RESTORE_READ_TIMEOUT_MS,
+    window?: { sizeMs: number; graceMs: number },
+  ): Promise<RestoredState> {
+    const { state, endOffset } = await this.read(partition, timeoutMs)
+    return { ...state.toRestoredState(window), endOffset }
   }
 
-  private async read(partition: number, timeoutMs: number): Promise<RestoredState> {
-    this.throwIfDead()
+  /** A changelog partition's log start and end offsets (retried within the fetch bound). */
+  async offsets(partition: number): Promise<{ low: bigint; high: bigint }> {
     const offsets = await retryWithBackoff(() => this.admin.fetchTopicOffsets(this.topic), {
       what: `fetching the end offsets of changelog ${this.topic}`,
       boundMs: this.options.fetchRetryBoundMs ?? RESTORE_FETCH_RETRY_BOUND_MS,
@@ -342,9 +364,19 @@ export class ChangelogReader {
     const entry = offsets.find((o) => o.partition === partition)
     if (entry === undefined)
       throw new KwaError(`changelog ${this.topic} has no partition ${partition}`)
+    return { low: BigInt(entry.low), high: BigInt(entry.high) }
+  }
+
+  private async read(
+    partition: number,
+    timeoutMs: number,
+  ): Promise<{ state: ChangelogState; endOffset: bigint }> {
+    if (this.pending.has(partition))
+      throw new KwaError(`changelog ${this.topic}[${partition}] is being restored already`)
+    this.throwIfDead()
+    const { low, high: endOffset } = await this.offsets(partition)
     const state = new ChangelogState()
-    const endOffset = BigInt(entry.high)
-    if (endOffset <= BigInt(entry.low)) return state.toRestoredState()
+    if (endOffset <= low) return { state, endOffset }
     // It may have died while the offsets were fetched: nothing would ever finish this read.
     this.throwIfDead()
     const done = new Promise<void>((resolve, reject) => {
@@ -360,7 +392,7 @@ export class ChangelogReader {
     )
     try {
       try {
-        this.consumer.seek({ topic: this.topic, partition, offset: entry.low })
+        this.consumer.seek({ topic: this.topic, partition, offset: String(low) })
         this.consumer.resume([{ topic: this.topic, partitions: [partition] }])
       } catch (error) {
         // No consumer group between a crash and kafkajs' restart: the next attempt may work.
@@ -375,10 +407,10 @@ export class ChangelogReader {
       this.pauseQuietly(partition)
     }
     this.log.debug(
-      { topic: this.topic, partition, offset: entry.low, records: state.records },
+      { topic: this.topic, partition, offset: String(low), records: state.records },
       'changelog read',
     )
-    return state.toRestoredState()
+    return { state, endOffset }
   }
 
   private throwIfDead(): void {

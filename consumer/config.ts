@@ -26,13 +26,15 @@ export function parseDuration(text: string): number | undefined {
   return Number.isSafeInteger(ms) ? ms : undefined
 }
 
-const duration = (what: { min: number }) =>
+const duration = (what: { min: number; max?: number }) =>
   z.string().transform((text, ctx) => {
     const ms = parseDuration(text)
-    if (ms === undefined || ms < what.min) {
+    const max = what.max ?? Number.MAX_SAFE_INTEGER
+    if (ms === undefined || ms < what.min || ms > max) {
+      const range = what.max === undefined ? `at least ${what.min}` : `${what.min} to ${max}`
       ctx.addIssue({
         code: 'custom',
-        message: `expected a duration like 500ms, 10s, 5m, 1h (at least ${what.min} ms), got "${text}"`,
+        message: `expected a duration like 500ms, 10s, 5m, 1h (${range} ms), got "${text}"`,
       })
       return z.NEVER
     }
@@ -336,6 +338,15 @@ export const optionSpecs = {
     description: 'consumer group session timeout',
     default: '30s',
     schema: duration({ min: 1000 }),
+  }),
+  commitInterval: spec({
+    flags: '--commit-interval <duration>',
+    env: 'KWA_COMMIT_INTERVAL',
+    description:
+      'exactly-once: how long a partition gathers batches into one transaction; a window updated ' +
+      'by many batches is written to the changelog once per interval (results wait up to this long)',
+    default: '1s',
+    schema: duration({ min: 0, max: 60_000 }),
   }),
   concurrency: spec({
     flags: '--concurrency <n>',

@@ -1,5 +1,10 @@
 import type { KafkaMessage, Message } from 'kafkajs'
-import { changelogRecords, type ChangelogRecord, type RestoredState } from './changelog'
+import {
+  changelogRecords,
+  type ChangelogRecord,
+  type ClosedKeys,
+  type RestoredState,
+} from './changelog'
 import { encodeCheckpoint, type Checkpoint } from './checkpoint'
 import {
   lateSampleRecord,
@@ -15,7 +20,6 @@ import {
   type ClosedWindows,
   type IngestResult,
   type SampleRows,
-  type WindowStates,
 } from './native'
 import { TelemetryDecoder } from './decode'
 import { encodeWindowAggregate, type Sample, type TelemetryBatch } from './schemas'
@@ -96,8 +100,6 @@ export interface BatchOutcome {
   late: Message[]
   /** At least once: commit this offset with this metadata once `results` are published. */
   commit: { offset: string; metadata: string }
-  /** Exactly once: the state changes to write to the changelog with the results. */
-  changelog: ChangelogRecord[]
   /** Rejected samples by reason code (counts.rejected in all). */
   rejectedByReason: Map<number, number>
   lastOffset: string
@@ -110,7 +112,10 @@ export interface BatchOutcome {
 export type PipelineStart =
   /** At least once: replay from the committed offset with this checkpoint (null: fresh). */
   | { checkpoint: Checkpoint | null }
-  /** Exactly once: the state read from the changelog; changes are tracked for it. */
+  /**
+   * Exactly once: the state read from the changelog. Changes are gathered for it across batches
+   * until `takeChangelog`.
+   */
   | { restored: RestoredState }
 
 interface DecodedMessage {
@@ -329,6 +334,9 @@ export class PartitionPipeline {
   private freed = false
 
   private readonly trackChanges: boolean
+  private lastPosition: number | undefined
+  /** Windows closed since the last takeChangelog: tombstones to write. */
+  private closedSinceTake: ClosedKeys[] = []
   private readonly decoder: TelemetryDecoder
   private readonly window: WindowConfig
 
@@ -348,7 +356,7 @@ export class PartitionPipeline {
       advanceMs: this.window.advanceMs,
       graceMs: this.window.graceMs,
       streamTime: checkpoint?.streamTime ?? undefined,
-      trackChanges: this.trackChanges,
+      coalesceChanges: this.trackChanges,
       minEventTimeMs: options.minEventTimeMs,
       maxKeyBytes: options.maxKeyBytes,
       maxOpenWindows: options.maxOpenWindows,
@@ -370,7 +378,6 @@ export class PartitionPipeline {
     if (replay.length > 0) counts.replayed = this.ingest(replay, null).samples
 
     let results: OutputRecord[] = []
-    let changes: { states: WindowStates; closed: ClosedWindows } | undefined
     let late: Message[] = []
     const rejectedByReason = new Map<number, number>()
     if (live.length > 0) {
@@ -396,39 +403,55 @@ export class PartitionPipeline {
       counts.windowsClosed = result.closed.seriesKeys.length
       this.logDropped(ingested)
       results = encodeClosedWindows(result.closed)
-      if (this.trackChanges && result.changes)
-        changes = { states: result.changes, closed: result.closed }
+      if (this.trackChanges && result.closed.seriesKeys.length > 0)
+        this.closedSinceTake.push(result.closed)
       deadLetters.push(...this.rejectedRecords(ingested))
       if (this.options.routeLate === true) late = this.lateRecords(ingested)
     }
 
     const last = messages[messages.length - 1]
     const lastOffset = last === undefined ? String(this.processedUpTo - 1) : last.offset
+    if (last !== undefined) this.lastPosition = Number(last.offset) + 1
     this.processedUpTo = Math.max(this.processedUpTo, Number(lastOffset) + 1)
     const low = this.aggregator.lowWatermark
     const commitOffset = low === null ? this.processedUpTo : Math.min(low, this.processedUpTo)
     const checkpoint = { streamTime: this.aggregator.streamTime, processedUpTo: this.processedUpTo }
-    // Every transaction records its position in the changelog, whatever the batch held.
-    const changelog: ChangelogRecord[] = this.trackChanges
-      ? changelogRecords(
-          changes?.states ?? null,
-          changes?.closed ?? null,
-          this.aggregator.streamTime,
-          this.partition,
-          this.processedUpTo,
-        )
-      : []
     return {
       results,
       deadLetters,
       late,
       commit: { offset: String(commitOffset), metadata: encodeCheckpoint(checkpoint) },
-      changelog,
       rejectedByReason,
       lastOffset,
       nextOffset: String(this.processedUpTo),
       counts,
     }
+  }
+
+  /**
+   * Exactly once: the changelog records of everything processed since the last call, for the
+   * transaction that commits it: every window touched and still open (once, however many batches
+   * touched it), tombstones of the windows closed, and the position (stream time, next offset).
+   * Every transaction records its position, whatever its batches held.
+   */
+  takeChangelog(): ChangelogRecord[] {
+    const closed = this.closedSinceTake
+    this.closedSinceTake = []
+    return changelogRecords(
+      this.aggregator.takeChanges(),
+      closed,
+      this.aggregator.streamTime,
+      this.partition,
+      this.processedUpTo,
+    )
+  }
+
+  /**
+   * The offset after the last record this pipeline processed (replayed or not): where its state
+   * resumes. Undefined before its first batch (a restored state resumes where it was restored).
+   */
+  get position(): string | undefined {
+    return this.lastPosition === undefined ? undefined : String(this.lastPosition)
   }
 
   get stats(): AggregatorStats {

@@ -1,6 +1,7 @@
 import type { Admin, Consumer, EachBatchPayload, Kafka, Message, Producer } from 'kafkajs'
-import { Partitioners } from 'kafkajs'
-import { ChangelogReader, RESTORE_READ_TIMEOUT_MS } from './changelog'
+import { PartitionAssigners, Partitioners } from 'kafkajs'
+import { stickyAssigner } from './assigner'
+import { ChangelogReader, RESTORE_READ_TIMEOUT_MS, type ChangelogRecord } from './changelog'
 import { TelemetryDecoder, type TelemetryDecoderOptions } from './decode'
 import { isPoisonMessageError, KwaError } from './errors'
 import { rejectionReason, rejectionReasons } from './dead-letter'
@@ -34,6 +35,12 @@ export interface ServiceConfig {
   outputTopic: string
   window: WindowConfig
   sessionTimeoutMs: number
+  /**
+   * Exactly once: how long a partition gathers batches into one transaction (default 1000 ms;
+   * 0: a transaction per batch). A window updated by many batches is written to the changelog once
+   * per transaction; results are published when it commits.
+   */
+  commitIntervalMs?: number
   /** Partitions whose batches are processed at once (default 8). */
   concurrency?: number
   /** Default exactly-once. */
@@ -119,14 +126,42 @@ interface OwnedPartition {
   pipeline: PartitionPipeline
   /** Exactly once: this partition's transactional producer. */
   transactor?: PartitionTransactor
-  /** The group generation this pipeline was restored in. */
+  /** The group generation this state was restored, or proven current, in. */
   generation: number
   /**
-   * Restored right after a join, before any batch: the committed offset it was restored at. The
-   * first batch must start there (else it is restored again, the usual way).
+   * Restored (or kept) right after a join, before any batch: the offset its state resumes at. The
+   * first batch must start there (else the partition is sought there).
    */
   expectedOffset?: string
+  /** Exactly once: batches processed but not committed yet (one transaction per interval). */
+  pending?: PendingCommit
+  /**
+   * Exactly once: the changelog partition's end offset after this replica's last transaction (or
+   * its restore). Unchanged after a fence at the next generation, it proves that nobody committed
+   * since: the state in memory is what is committed.
+   */
+  changelogEnd?: bigint
+  /** At least once: the offset and checkpoint this replica committed last (or restored at). */
+  lastCommit?: { offset: string; metadata: string }
 }
+
+/** Exactly once: what the batches since the last transaction publish, and what they did. */
+interface PendingCommit {
+  results: Message[]
+  deadLetters: Message[]
+  late: Message[]
+  nextOffset: string
+  counts: BatchCounts
+  rejectedByReason: Map<number, number>
+  batches: number
+  /** When its first batch was processed (Date.now()). */
+  since: number
+}
+
+/** More pending output than this commits at once, whatever the interval. */
+const MAX_PENDING_RECORDS = 100_000
+/** Partitions restored at once after a join. */
+const RESTORE_CONCURRENCY = 8
 
 /**
  * Where a restored partition resumes. Exactly once, the changelog's position is the truth: it
@@ -203,8 +238,11 @@ export class AggregatorService {
   private readonly lag = new Map<number, number>()
   /** Restores of the partitions assigned at the last join (so readiness never waits on input). */
   private warmup: Promise<void> | undefined
-  /** Per partition, the restore in progress: one at a time, batch or warm-up. */
+  /** Per partition, the work in progress (batch, restore or commit): one at a time. */
   private readonly restoring = new Map<number, Promise<unknown>>()
+  /** Exactly once: commits the partitions whose commit interval has elapsed. */
+  private commitTimer: NodeJS.Timeout | undefined
+  private readonly commitIntervalMs: number
 
   constructor(
     private readonly config: ServiceConfig,
@@ -214,6 +252,7 @@ export class AggregatorService {
     this.delivery = config.delivery ?? 'exactly-once'
     this.changelogTopic = config.changelogTopic ?? defaultChangelogTopic(config.groupId)
     this.deadLetterTopic = config.deadLetterTopic ?? defaultDeadLetterTopic(config.inputTopic)
+    this.commitIntervalMs = config.commitIntervalMs ?? 1000
     this.decoder = new TelemetryDecoder(config.decoding)
     this.pipelineOptions = {
       window: config.window,
@@ -242,6 +281,12 @@ export class AggregatorService {
       maxWaitTimeInMs: 500,
       allowAutoTopicCreation: false,
       readUncommitted: false,
+      // Sticky: a rebalance moves only the partitions it must, and the others keep their state.
+      // Round robin stays as a fallback the whole group can agree on during an upgrade.
+      partitionAssigners: [
+        stickyAssigner(() => ({ [config.inputTopic]: [...this.owned.keys()] })),
+        PartitionAssigners.roundRobin,
+      ],
     })
     this.producer = this.kafka.producer({
       allowAutoTopicCreation: false,
@@ -336,6 +381,7 @@ export class AggregatorService {
         deadLetter: this.deadLetterTopic,
         late: this.config.lateTopic,
         changelog: this.delivery === 'exactly-once' ? this.changelogTopic : undefined,
+        window: this.config.window,
       },
       {
         create: this.config.createTopics ?? true,
@@ -359,6 +405,8 @@ export class AggregatorService {
     })
     this.consumer.on(this.consumer.events.REBALANCING, () => {
       this.rebalancing = true
+      // Commit what is pending now: a partition that moves hands over all it processed.
+      void this.commitAll()
     })
     this.consumer.on(this.consumer.events.CRASH, ({ payload }) => {
       if (payload.restart) {
@@ -379,6 +427,13 @@ export class AggregatorService {
       partitionsConsumedConcurrently: this.config.concurrency ?? 8,
       eachBatch: (payload) => this.handleBatch(payload),
     })
+    if (this.delivery === 'exactly-once') {
+      this.commitTimer = setInterval(
+        () => this.commitDue(),
+        Math.max(20, Math.min(250, this.commitIntervalMs / 4)),
+      )
+      this.commitTimer.unref()
+    }
     const interval = this.config.statsIntervalMs ?? 10_000
     if (interval > 0) {
       this.statsTimer = setInterval(() => this.logStats(), interval)
@@ -412,9 +467,16 @@ export class AggregatorService {
         'stopping: finishing the batch in flight, then leaving the group',
       )
       clearInterval(this.statsTimer)
+      clearInterval(this.commitTimer)
+      // Commits what is pending (and each batch from now on at once), so the next owner resumes
+      // where this replica stopped.
+      this.shutdownStep = 'committing pending transactions'
+      await this.commitAll()
       // Stops fetching, waits for the batch in flight (published and committed), sends LeaveGroup.
       this.shutdownStep = 'finishing the batch in flight and leaving the group'
       await this.consumer.disconnect()
+      this.shutdownStep = 'committing pending transactions'
+      await this.commitAll()
       // Aborts a warm-up restore still reading the changelog, then frees what it restored.
       this.shutdownStep = 'stopping the changelog reader'
       await this.changelog?.stop()
@@ -515,31 +577,36 @@ export class AggregatorService {
   }
 
   /**
-   * Restores every partition assigned at a join right away, one after the other, so that the
-   * replica is ready (and its first batches fast) without waiting for input. A failure here is
-   * only logged: the partition's next batch restores it the usual way.
+   * Right after a join, makes every assigned partition's state current: kept when it is proven
+   * to be what is committed, restored otherwise; several partitions at once, so that the replica
+   * is ready (and its first batches fast) without waiting for input. A failure here is only
+   * logged: the partition's next batch restores it the usual way.
    */
   private async restoreAssigned(generation: number): Promise<void> {
-    for (const partition of this.assigned) {
-      if (generation !== this.generation || this.stopping !== undefined) return
-      try {
-        await this.exclusive(partition, () => this.ownedPartition(partition, undefined))
-      } catch (error) {
-        if (this.stopping !== undefined) return
-        if (isBrokerRetriesExhausted(error)) {
-          this.log.fatal(
+    const queue = [...this.assigned]
+    const worker = async (): Promise<void> => {
+      for (let partition = queue.shift(); partition !== undefined; partition = queue.shift()) {
+        if (generation !== this.generation || this.stopping !== undefined) return
+        try {
+          await this.exclusive(partition, () => this.ownedPartition(partition, undefined))
+        } catch (error) {
+          if (this.stopping !== undefined) return
+          if (isBrokerRetriesExhausted(error)) {
+            this.log.fatal(
+              { topic: this.config.inputTopic, partition, err: error },
+              'restore after join gave up on the broker; failing',
+            )
+            this.fail(error)
+            return
+          }
+          this.log.info(
             { topic: this.config.inputTopic, partition, err: error },
-            'restore after join gave up on the broker; failing',
+            'restore after join failed; the next batch restores the partition',
           )
-          this.fail(error)
-          return
         }
-        this.log.info(
-          { topic: this.config.inputTopic, partition, err: error },
-          'restore after join failed; the next batch restores the partition',
-        )
       }
     }
+    await Promise.all(Array.from({ length: RESTORE_CONCURRENCY }, worker))
   }
 
   /** Runs `restore` after any other restore of the same partition (batch or warm-up). */
@@ -557,21 +624,37 @@ export class AggregatorService {
   private async handleBatch(payload: EachBatchPayload): Promise<void> {
     const { batch } = payload
     if (!payload.isRunning() || payload.isStale() || batch.isEmpty()) return
+    const lastOffset = await this.exclusive(batch.partition, () => this.processBatch(batch))
+    if (lastOffset === undefined) return
+    payload.resolveOffset(lastOffset)
+    await payload.heartbeat()
+  }
+
+  /**
+   * consume → decode → aggregate → publish → commit, for one batch; returns its last offset, or
+   * undefined when it is not processed (see ownedPartition) or failed for good. Exactly once, the
+   * batch joins the partition's pending transaction, which commits once the commit interval has
+   * elapsed (here or by the commit timer), at once while stopping or rebalancing.
+   */
+  private async processBatch(batch: EachBatchPayload['batch']): Promise<string | undefined> {
     const firstOffset = batch.firstOffset() ?? '0'
-    const owned = await this.exclusive(batch.partition, () =>
-      this.ownedPartition(batch.partition, firstOffset),
-    )
-    if (owned === undefined) return
+    const owned = await this.ownedPartition(batch.partition, firstOffset)
+    if (owned === undefined) return undefined
     const stopTimer = this.metrics.batchDuration.startTimer()
     // Fetches unknown writer schemas; a registry outage fails the batch, to be retried.
     await this.decoder.prepare(batch.messages.map((m) => m.value))
     try {
       const outcome = owned.pipeline.process(batch.messages)
-      if (owned.transactor === undefined) await this.publishThenCommit(batch.partition, outcome)
-      else await this.commitTransaction(owned.transactor, batch.partition, outcome)
-      payload.resolveOffset(outcome.lastOffset)
-      addCounts(this.totals, outcome.counts)
-      this.recordBatch(batch.highWatermark, batch.partition, outcome)
+      if (owned.transactor === undefined) {
+        await this.publishThenCommit(batch.partition, outcome)
+        owned.lastCommit = outcome.commit
+        addCounts(this.totals, outcome.counts)
+        this.recordCommitted(outcome.counts, outcome.rejectedByReason, 1)
+      } else {
+        this.addPending(owned, outcome)
+        if (this.commitIsDue(owned)) await this.commitPending(batch.partition, owned)
+      }
+      this.recordLag(batch.highWatermark, batch.partition, outcome.nextOffset)
       const seconds = stopTimer()
       this.log.debug(
         {
@@ -582,39 +665,132 @@ export class AggregatorService {
           ...outcome.counts,
           ms: Math.round(seconds * 1000),
         },
-        'batch committed',
+        owned.pending === undefined ? 'batch committed' : 'batch processed',
       )
+      return outcome.lastOffset
     } catch (error) {
-      // State now runs ahead of what is committed: drop it, restore on the next batch.
-      void this.release(batch.partition)
-      if (error instanceof FencedError) this.fenced.add(batch.partition)
-      const where = { topic: batch.topic, partition: batch.partition, offset: batch.firstOffset() }
-      if (isRebalancing(error)) {
-        this.log.info(where, 'rebalance during batch; partition will be restored')
-      } else if (error instanceof FencedError) {
-        this.log.warn({ ...where, err: error }, 'fenced by a newer owner; rejoining the group')
-      } else if (isPoisonMessageError(error)) {
-        this.log.fatal({ ...where, err: error }, 'poison message; stopping (--on-poison fail)')
-        this.consumer.pause([{ topic: this.config.inputTopic }])
-        this.fail(error)
-        return
-      } else if (isBrokerRetriesExhausted(error) || this.failedWith !== undefined) {
-        // Gave up on the broker, or failed meanwhile (e.g. the changelog reader died): the CLI
-        // stops the replica; kafkajs must not judge (and log) the error as a crash of its own.
-        this.log.fatal({ ...where, err: error }, 'batch failed for good; stopping')
-        this.consumer.pause([{ topic: this.config.inputTopic }])
-        this.fail(error instanceof Error ? error : new KwaError(String(error)))
-        return
-      } else {
-        this.log.error({ ...where, err: error }, 'batch failed; partition will be restored')
-      }
-      throw error
+      const where = { topic: batch.topic, partition: batch.partition, offset: firstOffset }
+      if (this.batchFailed(where, error)) throw error
+      return undefined
     }
-    await payload.heartbeat()
+  }
+
+  /**
+   * A batch or a commit failed: the state now runs ahead of what is committed, so it is dropped
+   * (the next batch restores it). Returns whether to throw the error to kafkajs (which then
+   * fetches the partition again); false when the service fails instead.
+   */
+  private batchFailed(
+    where: { topic: string; partition: number; offset?: string },
+    error: unknown,
+  ): boolean {
+    void this.release(where.partition)
+    if (error instanceof FencedError) this.fenced.add(where.partition)
+    if (isRebalancing(error)) {
+      this.log.info(where, 'rebalance during batch; partition will be restored')
+    } else if (error instanceof FencedError) {
+      this.log.warn({ ...where, err: error }, 'fenced by a newer owner; rejoining the group')
+    } else if (isPoisonMessageError(error)) {
+      this.log.fatal({ ...where, err: error }, 'poison message; stopping (--on-poison fail)')
+      this.consumer.pause([{ topic: this.config.inputTopic }])
+      this.fail(error)
+      return false
+    } else if (isBrokerRetriesExhausted(error) || this.failedWith !== undefined) {
+      // Gave up on the broker, or failed meanwhile (e.g. the changelog reader died): the CLI
+      // stops the replica; kafkajs must not judge (and log) the error as a crash of its own.
+      this.log.fatal({ ...where, err: error }, 'batch failed for good; stopping')
+      this.consumer.pause([{ topic: this.config.inputTopic }])
+      this.fail(error instanceof Error ? error : new KwaError(String(error)))
+      return false
+    } else {
+      this.log.error({ ...where, err: error }, 'batch failed; partition will be restored')
+    }
+    return true
+  }
+
+  /** Exactly once: adds a processed batch to the partition's next transaction. */
+  private addPending(owned: OwnedPartition, outcome: BatchOutcome): void {
+    const pending = (owned.pending ??= {
+      results: [] as Message[],
+      deadLetters: [] as Message[],
+      late: [] as Message[],
+      nextOffset: outcome.nextOffset,
+      counts: emptyCounts(),
+      rejectedByReason: new Map(),
+      batches: 0,
+      since: Date.now(),
+    })
+    for (const record of outcome.results) pending.results.push(record)
+    for (const record of outcome.deadLetters) pending.deadLetters.push(record)
+    for (const record of outcome.late) pending.late.push(record)
+    pending.nextOffset = outcome.nextOffset
+    addCounts(pending.counts, outcome.counts)
+    for (const [code, n] of outcome.rejectedByReason)
+      pending.rejectedByReason.set(code, (pending.rejectedByReason.get(code) ?? 0) + n)
+    pending.batches++
+  }
+
+  private commitIsDue(owned: OwnedPartition): boolean {
+    const pending = owned.pending
+    if (pending === undefined) return false
+    return (
+      this.stopping !== undefined ||
+      this.rebalancing ||
+      Date.now() - pending.since >= this.commitIntervalMs ||
+      pending.results.length + pending.deadLetters.length + pending.late.length >=
+        MAX_PENDING_RECORDS
+    )
+  }
+
+  /**
+   * Exactly once: commits the partition's pending batches in one transaction: their results,
+   * dead letters and late records, the changelog records of every window they touched (once),
+   * and the next input offset. On failure the caller drops the partition's state.
+   */
+  private async commitPending(partition: number, owned: OwnedPartition): Promise<void> {
+    const pending = owned.pending
+    const transactor = owned.transactor
+    if (pending === undefined || transactor === undefined) return
+    owned.pending = undefined
+    const changelog = owned.pipeline.takeChangelog()
+    const endOffset = await this.commitTransaction(transactor, partition, pending, changelog)
+    owned.changelogEnd = endOffset
+    addCounts(this.totals, pending.counts)
+    this.recordCommitted(pending.counts, pending.rejectedByReason, pending.batches)
+  }
+
+  /** Commits the partitions whose commit interval has elapsed (the commit timer). */
+  private commitDue(): void {
+    for (const [partition, owned] of this.owned) {
+      if (this.commitIsDue(owned)) void this.commitInBackground(partition)
+    }
+  }
+
+  /** Commits every partition's pending batches now (rebalance, stop). */
+  private async commitAll(): Promise<void> {
+    await Promise.all(
+      [...this.owned]
+        .filter(([, owned]) => owned.pending !== undefined)
+        .map(([partition]) => this.commitInBackground(partition)),
+    )
+  }
+
+  /** Commits a partition's pending batches after the work in progress on it; never throws. */
+  private commitInBackground(partition: number): Promise<void> {
+    return this.exclusive(partition, async () => {
+      const owned = this.owned.get(partition)
+      if (owned?.pending !== undefined) await this.commitPending(partition, owned)
+    }).catch((error: unknown) => {
+      this.batchFailed({ topic: this.config.inputTopic, partition }, error)
+    })
   }
 
   /** Everything a batch publishes, by topic. */
-  private records(outcome: BatchOutcome): { topic: string; messages: Message[] }[] {
+  private records(outcome: {
+    results: Message[]
+    deadLetters: Message[]
+    late: Message[]
+  }): { topic: string; messages: Message[] }[] {
     const records = [
       { topic: this.config.outputTopic, messages: outcome.results },
       { topic: this.deadLetterTopic, messages: outcome.deadLetters },
@@ -640,21 +816,20 @@ export class AggregatorService {
   private async commitTransaction(
     transactor: PartitionTransactor,
     partition: number,
-    outcome: BatchOutcome,
-  ): Promise<void> {
+    pending: PendingCommit,
+    changelog: ChangelogRecord[],
+  ): Promise<bigint | undefined> {
     const crashProbability = this.config.crashAfterSendProbability ?? 0
     const stopTimer = this.metrics.transactionDuration.startTimer()
     const timings = await transactor.commit({
-      records: [
-        ...this.records(outcome),
-        { topic: this.changelogTopic, messages: outcome.changelog },
-      ],
+      records: [...this.records(pending), { topic: this.changelogTopic, messages: changelog }],
       offsets: {
         consumerGroupId: this.config.groupId,
         topic: this.config.inputTopic,
         partition,
-        offset: outcome.nextOffset,
+        offset: pending.nextOffset,
       },
+      track: { topic: this.changelogTopic, partition },
       beforeCommit:
         crashProbability > 0
           ? () => {
@@ -665,22 +840,29 @@ export class AggregatorService {
     })
     stopTimer()
     this.metrics.commitDuration.observe(timings.commitSeconds)
+    return timings.endOffset
   }
 
-  /** The metrics of a committed batch. */
-  private recordBatch(highWatermark: string, partition: number, outcome: BatchOutcome): void {
+  /** The metrics of committed batches. */
+  private recordCommitted(
+    c: BatchCounts,
+    rejectedByReason: Map<number, number>,
+    batches: number,
+  ): void {
     const m = this.metrics
-    const c = outcome.counts
-    m.batches.inc()
+    m.batches.inc(batches)
     m.samplesIn.inc(c.samples)
     m.samplesAggregated.inc(c.aggregated)
     m.samplesLate.inc(c.late)
     m.poisonMessages.inc(c.badMessages)
     m.windowsEmitted.inc(c.windowsClosed)
-    for (const [code, samples] of outcome.rejectedByReason) {
+    for (const [code, samples] of rejectedByReason) {
       m.samplesRejected.inc({ reason: reasonLabel(rejectionReason(code)) }, samples)
     }
-    const lag = BigInt(highWatermark) - BigInt(outcome.nextOffset)
+  }
+
+  private recordLag(highWatermark: string, partition: number, nextOffset: string): void {
+    const lag = BigInt(highWatermark) - BigInt(nextOffset)
     this.lag.set(partition, lag > 0n ? Number(lag) : 0)
   }
 
@@ -695,6 +877,10 @@ export class AggregatorService {
     firstOffset: string | undefined,
   ): Promise<OwnedPartition | undefined> {
     let owned = this.owned.get(partition)
+    if (owned !== undefined && owned.generation !== this.generation) {
+      // Kept across the rebalance (sticky assignment): no restore if it is still what is committed.
+      if (!(await this.keep(partition, owned))) owned = undefined
+    }
     if (owned === undefined || owned.generation !== this.generation) {
       owned = await this.restore(partition)
       if (owned === undefined) return undefined
@@ -728,6 +914,88 @@ export class AggregatorService {
   }
 
   /**
+   * Whether a partition's state in memory, from an earlier generation, is still what is committed,
+   * so that it need not be restored. Exactly once: its pending batches commit, then the partition
+   * is fenced again (a new producer: nothing from an earlier epoch commits after this), and the
+   * changelog's end must be where this replica's last transaction (or restore) left it. Any
+   * transaction of another owner since then, committed or aborted, moved it. (The group's committed
+   * offset proves nothing here: right after a fence it may still be from before the last
+   * transaction, see resumePosition.) At least once: the group's committed offset and checkpoint
+   * must be the ones this replica committed last. Kept, it resumes where it left off.
+   */
+  private async keep(partition: number, owned: OwnedPartition): Promise<boolean> {
+    const where = { topic: this.config.inputTopic, partition }
+    const started = Date.now()
+    let transactor: PartitionTransactor | undefined
+    try {
+      if (owned.transactor !== undefined) {
+        if (owned.pending !== undefined) await this.commitPending(partition, owned)
+        if (owned.changelogEnd === undefined || this.changelog === undefined) return false
+        transactor = await this.fence(partition)
+        const { high } = await this.changelog.offsets(partition)
+        if (high !== owned.changelogEnd) {
+          this.log.info(
+            { ...where, changelogEnd: String(high), expected: String(owned.changelogEnd) },
+            'changelog moved since this replica last committed; restoring',
+          )
+          return false
+        }
+        void owned.transactor.disconnect().catch(() => undefined)
+        owned.transactor = transactor
+        transactor = undefined
+      } else {
+        const committed = await this.fetchCommitted(partition)
+        const last = owned.lastCommit
+        if (
+          last === undefined ||
+          committed?.offset !== last.offset ||
+          committed.metadata !== last.metadata
+        )
+          return false
+      }
+    } catch (error) {
+      if (isBrokerRetriesExhausted(error)) throw error
+      this.log.info({ ...where, err: error }, 'could not prove the state current; restoring')
+      return false
+    } finally {
+      await transactor?.disconnect().catch(() => undefined)
+    }
+    owned.generation = this.generation
+    owned.expectedOffset = owned.pipeline.position ?? owned.expectedOffset
+    this.watchdog.touch()
+    this.log.info(
+      { ...where, offset: owned.expectedOffset, ms: Date.now() - started },
+      'partition kept',
+    )
+    return true
+  }
+
+  /**
+   * Initialises a new transactional producer for the partition: fences every earlier one (a
+   * previous owner's open transaction is aborted, and nothing it sends commits any more).
+   */
+  private async fence(partition: number): Promise<PartitionTransactor> {
+    const transactor = new PartitionTransactor(
+      this.kafka,
+      `${this.config.groupId}.${this.config.inputTopic}.${partition}`,
+      this.log,
+    )
+    try {
+      // Answered CONCURRENT_TRANSACTIONS while the previous owner's transaction completes.
+      await retryWithBackoff(() => transactor.connect(), {
+        what: `initialising the producer ${transactor.transactionalId} (fencing)`,
+        boundMs: this.bounds.restoreRetryMs,
+        log: this.log,
+        where: { topic: this.config.inputTopic, partition },
+      })
+      return transactor
+    } catch (error) {
+      await transactor.disconnect().catch(() => undefined)
+      throw error
+    }
+  }
+
+  /**
    * Restores a partition from what is committed, remembering the offset its state resumes at.
    * Exactly once: fence (initialise the partition's producer), read the changelog, then the
    * group's offset. Undefined when the partition moved away meanwhile.
@@ -744,31 +1012,18 @@ export class AggregatorService {
     const stopTimer = this.metrics.restoreDuration.startTimer()
 
     // Exactly once: fence the previous owner first, so nothing it does can commit after we read.
-    let transactor: PartitionTransactor | undefined
-    if (this.delivery === 'exactly-once') {
-      transactor = new PartitionTransactor(
-        this.kafka,
-        `${this.config.groupId}.${this.config.inputTopic}.${partition}`,
-        this.log,
-      )
-    }
+    const transactor = this.delivery === 'exactly-once' ? await this.fence(partition) : undefined
     try {
-      if (transactor !== undefined) {
-        const fencing = transactor
-        // Answered CONCURRENT_TRANSACTIONS while the previous owner's transaction completes.
-        await retryWithBackoff(() => fencing.connect(), {
-          what: `initialising the producer ${fencing.transactionalId} (fencing)`,
-          boundMs: this.bounds.restoreRetryMs,
-          log: this.log,
-          where: { topic: this.config.inputTopic, partition },
-        })
-      }
       // After the fence the changelog holds every committed transaction, the last one's input
       // position included; the group's offset may still answer from before it (resumePosition).
       // The offset is read first: read after the changelog, it could come from a transaction of
       // an owner that fenced this one meanwhile, and pass for an operator's reset.
       const committed = await this.fetchCommitted(partition)
-      const restored = await this.changelog?.restore(partition, this.bounds.restoreReadMs)
+      const restored = await this.changelog?.restore(
+        partition,
+        this.bounds.restoreReadMs,
+        this.config.window,
+      )
       const position = resumePosition(restored?.nextOffset ?? null, committed?.offset ?? null)
       const where = { topic: this.config.inputTopic, partition, offset: position.offset }
       if (position.reset !== undefined) {
@@ -789,6 +1044,11 @@ export class AggregatorService {
         transactor,
         generation,
         expectedOffset: position.offset ?? undefined,
+        changelogEnd: restored?.endOffset,
+        lastCommit:
+          committed === undefined
+            ? undefined
+            : { offset: committed.offset, metadata: committed.metadata },
       }
       this.owned.set(partition, state)
       const seconds = stopTimer()
@@ -802,7 +1062,11 @@ export class AggregatorService {
         {
           ...where,
           ...(restored !== undefined
-            ? { windows: restored.states.seriesKeys.length, streamTime: restored.streamTime }
+            ? {
+                windows: restored.states.seriesKeys.length,
+                records: restored.records,
+                streamTime: restored.streamTime,
+              }
             : { checkpoint: committed?.checkpoint ?? null }),
           ms: Math.round(seconds * 1000),
         },
@@ -817,7 +1081,7 @@ export class AggregatorService {
 
   private async fetchCommitted(
     partition: number,
-  ): Promise<{ offset: string; checkpoint: Checkpoint | null } | undefined> {
+  ): Promise<{ offset: string; metadata: string; checkpoint: Checkpoint | null } | undefined> {
     const [topic] = await retryWithBackoff(
       () =>
         this.admin.fetchOffsets({ groupId: this.config.groupId, topics: [this.config.inputTopic] }),
@@ -841,7 +1105,7 @@ export class AggregatorService {
         )
       }
     }
-    return { offset: entry.offset, checkpoint }
+    return { offset: entry.offset, metadata: entry.metadata ?? '', checkpoint }
   }
 
   /** Frees a partition's native state now; its producer disconnects in the background. */

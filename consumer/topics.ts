@@ -21,6 +21,11 @@ export interface TopicPlan {
   late?: string
   /** Exactly once only: the compacted window-state topic, co-partitioned with the input. */
   changelog?: string
+  /**
+   * The window geometry, when known (`kwa run`): a changelog that deletes records sooner than a
+   * window can stay open is refused.
+   */
+  window?: { sizeMs: number; graceMs: number }
 }
 
 export interface ProvisionOptions {
@@ -72,7 +77,38 @@ export class TopicError extends KwaError {
 export const isTopicError = (error: unknown): error is TopicError => error instanceof TopicError
 
 const TOPIC_RESOURCE = 2 // ConfigResourceTypes.TOPIC (a const enum in kafkajs' typings)
-const CHECKED_CONFIGS = ['cleanup.policy', 'retention.ms']
+/**
+ * What a changelog is created with, so that compaction keeps up and a restore reads about the
+ * open windows, not the topic's history (docs/OPERATIONS.md, "The changelog topic"). Kafka never
+ * compacts the active segment, so it rolls every minute (or 64 MiB); the cleaner takes a log once
+ * a tenth of it is dirty; a closed window's tombstone stays a minute after it was compacted (a
+ * restore that misses a tombstone still drops the window: its end is before the restored stream
+ * time minus grace).
+ */
+export const CHANGELOG_CONFIGS: Readonly<Record<string, string>> = {
+  'cleanup.policy': 'compact',
+  'segment.ms': String(60_000),
+  'segment.bytes': String(64 * 1024 * 1024),
+  'min.cleanable.dirty.ratio': '0.1',
+  'delete.retention.ms': String(60_000),
+}
+
+/** Beyond these, an existing changelog works but restores read much more than the open windows. */
+const SLOW_RESTORE_LIMITS: Record<string, number> = {
+  'segment.ms': 3_600_000,
+  'segment.bytes': 256 * 1024 * 1024,
+  'min.cleanable.dirty.ratio': 0.5,
+  'delete.retention.ms': 3_600_000,
+}
+
+const CHECKED_CONFIGS = [
+  'cleanup.policy',
+  'retention.ms',
+  'segment.ms',
+  'segment.bytes',
+  'min.cleanable.dirty.ratio',
+  'delete.retention.ms',
+]
 
 /**
  * Makes sure every topic of `plan` exists (creating the missing ones when `options.create`) and
@@ -134,7 +170,7 @@ async function provisionOnce(
 
   // Refuse a bad changelog before creating anything.
   if (plan.changelog !== undefined && existing.has(plan.changelog)) {
-    await checkChangelog(admin, plan.changelog, plan.input, inputPartitions)
+    await checkChangelog(admin, plan, plan.changelog, inputPartitions, options.log)
   }
 
   const missing = [...wanted].filter(([topic]) => !existing.has(topic))
@@ -162,7 +198,7 @@ async function provisionOnce(
     }
     // Another replica may have created the changelog at the same moment: check what is there.
     if (plan.changelog !== undefined && missing.some(([topic]) => topic === plan.changelog)) {
-      await checkChangelog(admin, plan.changelog, plan.input, inputPartitions)
+      await checkChangelog(admin, plan, plan.changelog, inputPartitions, options.log)
     }
   }
 
@@ -214,7 +250,10 @@ function topicSpec(
   options: ProvisionOptions,
 ): ITopicConfig {
   const configEntries: { name: string; value: string }[] = []
-  if (role === 'changelog') configEntries.push({ name: 'cleanup.policy', value: 'compact' })
+  if (role === 'changelog') {
+    for (const [name, value] of Object.entries(CHANGELOG_CONFIGS))
+      configEntries.push({ name, value })
+  }
   if (hasRetention(role) && options.retentionMs !== undefined) {
     configEntries.push({ name: 'retention.ms', value: String(options.retentionMs) })
   }
@@ -288,28 +327,67 @@ async function describeTopicConfigs(
   return byTopic
 }
 
-/** The changelog must be co-partitioned with the input and compacted, or state would be lost. */
+/**
+ * The changelog must be co-partitioned with the input and compacted, and must not delete records
+ * of windows that are still open, or state would be lost: refused. Settings that only make
+ * restores slow (segments that roll late, a lazy cleaner, long-kept tombstones) are logged.
+ */
 async function checkChangelog(
   admin: Admin,
+  plan: TopicPlan,
   changelog: string,
-  input: string,
   inputPartitions: number,
+  log: Logger | undefined,
 ): Promise<void> {
   const count = await partitionCount(admin, changelog)
   if (count !== inputPartitions) {
     throw new TopicError(
       changelog,
-      `changelog topic ${changelog} has ${count} partitions but input topic ${input} has ${inputPartitions}: ` +
+      `changelog topic ${changelog} has ${count} partitions but input topic ${plan.input} has ${inputPartitions}: ` +
         'they must match (co-partitioned); delete the changelog topic (its state is lost: see ' +
         'docs/OPERATIONS.md) or use another --changelog-topic',
     )
   }
-  const policy = (await describeTopicConfigs(admin, [changelog])).get(changelog)?.['cleanup.policy']
+  const configs = (await describeTopicConfigs(admin, [changelog])).get(changelog) ?? {}
+  const policy = configs['cleanup.policy']
+  const alter = `kafka-configs --alter --entity-type topics --entity-name ${changelog} --add-config`
   if (policy === undefined || !policy.split(',').includes('compact')) {
     throw new TopicError(
       changelog,
       `changelog topic ${changelog} has cleanup.policy=${policy}: it must be compact ` +
-        `(kafka-configs --alter --entity-type topics --entity-name ${changelog} --add-config cleanup.policy=compact)`,
+        `(${alter} cleanup.policy=compact)`,
     )
+  }
+  const retention = Number(configs['retention.ms'] ?? -1)
+  if (policy.split(',').includes('delete') && retention >= 0 && plan.window !== undefined) {
+    const open = plan.window.sizeMs + plan.window.graceMs
+    if (retention < open) {
+      throw new TopicError(
+        changelog,
+        `changelog topic ${changelog} has cleanup.policy=${policy} with retention.ms=${retention}, ` +
+          `shorter than a window stays open (window size + grace = ${open} ms): open windows ` +
+          `would be deleted. Use cleanup.policy=compact (${alter} cleanup.policy=compact)`,
+      )
+    }
+    log?.warn(
+      { topic: changelog, policy, retentionMs: retention },
+      'changelog deletes records after retention.ms: a window that gets no sample for that long ' +
+        '(input stopped) loses its state; cleanup.policy=compact keeps it',
+    )
+  }
+  for (const [name, limit] of Object.entries(SLOW_RESTORE_LIMITS)) {
+    const value = Number(configs[name])
+    if (configs[name] !== undefined && Number.isFinite(value) && value > limit) {
+      log?.warn(
+        {
+          topic: changelog,
+          config: name,
+          value: configs[name],
+          recommended: CHANGELOG_CONFIGS[name],
+        },
+        `changelog ${name} makes restores read far more than the open windows ` +
+          `(${alter} ${name}=${CHANGELOG_CONFIGS[name]})`,
+      )
+    }
   }
 }

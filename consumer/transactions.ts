@@ -6,6 +6,11 @@ import type { Logger } from './logger'
 export interface TransactionContent {
   records: { topic: string; messages: Message[] }[]
   offsets: { consumerGroupId: string; topic: string; partition: number; offset: string }
+  /**
+   * A partition all of whose records in `records` are written here (the changelog partition):
+   * the commit reports its end offset after the transaction (see TransactionTimings.endOffset).
+   */
+  track?: { topic: string; partition: number }
   /** Fault injection for the chaos suite: runs after the sends, before the commit. */
   beforeCommit?: () => void
   /** Called for every attempt that does not commit (aborted to retry, or failed). */
@@ -18,7 +23,45 @@ export interface TransactionTimings {
   attempts: number
   /** sendOffsets and commit of the committed attempt, in seconds. */
   commitSeconds: number
+  /**
+   * The tracked partition's end offset right after the commit: its last record's offset + 2 (the
+   * commit marker follows it). Undefined when nothing was tracked or written there.
+   */
+  endOffset?: bigint
 }
+
+/**
+ * Records per produce request are bounded by bytes: a transaction may gather many batches (and
+ * a changelog write every open window of a partition), more than a broker's message.max.bytes
+ * (1 MiB by default) takes in one record batch.
+ */
+const MAX_REQUEST_BYTES = 512 * 1024
+
+/** Splits messages into runs of at most MAX_REQUEST_BYTES of keys and values (at least one). */
+export function chunkBySize(messages: readonly Message[]): Message[][] {
+  const chunks: Message[][] = []
+  let chunk: Message[] = []
+  let bytes = 0
+  for (const message of messages) {
+    const size = 64 + byteLength(message.key) + byteLength(message.value)
+    if (chunk.length > 0 && bytes + size > MAX_REQUEST_BYTES) {
+      chunks.push(chunk)
+      chunk = []
+      bytes = 0
+    }
+    chunk.push(message)
+    bytes += size
+  }
+  if (chunk.length > 0) chunks.push(chunk)
+  return chunks
+}
+
+const byteLength = (data: Message['key'] | Message['value']): number =>
+  data === null || data === undefined
+    ? 0
+    : typeof data === 'string'
+      ? Buffer.byteLength(data)
+      : data.length
 
 /** Errors after which a transaction can simply be tried again (kafkajs#1068, #430). */
 const transientTypes = new Set([
@@ -97,9 +140,18 @@ export class PartitionTransactor {
     for (let attempt = 1; ; attempt++) {
       const transaction = await this.producer.transaction()
       let committing = false
+      let lastTracked: bigint | undefined
       try {
         for (const { topic, messages } of content.records) {
-          if (messages.length > 0) await transaction.send({ topic, messages })
+          for (const chunk of chunkBySize(messages)) {
+            const written = await transaction.send({ topic, messages: chunk })
+            const track = content.track
+            if (track === undefined || track.topic !== topic) continue
+            const meta = written.find((m) => m.partition === track.partition)
+            // One record batch per partition and request: its records are consecutive.
+            if (meta?.baseOffset !== undefined)
+              lastTracked = BigInt(meta.baseOffset) + BigInt(chunk.length) - 1n
+          }
         }
         const { consumerGroupId, topic, partition, offset } = content.offsets
         const commitStarted = process.hrtime.bigint()
@@ -113,6 +165,7 @@ export class PartitionTransactor {
         return {
           attempts: attempt,
           commitSeconds: Number(process.hrtime.bigint() - commitStarted) / 1e9,
+          endOffset: lastTracked === undefined ? undefined : lastTracked + 2n,
         }
       } catch (error) {
         content.onAbort?.()

@@ -97,6 +97,28 @@ describe('changelog records', () => {
     expect(records.map((r) => r.partition)).toEqual(starts.map(() => 3))
   })
 
+  it('leave out windows closed at the stream time (their tombstone compacted away mid-read)', () => {
+    const log = new ChangelogState()
+    const records = changelogRecords(
+      states([
+        ['a', 0, 1, 1, 0, 1, 1, 0],
+        ['a', 10, 1, 1, 0, 1, 1, 1],
+        ['b', 20, 1, 1, 0, 1, 1, 2],
+      ]),
+      // Several batches' closed windows in one transaction.
+      [closed([]), closed([['c', -10]])],
+      // Window [10, 20) closes at stream time 20 + grace 5.
+      25,
+      0,
+      3,
+    )
+    records.forEach((r) => log.fold(r.key, r.value))
+    const restored = log.toRestoredState({ sizeMs: 10, graceMs: 5 })
+    expect(restored.states.seriesKeys).toEqual(['b'])
+    expect([...restored.states.windowStart]).toEqual([20])
+    expect(log.records).toBe(5)
+  })
+
   it('restore nothing from an empty changelog', () => {
     const restored = new ChangelogState().toRestoredState()
     expect(restored.streamTime).toBeNull()

@@ -7,7 +7,7 @@ import {
   retryWithBackoff,
   RETRY_MAX_DELAY_MS,
 } from '../consumer/retry'
-import { isTopicError, provisionTopics } from '../consumer/topics'
+import { CHANGELOG_CONFIGS, isTopicError, provisionTopics } from '../consumer/topics'
 
 /** kafkajs' errors as its decoders build them (name, type, retriable; errors of an aggregate). */
 type ProtocolError = Error & { type: string; retriable: boolean }
@@ -211,7 +211,7 @@ describe('provisionTopics on a busy or racing broker', () => {
     })
     await provisionTopics(admin, plan, { create: true, retryBoundMs: 10_000 })
     expect(calls.createTopics).toBe(1)
-    expect(topics.get('cl')).toEqual({ partitions: 3, configs: { 'cleanup.policy': 'compact' } })
+    expect(topics.get('cl')).toEqual({ partitions: 3, configs: CHANGELOG_CONFIGS })
   })
 
   it('retries a create that timed out and re-checks what exists', async () => {
