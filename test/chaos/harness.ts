@@ -243,6 +243,8 @@ class Incarnation {
   readonly sent = new Set<NodeJS.Signals>()
   /** Partitions of the last 'joined group' log line. */
   assignment: number[] | undefined
+  /** Base URL of its /metrics, /healthz and /readyz server (its 'http server listening' line). */
+  httpUrl: string | undefined
   /** Set by a kafkajs "Crash:" line, cleared by its restart or a new join: consuming nothing. */
   consumerStopped: { at: number; message: string } | undefined
   paused = false
@@ -318,9 +320,11 @@ class Incarnation {
   private parse(line: string): void {
     if (!line.startsWith('{')) return
     try {
-      const entry = JSON.parse(line) as { msg?: unknown; partitions?: unknown }
+      const entry = JSON.parse(line) as { msg?: unknown; partitions?: unknown; url?: unknown }
       const msg = typeof entry.msg === 'string' ? entry.msg : ''
-      if (msg === 'joined group' && Array.isArray(entry.partitions)) {
+      if (msg === 'http server listening' && typeof entry.url === 'string') {
+        this.httpUrl = entry.url
+      } else if (msg === 'joined group' && Array.isArray(entry.partitions)) {
         this.assignment = entry.partitions.filter((p): p is number => typeof p === 'number')
         this.consumerStopped = undefined
       } else if (msg.startsWith('Crash: ')) {
@@ -345,6 +349,15 @@ function replicaEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
     env[key] = value
   }
   return { ...env, KWA_HTTP_PORT: '0', ...extra }
+}
+
+/** A replica's /readyz answer. */
+export interface Readiness {
+  ready: boolean
+  /** starting, rebalancing, restoring, ready, stopping, ... or why it did not answer. */
+  status: string
+  /** The partitions it owns in its current generation. */
+  partitions?: number[]
 }
 
 /**
@@ -402,6 +415,33 @@ export class Replica {
   }
   get selfKills(): number {
     return this.exits.filter((e) => e.cause === 'self-kill').length
+  }
+
+  /**
+   * Its current incarnation's GET /readyz (ready: joined the group, not rebalancing, every
+   * assigned partition restored): the status word and the partitions it owns. A process that is
+   * not running, has not logged its HTTP address yet, or does not answer within `timeoutMs`
+   * (e.g. its event loop starved) is not ready.
+   */
+  async readiness(timeoutMs = 2_000): Promise<Readiness> {
+    const incarnation = this.current
+    const url = incarnation.httpUrl
+    if (!incarnation.running || incarnation.paused) return { ready: false, status: 'not running' }
+    if (url === undefined) return { ready: false, status: 'no http server yet' }
+    try {
+      const response = await fetch(`${url}/readyz`, { signal: AbortSignal.timeout(timeoutMs) })
+      const body = (await response.json()) as { status?: unknown; partitions?: unknown }
+      const partitions = Array.isArray(body.partitions)
+        ? body.partitions.filter((p): p is number => typeof p === 'number')
+        : undefined
+      return {
+        ready: response.status === 200,
+        status: typeof body.status === 'string' ? body.status : `http ${response.status}`,
+        partitions,
+      }
+    } catch (error) {
+      return { ready: false, status: `/readyz: ${errorText(error)}` }
+    }
   }
 
   /** SIGTERM and wait for a clean exit (SIGKILL after `timeoutMs`); retires the replica. */
@@ -1344,6 +1384,38 @@ export class Scenario {
     return settled
   }
 
+  /**
+   * Waits (bounded) until every live replica answers /readyz 200 and the partitions they report
+   * cover every input partition exactly once: the group has rebalanced and each member has
+   * restored what it owns. Stricter than waitForGroup(), which reads 'joined group' log lines
+   * (the join, not the restore). Returns false, after noting every replica's status, if that
+   * does not happen within `timeoutMs`.
+   */
+  async waitForReady(timeoutMs: number): Promise<boolean> {
+    const started = Date.now()
+    let last: [Replica, Readiness][] = []
+    const settled = await this.pollSupervised(
+      async () => {
+        const live = this.live()
+        last = await Promise.all(live.map(async (r) => [r, await r.readiness()] as const))
+        if (live.length === 0 || last.some(([, x]) => !x.ready)) return false
+        const owned = last.flatMap(([, x]) => x.partitions ?? []).sort((a, b) => a - b)
+        return owned.join() === Array.from({ length: PARTITIONS }, (_, p) => p).join()
+      },
+      timeoutMs,
+      250,
+    )
+    const statuses = last
+      .map(([r, x]) => `${r.name}=${x.status}${x.partitions ? JSON.stringify(x.partitions) : ''}`)
+      .join(' ')
+    this.note(
+      settled
+        ? `group ready in ${seconds(Date.now() - started)}: ${statuses}`
+        : `group not ready after ${seconds(timeoutMs)}: ${statuses}`,
+    )
+    return settled
+  }
+
   /** Runs each step at its time (ms from now), then waits until `totalMs` have passed. */
   async timeline(
     totalMs: number,
@@ -1476,16 +1548,20 @@ export class Scenario {
     await Promise.all(this.replicas.map((r) => r.closeLog()))
   }
 
-  private async pollSupervised(done: () => boolean, timeoutMs: number): Promise<boolean> {
+  private async pollSupervised(
+    done: () => boolean | Promise<boolean>,
+    timeoutMs: number,
+    everyMs = 100,
+  ): Promise<boolean> {
     let result = false
     await pollUntil(
-      () => {
+      async () => {
         if (this.fatal !== undefined) throw this.fatal
-        result = done()
+        result = await done()
         return result
       },
       timeoutMs,
-      100,
+      everyMs,
     )
     if (this.fatal !== undefined) throw this.fatal
     return result
@@ -1996,6 +2072,40 @@ export function starvedRebalances(
   })
 }
 
+/**
+ * (l) Rolling restart under load, as an orchestrator does it: `replicas` replicas, then each in
+ * turn is stopped with SIGTERM (waited for until it exited: the service finishes its batch in
+ * flight, commits and leaves the group), a replacement is started, and the next one is stopped
+ * only once the group has rebalanced and every replica, the replacement included, answers
+ * /readyz (joined, every owned partition restored, the partitions covered exactly once). A
+ * group that does not get ready within `readyTimeoutMs` fails the scenario (the rollout would
+ * stall). `dwellMs` of input is processed between steps (pacing, not a correctness condition).
+ */
+export function rollingRestart(
+  h: ChaosHarness,
+  { replicas = 3, dwellMs = 4_000, readyTimeoutMs = 60_000 } = {},
+): Promise<ScenarioResult> {
+  return h.run('rolling-restart', async (s) => {
+    // Beyond the replicas' own --shutdown-timeout (default 30 s), after which they exit anyway.
+    const stopTimeoutMs = 35_000
+    const requireReady = async (what: string) => {
+      if (!(await s.waitForReady(readyTimeoutMs))) {
+        throw new Error(`the group did not get ready within ${seconds(readyTimeoutMs)} ${what}`)
+      }
+    }
+    const original = Array.from({ length: replicas }, () => s.startReplica())
+    await requireReady('at start')
+    for (const [i, old] of original.entries()) {
+      await s.sleep(dwellMs)
+      s.note(`rolling restart ${i + 1}/${replicas}: ${old.name}`)
+      await old.stop(stopTimeoutMs)
+      const replacement = s.startReplica()
+      await requireReady(`after ${replacement.name} replaced ${old.name}`)
+    }
+    await s.sleep(dwellMs)
+  })
+}
+
 /** Every scenario, in rotation order, with its default durations scaled by `factor`. */
 export const scenarios: readonly {
   name: string
@@ -2012,4 +2122,5 @@ export const scenarios: readonly {
   { name: 'i', run: (h, f) => brokerStarved(h, { disruptMs: 60_000 * f }) },
   { name: 'j', run: (h, f) => replicaCutOff(h, { disruptMs: Math.max(40_000, 40_000 * f) }) },
   { name: 'k', run: (h, f) => starvedRebalances(h, { disruptMs: 60_000 * f }) },
+  { name: 'l', run: (h, f) => rollingRestart(h, { dwellMs: 4_000 * f }) },
 ]

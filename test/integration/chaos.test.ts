@@ -21,6 +21,7 @@ import {
   formatResult,
   killBetweenSendAndCommit,
   replicaCutOff,
+  rollingRestart,
   scaleOutAndIn,
   starvedRebalances,
   sigtermMidStream,
@@ -164,6 +165,24 @@ describe('chaos: exactly-once under failures', () => {
     'duplicate and out-of-order input',
     async () => {
       expectExactlyOnce(await duplicateAndOutOfOrderInput(harness, { disruptMs: 20_000 }))
+    },
+    SCENARIO_TIMEOUT_MS,
+  )
+
+  it(
+    'rolling restart: each replica SIGTERMed and replaced in turn, the group ready before the next',
+    async () => {
+      const result = await rollingRestart(harness, { replicas: 3, dwellMs: 4_000 })
+      expectExactlyOnce(result)
+      const report = formatResult(result)
+      // Three originals stopped and three replacements, each stopped by SIGTERM only at the end.
+      expect(result.replicas.length, report).toBe(6)
+      // A rollout is graceful: every exit is a SIGTERM answered with code 0 (no crash, no exit
+      // by itself, no kill -9 because --shutdown-timeout ran out).
+      const unclean = result.replicas.flatMap((r) =>
+        r.exits.filter((e) => !e.startsWith('sigterm (code 0)')).map((e) => `${r.name}: ${e}`),
+      )
+      expect(unclean, report).toEqual([])
     },
     SCENARIO_TIMEOUT_MS,
   )
