@@ -14,9 +14,19 @@ import type { ClosedWindows, WindowStates } from './native'
  *   window:      key `W` + int64 BE window start + UTF-8 series key
  *                value 1 + float64 LE × 6: count, sum, compensation, min, max, first offset
  *                (null value = tombstone: the window closed)
- *   position:    key `T`, value 2 + float64 LE stream time (NaN: none yet) + float64 LE next
- *                input offset; written by every transaction, so the changelog itself says which
- *                input its state holds (version 1, still read: 1 + float64 LE stream time)
+ *   position:    key `T`, value 3 + float64 LE stream time (NaN: none yet) + float64 LE next
+ *                input offset + float64 LE snapshot start; written last by every transaction, so
+ *                the changelog itself says which input its state holds, and where a restore may
+ *                start reading (below). Versions 1 (1 + stream time) and 2 (without the
+ *                snapshot start) are still read.
+ *
+ * Snapshots: now and then a transaction writes every open window (not only those it changed). Its
+ * first changelog record is the snapshot start: every window open since then has a record at or
+ * after it, so reading from there to the end gives the whole state, however long the partition's
+ * history is (compaction keeps the latest record of a key, and a later one supersedes it). A
+ * restore reads the last position record (the one before the last transaction's commit marker)
+ * and then from its snapshot start (NaN: unknown, read from the log start; -1: the position record
+ * itself, written by a snapshot of no window).
  */
 export interface ChangelogRecord {
   key: Buffer
@@ -26,7 +36,7 @@ export interface ChangelogRecord {
 }
 
 const formatVersion = 1
-const positionVersion = 2
+const positionVersion = 3
 const windowTag = 0x57 // 'W'
 const positionKey = Buffer.from('T')
 
@@ -55,6 +65,18 @@ export function changelogRecords(
   streamTime: number | null,
   partition: number,
   nextOffset: number,
+  snapshotStart: number | null = null,
+): ChangelogRecord[] {
+  const records = windowRecords(changes, closed, partition)
+  records.push(positionRecord(streamTime, partition, nextOffset, snapshotStart))
+  return records
+}
+
+/** The window records of a transaction: upserts of `changes`, tombstones of `closed`. */
+export function windowRecords(
+  changes: WindowStates | null,
+  closed: ClosedKeys | readonly ClosedKeys[] | null,
+  partition: number,
 ): ChangelogRecord[] {
   const records: ChangelogRecord[] = []
   for (let i = 0; changes !== null && i < changes.seriesKeys.length; i++) {
@@ -82,12 +104,25 @@ export function changelogRecords(
       })
     }
   }
-  const value = Buffer.allocUnsafe(17)
+  return records
+}
+
+/**
+ * The position record: stream time, next input offset, and the snapshot start (null: unknown;
+ * -1: this record itself; see the format above).
+ */
+export function positionRecord(
+  streamTime: number | null,
+  partition: number,
+  nextOffset: number,
+  snapshotStart: number | null,
+): ChangelogRecord {
+  const value = Buffer.allocUnsafe(25)
   value[0] = positionVersion
   value.writeDoubleLE(streamTime ?? Number.NaN, 1)
   value.writeDoubleLE(nextOffset, 9)
-  records.push({ key: positionKey, value, partition })
-  return records
+  value.writeDoubleLE(snapshotStart ?? Number.NaN, 17)
+  return { key: positionKey, value, partition }
 }
 
 /** The state a changelog partition holds: what a new owner restores. */
@@ -103,6 +138,8 @@ export interface RestoredState {
   records: number
   /** The changelog partition's end offset the restore read up to (set by ChangelogReader). */
   endOffset?: bigint
+  /** Where the last snapshot starts (see the format), when the position record says. */
+  snapshotStart?: bigint
 }
 
 export class ChangelogError extends KwaError {}
@@ -112,13 +149,18 @@ export class ChangelogState {
   private readonly windows = new Map<string, { start: number; seriesKey: string; value: Buffer }>()
   private streamTime: number | null = null
   private nextOffset: string | null = null
+  /** Set by a position record: whether it holds a snapshot start, and which. */
+  snapshotStart: bigint | null = null
+  /** Whether a position record was folded. */
+  hasPosition = false
   records = 0
 
-  fold(key: Buffer | null, value: Buffer | null): void {
+  /** Folds the record at changelog offset `offset` (needed for snapshot starts only). */
+  fold(key: Buffer | null, value: Buffer | null, offset = -1): void {
     this.records++
     if (key === null || key.length === 0) throw new ChangelogError('changelog record without a key')
     if (key.equals(positionKey)) {
-      if (value !== null) this.foldPosition(value)
+      if (value !== null) this.foldPosition(value, offset)
       return
     }
     if (key[0] !== windowTag || key.length < 9)
@@ -136,14 +178,20 @@ export class ChangelogState {
     })
   }
 
-  private foldPosition(value: Buffer): void {
-    if (value.length === 17 && value[0] === positionVersion) {
+  private foldPosition(value: Buffer, offset: number): void {
+    this.hasPosition = true
+    this.snapshotStart = null
+    const version = value[0]
+    if ((value.length === 17 && version === 2) || (value.length === 25 && version === 3)) {
       const streamTime = value.readDoubleLE(1)
       const nextOffset = value.readDoubleLE(9)
       if (!Number.isSafeInteger(nextOffset) || nextOffset < 0)
         throw new ChangelogError(`changelog position with an invalid offset ${nextOffset}`)
       this.streamTime = Number.isNaN(streamTime) ? null : streamTime
       this.nextOffset = String(nextOffset)
+      const start = version === 3 ? value.readDoubleLE(17) : Number.NaN
+      if (start === -1 && offset >= 0) this.snapshotStart = BigInt(offset)
+      else if (Number.isSafeInteger(start) && start >= 0) this.snapshotStart = BigInt(start)
       return
     }
     this.streamTime = readVersioned(value, 9).readDoubleLE(1)
@@ -190,6 +238,7 @@ export class ChangelogState {
       streamTime: this.streamTime,
       nextOffset: this.nextOffset,
       records: this.records,
+      ...(this.snapshotStart !== null && { snapshotStart: this.snapshotStart }),
     }
   }
 }
@@ -205,6 +254,8 @@ function readVersioned(value: Buffer, length: number): Buffer {
 
 interface PendingRestore {
   state: ChangelogState
+  /** Records below are skipped (a fetch returns whole record batches). */
+  startOffset: number
   endOffset: bigint
   resolve: () => void
   reject: (error: unknown) => void
@@ -297,8 +348,11 @@ export class ChangelogReader {
         if (restore === undefined) return Promise.resolve()
         this.options.onProgress?.()
         try {
+          const end = Number(restore.endOffset)
           for (const m of batch.messages) {
-            if (BigInt(m.offset) < restore.endOffset) restore.state.fold(m.key, m.value)
+            const offset = Number(m.offset)
+            if (offset >= restore.startOffset && offset < end)
+              restore.state.fold(m.key, m.value, offset)
           }
         } catch (error) {
           this.finish(batch.partition, error)
@@ -367,6 +421,11 @@ export class ChangelogReader {
     return { low: BigInt(entry.low), high: BigInt(entry.high) }
   }
 
+  /**
+   * Reads a partition's state: the last position record first (just before the last commit
+   * marker), then from its snapshot start to the end; from the log start when the tail holds no
+   * snapshot start (an aborted transaction last, or a changelog written before snapshots).
+   */
   private async read(
     partition: number,
     timeoutMs: number,
@@ -375,12 +434,40 @@ export class ChangelogReader {
       throw new KwaError(`changelog ${this.topic}[${partition}] is being restored already`)
     this.throwIfDead()
     const { low, high: endOffset } = await this.offsets(partition)
-    const state = new ChangelogState()
-    if (endOffset <= low) return { state, endOffset }
-    // It may have died while the offsets were fetched: nothing would ever finish this read.
+    if (endOffset <= low) return { state: new ChangelogState(), endOffset }
+    const deadline = Date.now() + timeoutMs
+    let start = low
+    if (endOffset - low > 2n) {
+      const tail = await this.readRange(partition, endOffset - 2n, endOffset, deadline)
+      if (tail.hasPosition && tail.snapshotStart !== null && tail.snapshotStart >= low)
+        start = tail.snapshotStart
+    }
+    const state = await this.readRange(partition, start, endOffset, deadline)
+    this.log.debug(
+      { topic: this.topic, partition, offset: String(start), records: state.records },
+      'changelog read',
+    )
+    return { state, endOffset }
+  }
+
+  /** Folds the records of [from, to) of a partition. */
+  private async readRange(
+    partition: number,
+    from: bigint,
+    to: bigint,
+    deadline: number,
+  ): Promise<ChangelogState> {
+    // It may have died meanwhile: nothing would ever finish this read.
     this.throwIfDead()
+    const state = new ChangelogState()
     const done = new Promise<void>((resolve, reject) => {
-      this.pending.set(partition, { state, endOffset, resolve, reject })
+      this.pending.set(partition, {
+        state,
+        startOffset: Number(from),
+        endOffset: to,
+        resolve,
+        reject,
+      })
     })
     const timer = setTimeout(
       () =>
@@ -388,11 +475,11 @@ export class ChangelogReader {
           partition,
           new KwaError(`restoring ${this.topic}[${partition}] timed out`, { retriable: true }),
         ),
-      timeoutMs,
+      Math.max(0, deadline - Date.now()),
     )
     try {
       try {
-        this.consumer.seek({ topic: this.topic, partition, offset: String(low) })
+        this.consumer.seek({ topic: this.topic, partition, offset: String(from) })
         this.consumer.resume([{ topic: this.topic, partitions: [partition] }])
       } catch (error) {
         // No consumer group between a crash and kafkajs' restart: the next attempt may work.
@@ -406,11 +493,7 @@ export class ChangelogReader {
       this.pending.delete(partition)
       this.pauseQuietly(partition)
     }
-    this.log.debug(
-      { topic: this.topic, partition, offset: String(low), records: state.records },
-      'changelog read',
-    )
-    return { state, endOffset }
+    return state
   }
 
   private throwIfDead(): void {

@@ -35,6 +35,8 @@ export class ServiceMetrics {
   readonly transactionDuration: Histogram
   readonly commitDuration: Histogram
   readonly rebalances: Counter
+  readonly partitionsKept: Counter
+  readonly restoredRecords: Counter
   readonly transactionAborts: Counter
   readonly restoreDuration: Histogram
 
@@ -86,6 +88,14 @@ export class ServiceMetrics {
     this.rebalances = counter(
       'kwa_rebalances_total',
       'Consumer group rebalances this replica went through (joins after its first)',
+    )
+    this.partitionsKept = counter(
+      'kwa_partitions_kept_total',
+      'Partitions that stayed with this replica across a rebalance and kept their state (no restore)',
+    )
+    this.restoredRecords = counter(
+      'kwa_restored_records_total',
+      'Exactly once: changelog records read by restores',
     )
     this.transactionAborts = counter(
       'kwa_transaction_aborts_total',

@@ -1,6 +1,7 @@
 import type { KafkaMessage, Message } from 'kafkajs'
 import {
-  changelogRecords,
+  positionRecord,
+  windowRecords,
   type ChangelogRecord,
   type ClosedKeys,
   type RestoredState,
@@ -431,19 +432,28 @@ export class PartitionPipeline {
   /**
    * Exactly once: the changelog records of everything processed since the last call, for the
    * transaction that commits it: every window touched and still open (once, however many batches
-   * touched it), tombstones of the windows closed, and the position (stream time, next offset).
-   * Every transaction records its position, whatever its batches held.
+   * touched it), or with `snapshot` every open window; tombstones of the windows closed; and a
+   * function making the position record (stream time, next offset and the given snapshot start),
+   * which every transaction writes last, whatever its batches held.
    */
-  takeChangelog(): ChangelogRecord[] {
+  takeChangelog(snapshot: boolean): {
+    windows: ChangelogRecord[]
+    position: (snapshotStart: number | null) => ChangelogRecord
+  } {
     const closed = this.closedSinceTake
     this.closedSinceTake = []
-    return changelogRecords(
-      this.aggregator.takeChanges(),
-      closed,
-      this.aggregator.streamTime,
-      this.partition,
-      this.processedUpTo,
-    )
+    const changes = this.aggregator.takeChanges()
+    const streamTime = this.aggregator.streamTime
+    const nextOffset = this.processedUpTo
+    return {
+      windows: windowRecords(
+        snapshot ? this.aggregator.snapshot() : changes,
+        closed,
+        this.partition,
+      ),
+      position: (snapshotStart) =>
+        positionRecord(streamTime, this.partition, nextOffset, snapshotStart),
+    }
   }
 
   /**

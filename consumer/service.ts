@@ -21,7 +21,7 @@ import {
   type WindowConfig,
 } from './pipeline'
 import { isBrokerRetriesExhausted, retryWithBackoff, START_RETRY_BOUND_MS } from './retry'
-import { FencedError, PartitionTransactor } from './transactions'
+import { FencedError, PartitionTransactor, type TransactionTimings } from './transactions'
 import { StallWatchdog } from './watchdog'
 
 export type Delivery = 'exactly-once' | 'at-least-once'
@@ -135,12 +135,18 @@ interface OwnedPartition {
   expectedOffset?: string
   /** Exactly once: batches processed but not committed yet (one transaction per interval). */
   pending?: PendingCommit
+  /** Commit the next batch at once: the first after a restore or a rebalance (progress shows). */
+  commitNext?: boolean
   /**
    * Exactly once: the changelog partition's end offset after this replica's last transaction (or
    * its restore). Unchanged after a fence at the next generation, it proves that nobody committed
    * since: the state in memory is what is committed.
    */
   changelogEnd?: bigint
+  /** Exactly once: where the changelog's last snapshot starts, when known. */
+  snapshotStart?: bigint
+  /** Exactly once: changelog records written since that snapshot (about). */
+  sinceSnapshot?: number
   /** At least once: the offset and checkpoint this replica committed last (or restored at). */
   lastCommit?: { offset: string; metadata: string }
 }
@@ -160,6 +166,14 @@ interface PendingCommit {
 
 /** More pending output than this commits at once, whatever the interval. */
 const MAX_PENDING_RECORDS = 100_000
+/**
+ * A transaction writes a snapshot (every open window) once the changelog holds this many times the
+ * open windows since the last one: a restore then reads at most about 1 + SNAPSHOT_EVERY records
+ * per open window, and snapshots add at most 1 / SNAPSHOT_EVERY to what is written.
+ */
+const SNAPSHOT_EVERY = 2
+/** ... counting at least this many windows, so that a small state is not snapshotted each time. */
+const MIN_SNAPSHOT_WINDOWS = 1000
 /** Partitions restored at once after a join. */
 const RESTORE_CONCURRENCY = 8
 
@@ -734,6 +748,7 @@ export class AggregatorService {
     const pending = owned.pending
     if (pending === undefined) return false
     return (
+      owned.commitNext === true ||
       this.stopping !== undefined ||
       this.rebalancing ||
       Date.now() - pending.since >= this.commitIntervalMs ||
@@ -752,9 +767,34 @@ export class AggregatorService {
     const transactor = owned.transactor
     if (pending === undefined || transactor === undefined) return
     owned.pending = undefined
-    const changelog = owned.pipeline.takeChangelog()
-    const endOffset = await this.commitTransaction(transactor, partition, pending, changelog)
-    owned.changelogEnd = endOffset
+    owned.commitNext = false
+    // A snapshot when a restore would otherwise read more than SNAPSHOT_EVERY times the open
+    // windows since the last one (see consumer/changelog.ts).
+    const since = owned.sinceSnapshot ?? Number.POSITIVE_INFINITY
+    const snapshot =
+      owned.snapshotStart === undefined ||
+      since >= SNAPSHOT_EVERY * Math.max(owned.pipeline.stats.openWindows, MIN_SNAPSHOT_WINDOWS)
+    const { windows, position } = owned.pipeline.takeChangelog(snapshot)
+    const snapshotStart = owned.snapshotStart
+    const written = await this.commitTransaction(
+      transactor,
+      partition,
+      pending,
+      snapshot || snapshotStart === undefined
+        ? {
+            records: windows,
+            // The snapshot starts at its first record; with none, at the position record.
+            last: (first) => position(first === undefined ? -1 : Number(first)),
+          }
+        : { records: [...windows, position(Number(snapshotStart))] },
+    )
+    owned.changelogEnd = written.endOffset
+    if (snapshot) {
+      owned.snapshotStart = written.firstTracked
+      owned.sinceSnapshot = windows.length + 1
+    } else {
+      owned.sinceSnapshot = since + windows.length + 1
+    }
     addCounts(this.totals, pending.counts)
     this.recordCommitted(pending.counts, pending.rejectedByReason, pending.batches)
   }
@@ -777,11 +817,18 @@ export class AggregatorService {
 
   /** Commits a partition's pending batches after the work in progress on it; never throws. */
   private commitInBackground(partition: number): Promise<void> {
+    let owned: OwnedPartition | undefined
     return this.exclusive(partition, async () => {
-      const owned = this.owned.get(partition)
+      owned = this.owned.get(partition)
       if (owned?.pending !== undefined) await this.commitPending(partition, owned)
     }).catch((error: unknown) => {
-      this.batchFailed({ topic: this.config.inputTopic, partition }, error)
+      const where = { topic: this.config.inputTopic, partition }
+      if (this.owned.get(partition) !== owned) {
+        // Released meanwhile (moved away at a rebalance): its producer was disconnected under it.
+        this.log.debug({ ...where, err: error }, 'commit of a partition given up failed')
+        return
+      }
+      this.batchFailed(where, error)
     })
   }
 
@@ -817,12 +864,16 @@ export class AggregatorService {
     transactor: PartitionTransactor,
     partition: number,
     pending: PendingCommit,
-    changelog: ChangelogRecord[],
-  ): Promise<bigint | undefined> {
+    changelog: { records: ChangelogRecord[]; last?: (first: bigint | undefined) => Message },
+  ): Promise<TransactionTimings> {
     const crashProbability = this.config.crashAfterSendProbability ?? 0
     const stopTimer = this.metrics.transactionDuration.startTimer()
     const timings = await transactor.commit({
-      records: [...this.records(pending), { topic: this.changelogTopic, messages: changelog }],
+      records: [
+        ...this.records(pending),
+        { topic: this.changelogTopic, messages: changelog.records },
+      ],
+      last: changelog.last,
       offsets: {
         consumerGroupId: this.config.groupId,
         topic: this.config.inputTopic,
@@ -840,7 +891,7 @@ export class AggregatorService {
     })
     stopTimer()
     this.metrics.commitDuration.observe(timings.commitSeconds)
-    return timings.endOffset
+    return timings
   }
 
   /** The metrics of committed batches. */
@@ -962,6 +1013,8 @@ export class AggregatorService {
     }
     owned.generation = this.generation
     owned.expectedOffset = owned.pipeline.position ?? owned.expectedOffset
+    owned.commitNext = true
+    this.metrics.partitionsKept.inc()
     this.watchdog.touch()
     this.log.info(
       { ...where, offset: owned.expectedOffset, ms: Date.now() - started },
@@ -1044,7 +1097,13 @@ export class AggregatorService {
         transactor,
         generation,
         expectedOffset: position.offset ?? undefined,
+        commitNext: true,
         changelogEnd: restored?.endOffset,
+        snapshotStart: restored?.snapshotStart,
+        sinceSnapshot:
+          restored?.snapshotStart !== undefined && restored.endOffset !== undefined
+            ? Number(restored.endOffset - restored.snapshotStart)
+            : undefined,
         lastCommit:
           committed === undefined
             ? undefined
@@ -1052,6 +1111,7 @@ export class AggregatorService {
       }
       this.owned.set(partition, state)
       const seconds = stopTimer()
+      this.metrics.restoredRecords.inc(restored?.records ?? 0)
       this.watchdog.touch()
       if (generation !== this.generation && !this.assigned.includes(partition)) {
         // Moved away while restoring: no later join will release it.

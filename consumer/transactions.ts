@@ -11,6 +11,11 @@ export interface TransactionContent {
    * the commit reports its end offset after the transaction (see TransactionTimings.endOffset).
    */
   track?: { topic: string; partition: number }
+  /**
+   * Sent last, to the tracked partition, once the records are: given the offset of the first
+   * record this attempt wrote there (undefined: none), as a snapshot's position record needs.
+   */
+  last?: (firstTracked: bigint | undefined) => Message
   /** Fault injection for the chaos suite: runs after the sends, before the commit. */
   beforeCommit?: () => void
   /** Called for every attempt that does not commit (aborted to retry, or failed). */
@@ -28,6 +33,8 @@ export interface TransactionTimings {
    * commit marker follows it). Undefined when nothing was tracked or written there.
    */
   endOffset?: bigint
+  /** The offset of the first record the committed attempt wrote to the tracked partition. */
+  firstTracked?: bigint
 }
 
 /**
@@ -121,9 +128,17 @@ export class PartitionTransactor {
     })
   }
 
-  /** Initialises the producer id: fences any previous owner and aborts its open transaction. */
+  /**
+   * Initialises the producer id with the transactional id: fences any previous owner and
+   * completes its open transaction (answered CONCURRENT_TRANSACTIONS until then). kafkajs 2.2.4's
+   * `connect()` alone does not: it asks for a producer id without the transactional id, and sends
+   * the fencing InitProducerId only at the first `transaction()`. So that is done here, with an
+   * empty transaction, which kafkajs ends without a request.
+   */
   async connect(): Promise<void> {
     await this.producer.connect()
+    const transaction = await this.producer.transaction()
+    await transaction.abort()
   }
 
   async disconnect(): Promise<void> {
@@ -140,19 +155,24 @@ export class PartitionTransactor {
     for (let attempt = 1; ; attempt++) {
       const transaction = await this.producer.transaction()
       let committing = false
+      let firstTracked: bigint | undefined
       let lastTracked: bigint | undefined
+      const send = async (topic: string, chunk: Message[]) => {
+        const written = await transaction.send({ topic, messages: chunk })
+        const track = content.track
+        if (track === undefined || track.topic !== topic) return
+        const meta = written.find((m) => m.partition === track.partition)
+        if (meta?.baseOffset === undefined) return
+        // One record batch per partition and request: its records are consecutive.
+        firstTracked ??= BigInt(meta.baseOffset)
+        lastTracked = BigInt(meta.baseOffset) + BigInt(chunk.length) - 1n
+      }
       try {
         for (const { topic, messages } of content.records) {
-          for (const chunk of chunkBySize(messages)) {
-            const written = await transaction.send({ topic, messages: chunk })
-            const track = content.track
-            if (track === undefined || track.topic !== topic) continue
-            const meta = written.find((m) => m.partition === track.partition)
-            // One record batch per partition and request: its records are consecutive.
-            if (meta?.baseOffset !== undefined)
-              lastTracked = BigInt(meta.baseOffset) + BigInt(chunk.length) - 1n
-          }
+          for (const chunk of chunkBySize(messages)) await send(topic, chunk)
         }
+        if (content.last !== undefined && content.track !== undefined)
+          await send(content.track.topic, [content.last(firstTracked)])
         const { consumerGroupId, topic, partition, offset } = content.offsets
         const commitStarted = process.hrtime.bigint()
         await transaction.sendOffsets({
@@ -166,6 +186,7 @@ export class PartitionTransactor {
           attempts: attempt,
           commitSeconds: Number(process.hrtime.bigint() - commitStarted) / 1e9,
           endOffset: lastTracked === undefined ? undefined : lastTracked + 2n,
+          firstTracked,
         }
       } catch (error) {
         content.onAbort?.()

@@ -1,5 +1,10 @@
 import { describe, expect, it } from 'vitest'
-import { ChangelogError, ChangelogState, changelogRecords } from '../consumer/changelog'
+import {
+  ChangelogError,
+  ChangelogState,
+  changelogRecords,
+  positionRecord,
+} from '../consumer/changelog'
 import type { ClosedWindows, WindowStates } from '../consumer/native'
 
 const states = (
@@ -132,6 +137,27 @@ describe('changelog records', () => {
     expect(records).toHaveLength(1)
     records.forEach((r) => log.fold(r.key, r.value))
     expect(log.toRestoredState()).toMatchObject({ streamTime: null, nextOffset: '42' })
+  })
+
+  it('read the snapshot start of a position: absolute, the record itself, or unknown', () => {
+    const at = (snapshotStart: number | null, offset: number) => {
+      const log = new ChangelogState()
+      const record = positionRecord(7, 0, 42, snapshotStart)
+      log.fold(record.key, record.value, offset)
+      return log.toRestoredState()
+    }
+    expect(at(1000, 1500)).toMatchObject({ streamTime: 7, nextOffset: '42', snapshotStart: 1000n })
+    expect(at(-1, 1500).snapshotStart).toBe(1500n)
+    expect(at(null, 1500).snapshotStart).toBeUndefined()
+    // A version 2 position (before snapshots) has none either.
+    const v2 = Buffer.alloc(17)
+    v2[0] = 2
+    v2.writeDoubleLE(7, 1)
+    v2.writeDoubleLE(42, 9)
+    const log = new ChangelogState()
+    log.fold(Buffer.from('T'), v2, 10)
+    expect(log.toRestoredState()).toMatchObject({ streamTime: 7, nextOffset: '42' })
+    expect(log.snapshotStart).toBeNull()
   })
 
   it('read the stream time of a version 1 position (no offset: kwa before 0.2)', () => {
