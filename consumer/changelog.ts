@@ -256,10 +256,22 @@ interface PendingRestore {
   state: ChangelogState
   /** Records below are skipped (a fetch returns whole record batches). */
   startOffset: number
+  /** Only position records are folded (looking for the last one). */
+  positionsOnly: boolean
   endOffset: bigint
   resolve: () => void
   reject: (error: unknown) => void
 }
+
+/**
+ * How far back from its end a restore looks for the last committed position record when the
+ * partition ends with an aborted transaction: more than one transaction's changelog records
+ * (a snapshot of a partition's open windows) is rare; then the partition is read from its start.
+ */
+const TAIL_SCAN_RECORDS = 50_000n
+
+const isPositionKey = (key: Buffer | null): boolean =>
+  key !== null && key.length === 1 && key[0] === 0x54 // 'T'
 
 /**
  * How long reading one changelog partition to its end may take before the restore fails (and is
@@ -354,8 +366,9 @@ export class ChangelogReader {
           const end = Number(restore.endOffset)
           for (const m of batch.messages) {
             const offset = Number(m.offset)
-            if (offset >= restore.startOffset && offset < end)
-              restore.state.fold(m.key, m.value, offset)
+            if (offset < restore.startOffset || offset >= end) continue
+            if (restore.positionsOnly && !isPositionKey(m.key)) continue
+            restore.state.fold(m.key, m.value, offset)
           }
         } catch (error) {
           this.finish(batch.partition, error)
@@ -440,10 +453,16 @@ export class ChangelogReader {
     if (endOffset <= low) return { state: new ChangelogState(), endOffset }
     const deadline = Date.now() + timeoutMs
     let start = low
-    if (endOffset - low > 2n) {
-      const tail = await this.readRange(partition, endOffset - 2n, endOffset, deadline)
-      if (tail.hasPosition && tail.snapshotStart !== null && tail.snapshotStart >= low)
-        start = tail.snapshotStart
+    // The last committed position record: just before the last commit marker, or, when the
+    // partition ends with an aborted transaction (an old owner fenced mid-commit), further back.
+    for (const back of [2n, TAIL_SCAN_RECORDS]) {
+      const from = endOffset - back > low ? endOffset - back : low
+      const tail = await this.readRange(partition, from, endOffset, deadline, true)
+      if (tail.hasPosition) {
+        if (tail.snapshotStart !== null && tail.snapshotStart >= low) start = tail.snapshotStart
+        break
+      }
+      if (from === low) break
     }
     const state = await this.readRange(partition, start, endOffset, deadline)
     this.log.debug(
@@ -453,12 +472,13 @@ export class ChangelogReader {
     return { state, endOffset }
   }
 
-  /** Folds the records of [from, to) of a partition. */
+  /** Folds the records of [from, to) of a partition (only position records: `positionsOnly`). */
   private async readRange(
     partition: number,
     from: bigint,
     to: bigint,
     deadline: number,
+    positionsOnly = false,
   ): Promise<ChangelogState> {
     // It may have died meanwhile: nothing would ever finish this read.
     this.throwIfDead()
@@ -466,6 +486,7 @@ export class ChangelogReader {
     const done = new Promise<void>((resolve, reject) => {
       this.pending.set(partition, {
         state,
+        positionsOnly,
         startOffset: Number(from),
         endOffset: to,
         resolve,
