@@ -1015,6 +1015,22 @@ async function main(): Promise<void> {
         )
       }
     }
+    // What a restore costs per open window it restores (it reads from the last snapshot, not the
+    // whole topic).
+    const perWindow = results
+      .flatMap((r) => [...r.scaleOut, r.scaleIn, r.failover])
+      .flatMap((o) => o.restores)
+      .flatMap((x) =>
+        x.records === undefined || x.windows === undefined || x.windows === 0
+          ? []
+          : [x.records / x.windows],
+      )
+    if (perWindow.length > 0) {
+      console.log(
+        `restores read ${mid(perWindow).toFixed(1)} changelog records per open window restored ` +
+          `(median of ${perWindow.length}; ${Math.min(...perWindow).toFixed(1)}-${Math.max(...perWindow).toFixed(1)})`,
+      )
+    }
     for (const r of replicas) {
       const exit = r.exit === undefined ? 'running' : `exit ${r.exit.code ?? r.exit.signal}`
       console.log(

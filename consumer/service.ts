@@ -1065,13 +1065,16 @@ export class AggregatorService {
     const stopTimer = this.metrics.restoreDuration.startTimer()
 
     // Exactly once: fence the previous owner first, so nothing it does can commit after we read.
+    const began = Date.now()
     const transactor = this.delivery === 'exactly-once' ? await this.fence(partition) : undefined
+    const fenced = Date.now()
     try {
       // After the fence the changelog holds every committed transaction, the last one's input
       // position included; the group's offset may still answer from before it (resumePosition).
       // The offset is read first: read after the changelog, it could come from a transaction of
       // an owner that fenced this one meanwhile, and pass for an operator's reset.
       const committed = await this.fetchCommitted(partition)
+      const fetched = Date.now()
       const restored = await this.changelog?.restore(
         partition,
         this.bounds.restoreReadMs,
@@ -1126,6 +1129,12 @@ export class AggregatorService {
                 windows: restored.states.seriesKeys.length,
                 records: restored.records,
                 streamTime: restored.streamTime,
+                // Where the time went: fencing, the group's offset, the changelog read.
+                steps: {
+                  fence: fenced - began,
+                  offset: fetched - fenced,
+                  read: Date.now() - fetched,
+                },
               }
             : { checkpoint: committed?.checkpoint ?? null }),
           ms: Math.round(seconds * 1000),

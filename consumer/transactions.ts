@@ -125,6 +125,10 @@ export class PartitionTransactor {
       maxInFlightRequests: 1,
       allowAutoTopicCreation: false,
       createPartitioner: Partitioners.DefaultPartitioner,
+      // kafkajs' default for an idempotent producer (retries without end, from 300 ms, doubling)
+      // but from 50 ms and at most 1 s apart: a fence answered CONCURRENT_TRANSACTIONS while the
+      // previous owner's commit completes (a few ms) otherwise waits seconds. The caller bounds it.
+      retry: { retries: Number.MAX_SAFE_INTEGER, initialRetryTime: 50, maxRetryTime: 1_000 },
     })
   }
 
