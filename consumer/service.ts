@@ -145,8 +145,6 @@ interface OwnedPartition {
   changelogEnd?: bigint
   /** Exactly once: where the changelog's last snapshot starts, when known. */
   snapshotStart?: bigint
-  /** Exactly once: changelog records written since that snapshot (about). */
-  sinceSnapshot?: number
   /** At least once: the offset and checkpoint this replica committed last (or restored at). */
   lastCommit?: { offset: string; metadata: string }
 }
@@ -770,17 +768,18 @@ export class AggregatorService {
     owned.commitNext = false
     // A snapshot when a restore would otherwise read more than SNAPSHOT_EVERY times the open
     // windows since the last one (see consumer/changelog.ts).
-    const since = owned.sinceSnapshot ?? Number.POSITIVE_INFINITY
+    const { snapshotStart, changelogEnd } = owned
     const snapshot =
-      owned.snapshotStart === undefined ||
-      since >= SNAPSHOT_EVERY * Math.max(owned.pipeline.stats.openWindows, MIN_SNAPSHOT_WINDOWS)
+      snapshotStart === undefined ||
+      changelogEnd === undefined ||
+      Number(changelogEnd - snapshotStart) >=
+        SNAPSHOT_EVERY * Math.max(owned.pipeline.stats.openWindows, MIN_SNAPSHOT_WINDOWS)
     const { windows, position } = owned.pipeline.takeChangelog(snapshot)
-    const snapshotStart = owned.snapshotStart
     const written = await this.commitTransaction(
       transactor,
       partition,
       pending,
-      snapshot || snapshotStart === undefined
+      snapshot
         ? {
             records: windows,
             // The snapshot starts at its first record; with none, at the position record.
@@ -789,12 +788,7 @@ export class AggregatorService {
         : { records: [...windows, position(Number(snapshotStart))] },
     )
     owned.changelogEnd = written.endOffset
-    if (snapshot) {
-      owned.snapshotStart = written.firstTracked
-      owned.sinceSnapshot = windows.length + 1
-    } else {
-      owned.sinceSnapshot = since + windows.length + 1
-    }
+    if (snapshot) owned.snapshotStart = written.firstTracked
     addCounts(this.totals, pending.counts)
     this.recordCommitted(pending.counts, pending.rejectedByReason, pending.batches)
   }
@@ -1103,10 +1097,6 @@ export class AggregatorService {
         commitNext: true,
         changelogEnd: restored?.endOffset,
         snapshotStart: restored?.snapshotStart,
-        sinceSnapshot:
-          restored?.snapshotStart !== undefined && restored.endOffset !== undefined
-            ? Number(restored.endOffset - restored.snapshotStart)
-            : undefined,
         lastCommit:
           committed === undefined
             ? undefined

@@ -64,11 +64,7 @@ export function chunkBySize(messages: readonly Message[]): Message[][] {
 }
 
 const byteLength = (data: Message['key'] | Message['value']): number =>
-  data === null || data === undefined
-    ? 0
-    : typeof data === 'string'
-      ? Buffer.byteLength(data)
-      : data.length
+  data === null || data === undefined ? 0 : Buffer.byteLength(data)
 
 /** Errors after which a transaction can simply be tried again (kafkajs#1068, #430). */
 const transientTypes = new Set([
