@@ -261,6 +261,15 @@ export const optionSpecs = {
     default: '5m',
     schema: duration({ min: 0 }),
   }),
+  idleClose: spec({
+    flags: '--idle-close <duration>',
+    env: 'KWA_IDLE_CLOSE',
+    description:
+      'close the last windows of a partition without input for this long: its stream time then ' +
+      'moves with the wall clock, never beyond now - max-future-skew (default: off, windows wait ' +
+      'for input)',
+    schema: duration({ min: 1 }).optional(),
+  }),
   minEventTime: spec({
     flags: '--min-event-time <time>',
     env: 'KWA_MIN_EVENT_TIME',

@@ -36,6 +36,7 @@ export class ServiceMetrics {
   readonly commitDuration: Histogram
   readonly rebalances: Counter
   readonly partitionsKept: Counter
+  readonly idleAdvances: Counter
   readonly restoredRecords: Counter
   readonly transactionAborts: Counter
   readonly restoreDuration: Histogram
@@ -92,6 +93,10 @@ export class ServiceMetrics {
     this.partitionsKept = counter(
       'kwa_partitions_kept_total',
       'Partitions that stayed with this replica across a rebalance and kept their state (no restore)',
+    )
+    this.idleAdvances = counter(
+      'kwa_idle_advances_total',
+      'Idle close: stream time advances of quiet partitions by the wall clock (each closed windows)',
     )
     this.restoredRecords = counter(
       'kwa_restored_records_total',

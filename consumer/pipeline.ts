@@ -110,14 +110,18 @@ export interface BatchOutcome {
 }
 
 /** Where a pipeline starts from. */
-export type PipelineStart =
-  /** At least once: replay from the committed offset with this checkpoint (null: fresh). */
-  | { checkpoint: Checkpoint | null }
-  /**
-   * Exactly once: the state read from the changelog. Changes are gathered for it across batches
-   * until `takeChangelog`.
-   */
+export type PipelineStart = (
+  | /** At least once: replay from the committed offset with this checkpoint (null: fresh). */
+    { checkpoint: Checkpoint | null }
+    /**
+     * Exactly once: the state read from the changelog. Changes are gathered for it across batches
+     * until `takeChangelog`.
+     */
   | { restored: RestoredState }
+) & {
+  /** The offset the input resumes at (the committed one), if any: an idle close commits it. */
+  resumeAt?: string | null
+}
 
 interface DecodedMessage {
   offset: number
@@ -331,6 +335,8 @@ export class PartitionPipeline {
   private readonly aggregator: PartitionAggregator
   /** Records below this offset were processed by an earlier owner: replay them. */
   private readonly replayBelow: number
+  /** Where the input resumed: below replayBelow, a replay has to catch up first. */
+  private readonly resumeAt: number
   private processedUpTo: number
   private freed = false
 
@@ -366,7 +372,8 @@ export class PartitionPipeline {
       this.aggregator.restore(start.restored.states, start.restored.streamTime)
     }
     this.replayBelow = checkpoint?.processedUpTo ?? 0
-    this.processedUpTo = this.replayBelow
+    this.resumeAt = start.resumeAt == null ? 0 : Number(start.resumeAt)
+    this.processedUpTo = Math.max(this.replayBelow, this.resumeAt)
   }
 
   process(messages: readonly KafkaMessage[]): BatchOutcome {
@@ -414,19 +421,57 @@ export class PartitionPipeline {
     const lastOffset = last === undefined ? String(this.processedUpTo - 1) : last.offset
     if (last !== undefined) this.lastPosition = Number(last.offset) + 1
     this.processedUpTo = Math.max(this.processedUpTo, Number(lastOffset) + 1)
+    return { ...this.committable(lastOffset), results, deadLetters, late, rejectedByReason, counts }
+  }
+
+  /**
+   * Idle close: moves stream time to `streamTime` without input, when that closes at least one
+   * window, and returns what a batch without records would: the windows closed, the same input
+   * offset, the new stream time in the checkpoint (and, exactly once, in the next position
+   * record, with their tombstones). Undefined when no window would close, or (at least once)
+   * while the replay of a restore has not caught up: windows still being rebuilt must not close
+   * before all their samples are back.
+   */
+  advanceIdle(streamTime: number): BatchOutcome | undefined {
+    const due = this.aggregator.nextCloseTime
+    const replayed = (this.lastPosition ?? this.resumeAt) >= this.replayBelow
+    if (due === null || streamTime < due || !replayed) return undefined
+    const closed = this.aggregator.advanceStreamTime(streamTime)
+    if (this.trackChanges && closed.seriesKeys.length > 0) this.closedSinceTake.push(closed)
+    const counts = emptyCounts()
+    counts.windowsClosed = closed.seriesKeys.length
+    return {
+      ...this.committable(String(this.processedUpTo - 1)),
+      results: encodeClosedWindows(closed),
+      deadLetters: [],
+      late: [],
+      rejectedByReason: new Map(),
+      counts,
+    }
+  }
+
+  /** What to commit after processing up to processedUpTo. */
+  private committable(
+    lastOffset: string,
+  ): Pick<BatchOutcome, 'commit' | 'lastOffset' | 'nextOffset'> {
     const low = this.aggregator.lowWatermark
     const commitOffset = low === null ? this.processedUpTo : Math.min(low, this.processedUpTo)
     const checkpoint = { streamTime: this.aggregator.streamTime, processedUpTo: this.processedUpTo }
     return {
-      results,
-      deadLetters,
-      late,
       commit: { offset: String(commitOffset), metadata: encodeCheckpoint(checkpoint) },
-      rejectedByReason,
       lastOffset,
       nextOffset: String(this.processedUpTo),
-      counts,
     }
+  }
+
+  /** The stream time at which the oldest open window closes; null when none is open. */
+  get nextCloseTime(): number | null {
+    return this.aggregator.nextCloseTime
+  }
+
+  /** The partition's stream time (null before its first sample). */
+  get streamTime(): number | null {
+    return this.aggregator.streamTime
   }
 
   /**

@@ -41,6 +41,11 @@ export interface ServiceConfig {
    * per transaction; results are published when it commits.
    */
   commitIntervalMs?: number
+  /**
+   * Idle close: a partition that got no input for this long has its stream time advanced by the
+   * wall clock (idleStreamTime), so its last windows close. Undefined: off.
+   */
+  idleCloseMs?: number
   /** Partitions whose batches are processed at once (default 8). */
   concurrency?: number
   /** Default exactly-once. */
@@ -147,6 +152,34 @@ interface OwnedPartition {
   snapshotStart?: bigint
   /** At least once: the offset and checkpoint this replica committed last (or restored at). */
   lastCommit?: { offset: string; metadata: string }
+  /** When this replica last got input for the partition (or restored it), and its stream time. */
+  quiet: QuietSince
+}
+
+/** The wall time (Date.now()) a partition's input last came, and its stream time then. */
+export interface QuietSince {
+  since: number
+  streamTime: number | null
+}
+
+/**
+ * Idle close: the stream time of a partition quiet since `quiet`, at wall time `now`. It moves
+ * with the wall clock from where the last input left it, S + (now - since), but never beyond
+ * now - maxFutureSkew: samples may be stamped that far ahead of the wall clock, and a producer
+ * whose clock is as far behind must not find its windows closed. Null when it would not move
+ * (no sample yet, or the bound is behind S). The caller applies it once idle-close has elapsed.
+ */
+export function idleStreamTime(
+  quiet: QuietSince,
+  now: number,
+  maxFutureSkewMs: number | null | undefined,
+): number | null {
+  if (quiet.streamTime === null) return null
+  const byClock = quiet.streamTime + (now - quiet.since)
+  const target = Math.floor(
+    maxFutureSkewMs == null ? byClock : Math.min(byClock, now - maxFutureSkewMs),
+  )
+  return target > quiet.streamTime ? target : null
 }
 
 /** Exactly once: what the batches since the last transaction publish, and what they did. */
@@ -254,6 +287,9 @@ export class AggregatorService {
   private readonly restoring = new Map<number, Promise<unknown>>()
   /** Exactly once: commits the partitions whose commit interval has elapsed. */
   private commitTimer: NodeJS.Timeout | undefined
+  private idleTimer: NodeJS.Timeout | undefined
+  /** Partitions with an idle advance queued or running. */
+  private readonly idling = new Set<number>()
   private readonly commitIntervalMs: number
 
   constructor(
@@ -446,6 +482,14 @@ export class AggregatorService {
       )
       this.commitTimer.unref()
     }
+    const idleMs = this.config.idleCloseMs
+    if (idleMs !== undefined) {
+      this.idleTimer = setInterval(
+        () => this.closeIdle(idleMs),
+        Math.max(20, Math.min(1000, idleMs / 4)),
+      )
+      this.idleTimer.unref()
+    }
     const interval = this.config.statsIntervalMs ?? 10_000
     if (interval > 0) {
       this.statsTimer = setInterval(() => this.logStats(), interval)
@@ -480,6 +524,7 @@ export class AggregatorService {
       )
       clearInterval(this.statsTimer)
       clearInterval(this.commitTimer)
+      clearInterval(this.idleTimer)
       // Commits what is pending (and each batch from now on at once), so the next owner resumes
       // where this replica stopped.
       this.shutdownStep = 'committing pending transactions'
@@ -657,6 +702,7 @@ export class AggregatorService {
     await this.decoder.prepare(batch.messages.map((m) => m.value))
     try {
       const outcome = owned.pipeline.process(batch.messages)
+      owned.quiet = { since: Date.now(), streamTime: owned.pipeline.streamTime }
       if (owned.transactor === undefined) {
         await this.publishThenCommit(batch.partition, outcome)
         owned.lastCommit = outcome.commit
@@ -720,8 +766,8 @@ export class AggregatorService {
     return true
   }
 
-  /** Exactly once: adds a processed batch to the partition's next transaction. */
-  private addPending(owned: OwnedPartition, outcome: BatchOutcome): void {
+  /** Exactly once: adds a processed batch (or an idle advance: 0 batches) to the next transaction. */
+  private addPending(owned: OwnedPartition, outcome: BatchOutcome, batches = 1): void {
     const pending = (owned.pending ??= {
       results: [] as Message[],
       deadLetters: [] as Message[],
@@ -739,7 +785,7 @@ export class AggregatorService {
     addCounts(pending.counts, outcome.counts)
     for (const [code, n] of outcome.rejectedByReason)
       pending.rejectedByReason.set(code, (pending.rejectedByReason.get(code) ?? 0) + n)
-    pending.batches++
+    pending.batches += batches
   }
 
   private commitIsDue(owned: OwnedPartition): boolean {
@@ -820,6 +866,71 @@ export class AggregatorService {
       if (this.owned.get(partition) !== owned) {
         // Released meanwhile (moved away at a rebalance): its producer was disconnected under it.
         this.log.debug({ ...where, err: error }, 'commit of a partition given up failed')
+        return
+      }
+      this.batchFailed(where, error)
+    })
+  }
+
+  /**
+   * Idle close (--idle-close): advances the stream time of every partition quiet for `idleMs` on
+   * the wall clock (idleStreamTime) when that closes a window, committed like a batch.
+   */
+  private closeIdle(idleMs: number): void {
+    if (this.rebalancing || this.stopping !== undefined) return
+    const now = Date.now()
+    for (const [partition, owned] of this.owned) {
+      if (
+        owned.generation !== this.generation ||
+        now - owned.quiet.since < idleMs ||
+        this.idling.has(partition)
+      )
+        continue
+      const target = idleStreamTime(owned.quiet, now, this.pipelineOptions.maxFutureSkewMs)
+      const due = owned.pipeline.nextCloseTime
+      if (target === null || due === null || target < due) continue
+      this.idling.add(partition)
+      void this.advanceIdle(partition, target).finally(() => this.idling.delete(partition))
+    }
+  }
+
+  /**
+   * Idle close of one partition, after the work in progress on it: the windows due at `streamTime`
+   * are published and the advance committed, exactly once in one transaction (results, tombstones,
+   * the position record with the new stream time; the input offset unchanged), at least once as
+   * results and then the checkpoint. Never throws; a failure drops the state like a failed batch.
+   */
+  private advanceIdle(partition: number, streamTime: number): Promise<void> {
+    let owned: OwnedPartition | undefined
+    return this.exclusive(partition, async () => {
+      owned = this.owned.get(partition)
+      if (owned === undefined || owned.generation !== this.generation || this.rebalancing) return
+      const outcome = owned.pipeline.advanceIdle(streamTime)
+      if (outcome === undefined) return
+      if (owned.transactor === undefined) {
+        await this.publishThenCommit(partition, outcome)
+        owned.lastCommit = outcome.commit
+        addCounts(this.totals, outcome.counts)
+        this.recordCommitted(outcome.counts, outcome.rejectedByReason, 0)
+      } else {
+        this.addPending(owned, outcome, 0)
+        await this.commitPending(partition, owned)
+      }
+      this.metrics.idleAdvances.inc()
+      this.log.info(
+        {
+          topic: this.config.inputTopic,
+          partition,
+          offset: outcome.nextOffset,
+          streamTime,
+          windowsClosed: outcome.counts.windowsClosed,
+        },
+        'idle partition: stream time advanced by the wall clock',
+      )
+    }).catch((error: unknown) => {
+      const where = { topic: this.config.inputTopic, partition }
+      if (this.owned.get(partition) !== owned) {
+        this.log.debug({ ...where, err: error }, 'idle advance of a partition given up failed')
         return
       }
       this.batchFailed(where, error)
@@ -1086,7 +1197,12 @@ export class AggregatorService {
         this.config.inputTopic,
         partition,
         this.pipelineOptions,
-        restored !== undefined ? { restored } : { checkpoint: committed?.checkpoint ?? null },
+        {
+          ...(restored !== undefined
+            ? { restored }
+            : { checkpoint: committed?.checkpoint ?? null }),
+          resumeAt: position.offset,
+        },
         this.log,
       )
       const state: OwnedPartition = {
@@ -1095,6 +1211,7 @@ export class AggregatorService {
         generation,
         expectedOffset: position.offset ?? undefined,
         commitNext: true,
+        quiet: { since: Date.now(), streamTime: pipeline.streamTime },
         changelogEnd: restored?.endOffset,
         snapshotStart: restored?.snapshotStart,
         lastCommit:

@@ -95,6 +95,14 @@ export declare class PartitionAggregator {
    * equal to snapshot().
    */
   takeChanges(): WindowStates
+  /**
+   * Moves streamTime forward to the given time without input (idle close)
+   * and returns the windows then due (end <= streamTime - graceMs), as a
+   * batch would. A time not above streamTime, or an aggregator that has
+   * seen no sample, changes nothing. Throws (code InvalidArg) unless it is
+   * an integer in [0, 2^53).
+   */
+  advanceStreamTime(streamTime: number): ClosedWindows
   /** The state of every open window, ordered by windowStart, then series key. */
   snapshot(): WindowStates
   /**
@@ -128,6 +136,12 @@ export declare class PartitionAggregator {
    * the open windows by replaying from there.
    */
   get lowWatermark(): number | null
+  /**
+   * The stream time at which the oldest open window closes (its end plus
+   * graceMs), or null when none is open: an idle advance to it or beyond
+   * publishes something.
+   */
+  get nextCloseTime(): number | null
   /**
    * Drops all state now instead of waiting for garbage collection; any later
    * call except free (a no-op) throws "aggregator has been freed".

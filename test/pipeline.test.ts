@@ -2,6 +2,7 @@ import type { KafkaMessage } from 'kafkajs'
 import pino from 'pino'
 import { describe, expect, it } from 'vitest'
 import { decodeCheckpoint } from '../consumer/checkpoint'
+import { idleStreamTime } from '../consumer/service'
 import {
   PartitionPipeline,
   type BatchOutcome,
@@ -364,4 +365,89 @@ describe('PartitionPipeline', () => {
       expect(replayedSomething).toBe(true)
     },
   )
+})
+
+describe('idle close', () => {
+  const window = { sizeMs: 10_000, advanceMs: 10_000, graceMs: 2_000 }
+  const silent = pino({ level: 'silent' })
+  const message = (offset: number, samples: [string, number, number][]) =>
+    kafkaMessage(
+      offset,
+      encodeTelemetryBatch({
+        sourceId: 'idle-test',
+        samples: samples.map(([seriesKey, eventTime, value]) => ({ seriesKey, eventTime, value })),
+      }),
+    )
+  const t0 = Date.UTC(2024, 0, 1)
+
+  it('idleStreamTime: moves by the wall clock from the last input, bounded by now - skew', () => {
+    const quiet = { since: 1_000, streamTime: t0 }
+    expect(idleStreamTime(quiet, 31_000, null)).toBe(t0 + 30_000)
+    // Event time ahead of the wall clock: the bound holds it back.
+    expect(idleStreamTime({ since: t0, streamTime: t0 }, t0 + 60_000, 5_000)).toBe(t0 + 55_000)
+    expect(idleStreamTime({ since: t0, streamTime: t0 }, t0 + 4_000, 5_000)).toBeNull()
+    expect(idleStreamTime({ since: 0, streamTime: null }, 1e12, null)).toBeNull()
+    expect(idleStreamTime(quiet, 1_000, null)).toBeNull()
+  })
+
+  it('advanceIdle closes due windows once, commits them like a batch, then samples are late', () => {
+    const pipeline = new PartitionPipeline(
+      topic,
+      partition,
+      { window },
+      { checkpoint: null },
+      silent,
+    )
+    try {
+      pipeline.process([
+        message(0, [
+          ['a', t0 + 1_000, 1],
+          ['b', t0 + 2_000, 2],
+        ]),
+        message(1, [['a', t0 + 12_000, 4]]),
+      ])
+      // Stream time t0+12s closed [t0, t0+10s) (grace 2s); [t0+10s, t0+20s) is due at t0+22s.
+      expect(pipeline.nextCloseTime).toBe(t0 + 22_000)
+      expect(pipeline.advanceIdle(t0 + 21_999)).toBeUndefined()
+      const outcome = pipeline.advanceIdle(t0 + 22_000)
+      expect(outcome).toBeDefined()
+      const results = decodeResults(outcome as BatchOutcome)
+      expect(results.map((w) => [w.key, w.start, w.count])).toEqual([['a', t0 + 10_000, 1]])
+      expect(outcome?.counts).toMatchObject({ messages: 0, samples: 0, windowsClosed: 1 })
+      // Same input position; the checkpoint holds the new stream time.
+      expect(outcome?.nextOffset).toBe('2')
+      expect(outcome?.commit.offset).toBe('2')
+      expect(decodeCheckpoint(outcome?.commit.metadata ?? '')).toEqual({
+        streamTime: t0 + 22_000,
+        processedUpTo: 2,
+      })
+      expect(pipeline.advanceIdle(t0 + 40_000)).toBeUndefined() // nothing open
+      const late = pipeline.process([message(2, [['a', t0 + 15_000, 1]])])
+      expect(late.counts).toMatchObject({ late: 1, aggregated: 0 })
+    } finally {
+      pipeline.free()
+    }
+  })
+
+  it('advanceIdle waits for the replay of a restore (at least once) to catch up', () => {
+    const checkpoint = { streamTime: t0 + 5_000, processedUpTo: 10 }
+    const pipeline = new PartitionPipeline(
+      topic,
+      partition,
+      { window },
+      { checkpoint, resumeAt: '8' },
+      silent,
+    )
+    try {
+      pipeline.process([message(8, [['a', t0 + 4_000, 1]])])
+      // Offset 9 is still to be replayed: its samples may belong to the open window.
+      expect(pipeline.advanceIdle(t0 + 30_000)).toBeUndefined()
+      pipeline.process([message(9, [['a', t0 + 5_000, 2]])])
+      const outcome = pipeline.advanceIdle(t0 + 30_000) as BatchOutcome
+      expect(decodeResults(outcome).map((w) => [w.start, w.count, w.sum])).toEqual([[t0, 2, 3]])
+      expect(outcome.nextOffset).toBe('10')
+    } finally {
+      pipeline.free()
+    }
+  })
 })

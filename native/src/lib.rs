@@ -544,6 +544,18 @@ impl PartitionAggregator {
         Ok(self.live_mut()?.take_changes().into())
     }
 
+    /// Moves streamTime forward to the given time without input (idle close)
+    /// and returns the windows then due (end <= streamTime - graceMs), as a
+    /// batch would. A time not above streamTime, or an aggregator that has
+    /// seen no sample, changes nothing. Throws (code InvalidArg) unless it is
+    /// an integer in [0, 2^53).
+    #[napi]
+    pub fn advance_stream_time(&mut self, stream_time: f64) -> Result<ClosedWindows> {
+        let to =
+            window::whole_ms("streamTime", stream_time, 0, "an integer >= 0").map_err(map_error)?;
+        Ok(self.live_mut()?.advance_stream_time(to).into())
+    }
+
     /// The state of every open window, ordered by windowStart, then series key.
     #[napi]
     pub fn snapshot(&self) -> Result<WindowStates> {
@@ -605,6 +617,14 @@ impl PartitionAggregator {
     #[napi(getter)]
     pub fn low_watermark(&self) -> Result<Option<f64>> {
         Ok(self.live()?.low_watermark().map(|o| o as f64))
+    }
+
+    /// The stream time at which the oldest open window closes (its end plus
+    /// graceMs), or null when none is open: an idle advance to it or beyond
+    /// publishes something.
+    #[napi(getter)]
+    pub fn next_close_time(&self) -> Result<Option<f64>> {
+        Ok(self.live()?.next_close_time().map(|t| t as f64))
     }
 
     /// Drops all state now instead of waiting for garbage collection; any later

@@ -1304,6 +1304,32 @@ impl Aggregator {
         Ok(out)
     }
 
+    /// The stream time at which the oldest open window closes (its end plus
+    /// grace), or `None` when no window is open.
+    pub fn next_close_time(&self) -> Option<i64> {
+        let start = *self.windows.keys().next()?;
+        Some(start + self.spec.size + self.spec.grace)
+    }
+
+    /// Moves stream time forward to `stream_time` without input (idle close:
+    /// the wall clock stands in for samples that did not come) and closes the
+    /// windows then due, as a batch would. A time at or below the current
+    /// stream time, or an aggregator that has seen no sample yet (nothing is
+    /// open, and no stream time to advance from), changes nothing. Samples
+    /// for the windows it closes are late afterwards, as always.
+    pub fn advance_stream_time(&mut self, stream_time: i64) -> ClosedWindows {
+        let mut closed = ClosedWindows::default();
+        match self.stream_time {
+            Some(current) if stream_time > current => {
+                self.stream_time = Some(stream_time);
+                self.close_windows(stream_time - self.spec.grace, &mut closed);
+                self.sweep_keys();
+            }
+            _ => {}
+        }
+        closed
+    }
+
     /// Whether a sample of key reference `key` at `ts` fits in `max_open`
     /// open aggregates at `close_time` (rule 7 in the module docs). May close
     /// windows that are already due into `out.closed`, and resolves the key
@@ -2200,6 +2226,43 @@ mod tests {
         assert!(out.closed.is_empty());
         assert_eq!(agg.stream_time(), Some(21));
         assert_eq!(agg.stats().open_windows, 2);
+    }
+
+    #[test]
+    fn advancing_stream_time_closes_due_windows_like_a_batch() {
+        let mut agg =
+            Aggregator::new(spec(10.0, Some(5.0), Some(2.0))).with_coalesced_changes(true);
+        // Nothing seen yet: nothing to advance from.
+        assert!(agg.advance_stream_time(100).is_empty());
+        assert_eq!(agg.stream_time(), None);
+        let out = ingest(
+            &mut agg,
+            &["a", "b"],
+            &[(0, 3.0, 1.0), (1, 8.0, 2.0), (0, 12.0, 4.0)],
+        );
+        assert_eq!(out.closed.len(), 3); // [-5,5) and [0,10) at close time 10
+        agg.take_changes();
+        // Open: [5,15) and [10,20); close time 16 closes the first.
+        let closed = agg.advance_stream_time(18);
+        assert_eq!(
+            rows(&closed),
+            vec![("a", 5.0, 15.0, 1.0, 4.0), ("b", 5.0, 15.0, 1.0, 2.0)]
+        );
+        assert_eq!(agg.stream_time(), Some(18));
+        assert_eq!(agg.stats().open_windows, 1);
+        assert_eq!(agg.next_close_time(), Some(22)); // [10,20) + grace 2
+        // Never backwards; the closed windows' samples are now late.
+        assert!(agg.advance_stream_time(17).is_empty());
+        assert_eq!(agg.stream_time(), Some(18));
+        let late = ingest(&mut agg, &["a"], &[(0, 9.0, 1.0), (0, 19.0, 1.0)]);
+        assert_eq!(late.late_indexes, vec![0]);
+        let changes = agg.take_changes();
+        assert_eq!(changes.window_start, vec![10.0, 15.0]);
+        assert_eq!(agg.advance_stream_time(40).len(), 2);
+        assert_eq!(agg.stats().open_windows, 0);
+        assert_eq!(agg.stats().series_keys, 0);
+        assert_eq!(agg.next_close_time(), None);
+        assert!(agg.take_changes().is_empty());
     }
 
     /// Rows of window states as `(key, start, count, raw sum, compensation, first offset)`.
