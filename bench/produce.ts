@@ -50,6 +50,7 @@ function closedWindows(n: number): ClosedWindows {
     mean: column((i) => (i * 1.5) / (1 + (i % 17))),
     min: column((i) => i % 7),
     max: column((i) => 100 + (i % 13)),
+    quantiles: new Float64Array(0),
   }
 }
 

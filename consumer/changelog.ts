@@ -12,7 +12,9 @@ import type { ClosedWindows, WindowStates } from './native'
  *
  * Records (an internal format, versioned by its first byte):
  *   window:      key `W` + int64 BE window start + UTF-8 series key
- *                value 1 + float64 LE × 6: count, sum, compensation, min, max, first offset
+ *                value 1 + float64 LE × 6: count, sum, compensation, min, max, first offset;
+ *                with --quantiles, 2 + the same + the window's sketch (its exact state, the
+ *                native core's encoding, to the end of the value)
  *                (null value = tombstone: the window closed)
  *   position:    key `T`, value 3 + float64 LE stream time (NaN: none yet) + float64 LE next
  *                input offset + float64 LE snapshot start; written last by every transaction, so
@@ -36,6 +38,9 @@ export interface ChangelogRecord {
 }
 
 const formatVersion = 1
+/** A window record with its quantile sketch after the fixed fields. */
+const sketchVersion = 2
+const fixedLength = 1 + 6 * 8
 const positionVersion = 3
 const windowTag = 0x57 // 'W'
 const positionKey = Buffer.from('T')
@@ -79,9 +84,15 @@ export function windowRecords(
   partition: number,
 ): ChangelogRecord[] {
   const records: ChangelogRecord[] = []
+  const sketches = changes?.sketchBytes
+  const ends = changes?.sketchEnds
   for (let i = 0; changes !== null && i < changes.seriesKeys.length; i++) {
-    const value = Buffer.allocUnsafe(1 + 6 * 8)
-    value[0] = formatVersion
+    const sketchStart = i === 0 ? 0 : (ends?.[i - 1] ?? 0)
+    const sketch = sketches?.subarray(sketchStart, ends?.[i] ?? 0)
+    const sketchLength = sketch?.length ?? 0
+    const value = Buffer.allocUnsafe(fixedLength + sketchLength)
+    value[0] = sketchLength === 0 ? formatVersion : sketchVersion
+    if (sketch !== undefined) value.set(sketch, fixedLength)
     value.writeDoubleLE(changes.count[i] as number, 1)
     value.writeDoubleLE(changes.sum[i] as number, 9)
     value.writeDoubleLE(changes.compensation[i] as number, 17)
@@ -174,7 +185,7 @@ export class ChangelogState {
     this.windows.set(id, {
       start,
       seriesKey: key.toString('utf8', 9),
-      value: readVersioned(value, 49),
+      value: readWindowValue(value),
     })
   }
 
@@ -211,6 +222,12 @@ export class ChangelogState {
       }
     }
     const n = this.windows.size
+    // Sketches only when some record has one (written with --quantiles); the others get none.
+    let sketchBytes = 0
+    for (const { value } of this.windows.values()) sketchBytes += value.length - fixedLength
+    const sketches = sketchBytes > 0 ? Buffer.allocUnsafe(sketchBytes) : undefined
+    const sketchEnds = sketches === undefined ? undefined : new Uint32Array(n)
+    let sketchAt = 0
     const states: WindowStates = {
       seriesKeys: new Array<string>(n),
       windowStart: new Float64Array(n),
@@ -231,7 +248,15 @@ export class ChangelogState {
       states.min[i] = value.readDoubleLE(25)
       states.max[i] = value.readDoubleLE(33)
       states.firstOffset[i] = value.readDoubleLE(41)
+      if (sketches !== undefined && sketchEnds !== undefined) {
+        sketchAt += value.copy(sketches, sketchAt, fixedLength)
+        sketchEnds[i] = sketchAt
+      }
       i++
+    }
+    if (sketches !== undefined) {
+      states.sketchBytes = sketches
+      states.sketchEnds = sketchEnds
     }
     return {
       states,
@@ -241,6 +266,12 @@ export class ChangelogState {
       ...(this.snapshotStart !== null && { snapshotStart: this.snapshotStart }),
     }
   }
+}
+
+/** A window value: version 1 (fixed fields), or 2 (fixed fields + sketch). */
+function readWindowValue(value: Buffer): Buffer {
+  if (value[0] === sketchVersion && value.length > fixedLength) return value
+  return readVersioned(value, fixedLength)
 }
 
 function readVersioned(value: Buffer, length: number): Buffer {

@@ -35,6 +35,8 @@ const runOptions = [
   'minEventTime',
   'maxKeyBytes',
   'maxOpenWindows',
+  'quantiles',
+  'quantileAccuracy',
   'wireFormat',
   'decoder',
   'schemaRegistryUrl',
@@ -212,6 +214,10 @@ export function buildProgram(): Command {
           sessionTimeoutMs: c.sessionTimeout,
           commitIntervalMs: c.commitInterval,
           idleCloseMs: c.idleClose,
+          quantiles:
+            c.quantiles === undefined
+              ? undefined
+              : { quantiles: c.quantiles, accuracy: c.quantileAccuracy },
           concurrency: c.concurrency,
           delivery: c.delivery,
           changelogTopic: c.changelogTopic,

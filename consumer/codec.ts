@@ -1,7 +1,10 @@
 import type avro from 'avsc'
 import {
+  decodeWindowAggregate as decodeAggregateBody,
   telemetryBatchType,
+  windowAggregateQuantilesType,
   windowAggregateType,
+  type Quantile,
   type Sample,
   type TelemetryBatch,
   type WindowAggregate,
@@ -20,14 +23,18 @@ import {
  * Registry: register `telemetryBatchSchema` under the input topic's subject and pass its id.
  */
 
-export type { Sample, TelemetryBatch, WindowAggregate }
+export type { Quantile, Sample, TelemetryBatch, WindowAggregate }
 
 /** The parsed schemas (avsc types), as the service uses them. */
-export { telemetryBatchType, windowAggregateType }
+export { telemetryBatchType, windowAggregateQuantilesType, windowAggregateType }
 
 /** The schemas as JSON, e.g. to register with a Schema Registry. */
 export const telemetryBatchSchema: avro.Schema = telemetryBatchType.schema({ exportAttrs: true })
 export const windowAggregateSchema: avro.Schema = windowAggregateType.schema({ exportAttrs: true })
+/** The output's writer schema with --quantiles: windowAggregateSchema + `quantiles` (default []). */
+export const windowAggregateQuantilesSchema: avro.Schema = windowAggregateQuantilesType.schema({
+  exportAttrs: true,
+})
 
 export interface EncodeOptions {
   /** Default `plain`. */
@@ -49,21 +56,31 @@ export interface DecodeOptions {
 export const encodeTelemetryBatch = (batch: TelemetryBatch, options: EncodeOptions = {}): Buffer =>
   encode(telemetryBatchType, batch, options)
 
-/** Encodes one output message value (for tests and tools; the service publishes these). */
+/**
+ * Encodes one output message value (for tests and tools; the service publishes these): with the
+ * quantiles schema when `quantiles` is set, else with `window-aggregate.avsc`.
+ */
 export const encodeWindowAggregate = (
   aggregate: WindowAggregate,
   options: EncodeOptions = {},
-): Buffer => encode(windowAggregateType, aggregate, options)
+): Buffer =>
+  encode(
+    aggregate.quantiles === undefined ? windowAggregateType : windowAggregateQuantilesType,
+    aggregate,
+    options,
+  )
 
 /**
- * Decodes one output message value. With Confluent framing the writer is taken to be the
- * current `WindowAggregate` schema (the schema id is not looked up). Throws an `Error` saying
- * what is wrong with the bytes.
+ * Decodes one output message value, written with or without --quantiles (the writer schema shows
+ * in the bytes: see `schemas/window-aggregate-quantiles.avsc`; `quantiles` is then set). With
+ * Confluent framing the schema id is not looked up. Throws an `Error` saying what is wrong with
+ * the bytes.
  */
 export const decodeWindowAggregate = (
   bytes: Buffer,
   options: DecodeOptions = {},
-): WindowAggregate => decode(windowAggregateType, bytes, options) as WindowAggregate
+): WindowAggregate =>
+  decode(windowAggregateType, bytes, options, decodeAggregateBody) as WindowAggregate
 
 function encode(type: avro.Type, value: unknown, options: EncodeOptions): Buffer {
   const wireFormat = options.wireFormat ?? 'plain'
@@ -95,7 +112,12 @@ function encode(type: avro.Type, value: unknown, options: EncodeOptions): Buffer
   return framed
 }
 
-function decode(type: avro.Type, bytes: Buffer, options: DecodeOptions): unknown {
+function decode(
+  type: avro.Type,
+  bytes: Buffer,
+  options: DecodeOptions,
+  decodeBody: (body: Buffer) => unknown = (body) => type.fromBuffer(body),
+): unknown {
   const wireFormat = options.wireFormat ?? 'auto'
   const framed = bytes.length >= 5 && bytes[0] === 0
   if (wireFormat === 'confluent' && !framed) {
@@ -105,7 +127,7 @@ function decode(type: avro.Type, bytes: Buffer, options: DecodeOptions): unknown
   }
   const body = wireFormat === 'plain' || !framed ? bytes : bytes.subarray(5)
   try {
-    return type.fromBuffer(body)
+    return decodeBody(body)
   } catch (error) {
     throw new Error(`not a valid ${shortName(type)}: ${(error as Error).message}`, { cause: error })
   }

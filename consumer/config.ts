@@ -41,6 +41,39 @@ const duration = (what: { min: number; max?: number }) =>
     return ms
   })
 
+/** "0.5,0.9,0.99": distinct numbers in [0, 1], ascending; "" or "none": none. */
+const quantileList = z.string().transform((text, ctx) => {
+  const trimmed = text.trim()
+  if (trimmed === '' || trimmed === 'none') return undefined
+  const qs = trimmed.split(',').map((part) => part.trim())
+  const values = qs.map(Number)
+  const bad = qs.find(
+    (part, i) => part === '' || !((values[i] as number) >= 0 && (values[i] as number) <= 1),
+  )
+  if (bad !== undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `expected comma-separated quantiles from 0 to 1 like 0.5,0.9,0.99, got "${text}"`,
+    })
+    return z.NEVER
+  }
+  return [...new Set(values)].sort((a, b) => a - b)
+})
+
+/** A relative accuracy: "1%" or "0.01", in [0.001, 0.5] (finer costs memory for little use). */
+const relativeAccuracy = z.string().transform((text, ctx) => {
+  const trimmed = text.trim()
+  const n = trimmed.endsWith('%') ? Number(trimmed.slice(0, -1)) / 100 : Number(trimmed)
+  if (trimmed === '' || trimmed === '%' || !(n >= 0.001 && n <= 0.5)) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `expected a relative accuracy from 0.1% to 50%, like 1% or 0.01, got "${text}"`,
+    })
+    return z.NEVER
+  }
+  return n
+})
+
 const integer = (min: number, max = Number.MAX_SAFE_INTEGER) =>
   z.string().transform((text, ctx) => {
     const n = Number(text)
@@ -340,6 +373,23 @@ export const optionSpecs = {
       'rejected (window-limit) and counted',
     default: '5000000',
     schema: integer(1),
+  }),
+  quantiles: spec({
+    flags: '--quantiles <list>',
+    env: 'KWA_QUANTILES',
+    description:
+      'also publish these quantiles of each window, e.g. 0.5,0.9,0.99, estimated by a DDSketch ' +
+      'within --quantile-accuracy (output schema window-aggregate-quantiles.avsc; default: none)',
+    schema: quantileList.optional(),
+  }),
+  quantileAccuracy: spec({
+    flags: '--quantile-accuracy <fraction>',
+    env: 'KWA_QUANTILE_ACCURACY',
+    description:
+      'relative accuracy of --quantiles: each is within this fraction of the exact value (smaller ' +
+      'costs more memory per window)',
+    default: '1%',
+    schema: relativeAccuracy,
   }),
   sessionTimeout: spec({
     flags: '--session-timeout <duration>',

@@ -23,7 +23,12 @@ import {
   type SampleRows,
 } from './native'
 import { TelemetryDecoder } from './decode'
-import { encodeWindowAggregate, type Sample, type TelemetryBatch } from './schemas'
+import {
+  encodeWindowAggregate,
+  type Sample,
+  type TelemetryBatch,
+  type WindowAggregate,
+} from './schemas'
 
 /** Window geometry, in milliseconds. */
 export interface WindowConfig {
@@ -54,6 +59,11 @@ export interface PipelineOptions {
   maxKeyBytes?: number
   /** Bound on open (series, window) aggregates; samples needing more are rejected. */
   maxOpenWindows?: number | null
+  /**
+   * Per-window quantiles, estimated within `accuracy` (relative) by a sketch in each window; the
+   * results are then written with schemas/window-aggregate-quantiles.avsc. Undefined: none.
+   */
+  quantiles?: { quantiles: number[]; accuracy: number }
   /** Wall clock, for the future-timestamp bound. */
   now?: () => number
 }
@@ -306,23 +316,34 @@ const sampleAt = (c: SampleColumns, i: number): Sample => ({
   value: c.values[i] as number,
 })
 
-export function encodeClosedWindows(closed: ClosedWindows): OutputRecord[] {
+/**
+ * The output records of closed windows. With `quantiles` (those the aggregator was configured
+ * with), each carries them (window-aggregate-quantiles.avsc): row i's estimates are
+ * `closed.quantiles[i * k .. (i + 1) * k]`, NaN when the window's sketch does not hold all its
+ * samples (then none are published).
+ */
+export function encodeClosedWindows(closed: ClosedWindows, quantiles?: number[]): OutputRecord[] {
   const records: OutputRecord[] = new Array<OutputRecord>(closed.seriesKeys.length)
+  const k = quantiles?.length ?? 0
   for (let i = 0; i < closed.seriesKeys.length; i++) {
     const seriesKey = closed.seriesKeys[i] as string
-    records[i] = {
-      key: seriesKey,
-      value: encodeWindowAggregate({
-        seriesKey,
-        windowStart: closed.windowStart[i] as number,
-        windowEnd: closed.windowEnd[i] as number,
-        count: closed.count[i] as number,
-        sum: closed.sum[i] as number,
-        mean: closed.mean[i] as number,
-        min: closed.min[i] as number,
-        max: closed.max[i] as number,
-      }),
+    const aggregate: WindowAggregate = {
+      seriesKey,
+      windowStart: closed.windowStart[i] as number,
+      windowEnd: closed.windowEnd[i] as number,
+      count: closed.count[i] as number,
+      sum: closed.sum[i] as number,
+      mean: closed.mean[i] as number,
+      min: closed.min[i] as number,
+      max: closed.max[i] as number,
     }
+    if (quantiles !== undefined) {
+      const values = closed.quantiles.subarray(i * k, (i + 1) * k)
+      aggregate.quantiles = values.some(Number.isNaN)
+        ? []
+        : quantiles.map((q, j) => ({ q, value: values[j] as number }))
+    }
+    records[i] = { key: seriesKey, value: encodeWindowAggregate(aggregate) }
   }
   return records
 }
@@ -367,6 +388,8 @@ export class PartitionPipeline {
       minEventTimeMs: options.minEventTimeMs,
       maxKeyBytes: options.maxKeyBytes,
       maxOpenWindows: options.maxOpenWindows,
+      quantiles: options.quantiles?.quantiles,
+      quantileAccuracy: options.quantiles?.accuracy,
     })
     if ('restored' in start) {
       this.aggregator.restore(start.restored.states, start.restored.streamTime)
@@ -410,7 +433,7 @@ export class PartitionPipeline {
       }
       counts.windowsClosed = result.closed.seriesKeys.length
       this.logDropped(ingested)
-      results = encodeClosedWindows(result.closed)
+      results = encodeClosedWindows(result.closed, this.options.quantiles?.quantiles)
       if (this.trackChanges && result.closed.seriesKeys.length > 0)
         this.closedSinceTake.push(result.closed)
       deadLetters.push(...this.rejectedRecords(ingested))
@@ -442,7 +465,7 @@ export class PartitionPipeline {
     counts.windowsClosed = closed.seriesKeys.length
     return {
       ...this.committable(String(this.processedUpTo - 1)),
-      results: encodeClosedWindows(closed),
+      results: encodeClosedWindows(closed, this.options.quantiles?.quantiles),
       deadLetters: [],
       late: [],
       rejectedByReason: new Map(),

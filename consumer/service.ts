@@ -46,6 +46,8 @@ export interface ServiceConfig {
    * wall clock (idleStreamTime), so its last windows close. Undefined: off.
    */
   idleCloseMs?: number
+  /** Per-window quantiles (DDSketch) and their relative accuracy; undefined: none. */
+  quantiles?: PipelineOptions['quantiles']
   /** Partitions whose batches are processed at once (default 8). */
   concurrency?: number
   /** Default exactly-once. */
@@ -307,6 +309,7 @@ export class AggregatorService {
       decoder: this.decoder,
       onPoison: config.onPoison,
       routeLate: config.lateTopic !== undefined,
+      quantiles: config.quantiles,
       ...config.limits,
     }
     this.failed = new Promise((resolve) => (this.failure = resolve))
@@ -890,21 +893,28 @@ export class AggregatorService {
       const due = owned.pipeline.nextCloseTime
       if (target === null || due === null || target < due) continue
       this.idling.add(partition)
-      void this.advanceIdle(partition, target).finally(() => this.idling.delete(partition))
+      void this.advanceIdle(partition, idleMs).finally(() => this.idling.delete(partition))
     }
   }
 
   /**
-   * Idle close of one partition, after the work in progress on it: the windows due at `streamTime`
-   * are published and the advance committed, exactly once in one transaction (results, tombstones,
-   * the position record with the new stream time; the input offset unchanged), at least once as
-   * results and then the checkpoint. Never throws; a failure drops the state like a failed batch.
+   * Idle close of one partition, after the work in progress on it: the windows due at the stream
+   * time idleStreamTime gives then are published and the advance committed, exactly once in one
+   * transaction (results, tombstones, the position record with the new stream time; the input
+   * offset unchanged), at least once as results and then the checkpoint. Quietness and the target
+   * are decided again here, not when the timer queued it: a batch queued before it (or a restore)
+   * may have brought input, and the partition is then no longer quiet. Never throws; a failure
+   * drops the state like a failed batch.
    */
-  private advanceIdle(partition: number, streamTime: number): Promise<void> {
+  private advanceIdle(partition: number, idleMs: number): Promise<void> {
     let owned: OwnedPartition | undefined
     return this.exclusive(partition, async () => {
       owned = this.owned.get(partition)
       if (owned === undefined || owned.generation !== this.generation || this.rebalancing) return
+      const now = Date.now()
+      if (now - owned.quiet.since < idleMs) return
+      const streamTime = idleStreamTime(owned.quiet, now, this.pipelineOptions.maxFutureSkewMs)
+      if (streamTime === null) return
       const outcome = owned.pipeline.advanceIdle(streamTime)
       if (outcome === undefined) return
       if (owned.transactor === undefined) {

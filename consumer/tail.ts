@@ -17,7 +17,10 @@ const time = (ms: number) => new Date(ms).toISOString().slice(11, 23)
 
 export function formatAggregate(a: WindowAggregate, format: TailConfig['format']): string {
   if (format === 'json') return JSON.stringify(a)
-  const stats = `n=${a.count} mean=${a.mean.toFixed(3)} min=${a.min.toFixed(3)} max=${a.max.toFixed(3)}`
+  const quantiles = (a.quantiles ?? [])
+    .map((q) => ` p${+(q.q * 100).toPrecision(12)}=${q.value.toFixed(3)}`)
+    .join('')
+  const stats = `n=${a.count} mean=${a.mean.toFixed(3)} min=${a.min.toFixed(3)} max=${a.max.toFixed(3)}${quantiles}`
   return `${time(a.windowStart)}-${time(a.windowEnd)}  ${a.seriesKey.padEnd(16)} ${stats}`
 }
 

@@ -196,6 +196,16 @@ export interface AggregatorConfig {
    * See ingest().
    */
   maxOpenWindows?: number | null
+  /**
+   * Quantiles (each in [0, 1]) every closed window reports, estimated by a
+   * sketch (DDSketch) kept per open window; unset or empty: none.
+   */
+  quantiles?: Array<number>
+  /**
+   * Relative accuracy of the quantiles, in (0, 0.5]; default 0.01: each
+   * estimate is within 1% of the exact value of its rank.
+   */
+  quantileAccuracy?: number
 }
 
 /** Counters and footprint of one aggregator. */
@@ -267,6 +277,13 @@ export interface ClosedWindows {
   mean: Float64Array
   min: Float64Array
   max: Float64Array
+  /**
+   * With the quantiles config: row-major, one estimate per configured
+   * quantile per row (row i's are [i * k, (i + 1) * k)); NaN when the
+   * window's sketch does not hold all its samples (restored from a state
+   * without sketches). Empty without quantiles.
+   */
+  quantiles: Float64Array
 }
 
 /** Outcome of one batch: every sample is exactly one of aggregated, late or rejected. */
@@ -336,4 +353,12 @@ export interface WindowStates {
    * windows is the lowWatermark.
    */
   firstOffset: Float64Array
+  /**
+   * With quantiles: every row's sketch (its exact state, encoded), one
+   * after the other; row i is sketchBytes[sketchEnds[i - 1] (0 for i = 0),
+   * sketchEnds[i]). Unset without quantiles (restore then starts every
+   * window's sketch empty: its quantiles are unknown, NaN).
+   */
+  sketchBytes?: Uint8Array
+  sketchEnds?: Uint32Array
 }

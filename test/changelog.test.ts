@@ -29,6 +29,7 @@ const closed = (rows: [string, number][]): ClosedWindows => ({
   mean: new Float64Array(rows.length),
   min: new Float64Array(rows.length),
   max: new Float64Array(rows.length),
+  quantiles: new Float64Array(0),
 })
 
 describe('changelog records', () => {

@@ -43,6 +43,8 @@ export interface RefConfig {
   maxKeyBytes?: number
   /** Bound on open (key, window) aggregates (reason 7); null or unset for none. */
   maxOpenWindows?: number | null
+  /** Keep every window's values (RefWindow.values), e.g. for exact quantiles. Default false. */
+  keepValues?: boolean
 }
 
 /** One input sample, read from input offset `offset`. */
@@ -69,6 +71,8 @@ export interface RefWindow {
   mean: number
   min: number
   max: number
+  /** With `keepValues`: the values aggregated, in input order. */
+  values?: number[]
 }
 
 /** Rejection reason codes; when several apply, the lowest is reported. */
@@ -234,6 +238,7 @@ interface OpenAggregate {
   max: number
   /** Lowest input offset of a sample held in this aggregate. */
   lowestOffset: number
+  values?: number[]
 }
 
 /** The per-sample bounds of reasons 2, 5 and 6. */
@@ -291,6 +296,7 @@ export class ReferenceAggregator {
   readonly minEventTimeMs: number
   readonly maxKeyBytes: number
   readonly maxOpenWindows: number | null
+  private readonly keepValues: boolean
   private time: number | null
   /** Open aggregates by `windowId(key, start)`. */
   private readonly open = new Map<string, OpenAggregate>()
@@ -305,6 +311,7 @@ export class ReferenceAggregator {
     this.minEventTimeMs = checked.minEventTime
     this.maxKeyBytes = checked.maxKeyBytes
     this.maxOpenWindows = checked.maxOpenWindows
+    this.keepValues = config.keepValues === true
     this.time = config.streamTime ?? null
   }
 
@@ -415,9 +422,11 @@ export class ReferenceAggregator {
         min: value,
         max: value,
         lowestOffset: offset,
+        ...(this.keepValues && { values: [] }),
       }
       this.open.set(id, agg)
     }
+    agg.values?.push(value)
     agg.count++
     agg.sum.add(value)
     agg.min = Math.min(agg.min, value)
@@ -449,6 +458,7 @@ export class ReferenceAggregator {
       mean: sum / agg.count,
       min: agg.min,
       max: agg.max,
+      ...(agg.values !== undefined && { values: [...agg.values] }),
     }
   }
 }

@@ -3,6 +3,7 @@
 //! converts between JS values and the core's types.
 
 pub mod avro;
+pub mod sketch;
 pub mod window;
 
 use napi::bindgen_prelude::{Either, Float64Array, Null, Uint8Array, Uint32Array};
@@ -11,7 +12,7 @@ use napi_derive::napi;
 use rustc_hash::FxHashMap;
 
 use window::{
-    Aggregator, ClosedWindows as CoreClosed, IngestOutcome, Limits, WindowSpec,
+    Aggregator, ClosedWindows as CoreClosed, IngestOutcome, Limits, Quantiles, WindowSpec,
     WindowStates as CoreStates, WindowStatesView,
 };
 
@@ -64,6 +65,12 @@ pub struct AggregatorConfig {
     // An `Option` field alone takes `undefined` but not `null`.
     #[napi(ts_type = "number | null")]
     pub max_open_windows: Option<Either<f64, Null>>,
+    /// Quantiles (each in [0, 1]) every closed window reports, estimated by a
+    /// sketch (DDSketch) kept per open window; unset or empty: none.
+    pub quantiles: Option<Vec<f64>>,
+    /// Relative accuracy of the quantiles, in (0, 0.5]; default 0.01: each
+    /// estimate is within 1% of the exact value of its rank.
+    pub quantile_accuracy: Option<f64>,
 }
 
 /// Closed (series key, window) aggregates as parallel columns. Rows are ordered
@@ -81,6 +88,11 @@ pub struct ClosedWindows {
     pub mean: Float64Array,
     pub min: Float64Array,
     pub max: Float64Array,
+    /// With the quantiles config: row-major, one estimate per configured
+    /// quantile per row (row i's are [i * k, (i + 1) * k)); NaN when the
+    /// window's sketch does not hold all its samples (restored from a state
+    /// without sketches). Empty without quantiles.
+    pub quantiles: Float64Array,
 }
 
 /// Full state of open (series key, window) aggregates as parallel columns, in
@@ -106,6 +118,12 @@ pub struct WindowStates {
     /// Input offset of the window's first sample; the lowest one among open
     /// windows is the lowWatermark.
     pub first_offset: Float64Array,
+    /// With quantiles: every row's sketch (its exact state, encoded), one
+    /// after the other; row i is sketchBytes[sketchEnds[i - 1] (0 for i = 0),
+    /// sketchEnds[i]). Unset without quantiles (restore then starts every
+    /// window's sketch empty: its quantiles are unknown, NaN).
+    pub sketch_bytes: Option<Uint8Array>,
+    pub sketch_ends: Option<Uint32Array>,
 }
 
 /// Outcome of one batch: every sample is exactly one of aggregated, late or rejected.
@@ -202,6 +220,7 @@ impl From<CoreClosed> for ClosedWindows {
             mean: Float64Array::new(c.mean),
             min: Float64Array::new(c.min),
             max: Float64Array::new(c.max),
+            quantiles: Float64Array::new(c.quantiles),
         }
     }
 }
@@ -217,6 +236,8 @@ impl From<CoreStates> for WindowStates {
             min: Float64Array::new(s.min),
             max: Float64Array::new(s.max),
             first_offset: Float64Array::new(s.first_offset),
+            sketch_bytes: (!s.sketch_ends.is_empty()).then(|| Uint8Array::new(s.sketch_bytes)),
+            sketch_ends: (!s.sketch_ends.is_empty()).then(|| Uint32Array::new(s.sketch_ends)),
         }
     }
 }
@@ -233,6 +254,8 @@ impl WindowStates {
             min: &self.min,
             max: &self.max,
             first_offset: &self.first_offset,
+            sketch_bytes: self.sketch_bytes.as_deref().unwrap_or(&[]),
+            sketch_ends: self.sketch_ends.as_deref().unwrap_or(&[]),
         }
     }
 }
@@ -283,7 +306,14 @@ impl PartitionAggregator {
             },
         )
         .map_err(map_error)?;
+        let quantiles = match config.quantiles.as_deref() {
+            None | Some([]) => None,
+            Some(qs) => Some(
+                Quantiles::new(qs, config.quantile_accuracy.unwrap_or(0.01)).map_err(map_error)?,
+            ),
+        };
         let aggregator = Aggregator::restored(spec, stream_time)
+            .with_quantiles(quantiles)
             .with_limits(limits)
             .with_change_tracking(config.track_changes.unwrap_or(false))
             .with_coalesced_changes(config.coalesce_changes.unwrap_or(false));

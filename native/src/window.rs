@@ -86,6 +86,17 @@
 //!   count. Only what the rows cannot carry differs: totals restart at 0 and
 //!   only the keys of open windows are interned.
 //!
+//! # Quantiles
+//!
+//! With [`Quantiles`] ([`Aggregator::with_quantiles`]) every open aggregate
+//! also holds a [`Sketch`] of its values (DDSketch, see [`crate::sketch`]),
+//! updated with the aggregate, so a closed window reports the configured
+//! quantiles within the sketch's relative accuracy (clamped to its exact min
+//! and max). The sketch's exact state is part of its [`WindowStates`] row
+//! (`sketch_bytes`), so a changelog restore is bit-identical. A window whose
+//! sketch does not hold all its samples (restored from rows without sketches)
+//! reports NaN quantiles rather than those of a part of its samples.
+//!
 //! # Memory
 //!
 //! State is held only for open windows: each open (key, window) aggregate,
@@ -104,6 +115,21 @@ use std::fmt;
 use std::mem::size_of;
 
 use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::sketch::{Sketch, SketchSpec};
+
+/// A window's sketch keeps its own bin for every value within this many
+/// decades below the largest (per sign), whatever the accuracy: beyond, the
+/// lowest bins collapse (see [`crate::sketch`]). 1 µs to 11 days is 12 decades.
+pub const SKETCH_DECADES: f64 = 12.0;
+
+/// Bins per sketch store that cover [`SKETCH_DECADES`] at `relative_accuracy`
+/// (the sketch's mapping has `0.7 / ln((1 + α) / (1 - α))` bins per octave):
+/// about 1,400 at 1%.
+pub fn sketch_max_bins(relative_accuracy: f64) -> usize {
+    let per_octave = 0.7 / (relative_accuracy.ln_1p() - (-relative_accuracy).ln_1p());
+    (per_octave * SKETCH_DECADES * 10f64.log2()).ceil() as usize + 1
+}
 
 /// Exclusive upper bound for timestamps and config values: 2^53, beyond which
 /// a JS number no longer represents every integer.
@@ -407,6 +433,52 @@ impl Aggregate {
     }
 }
 
+/// Which quantiles every window reports, and the sketch parameters.
+#[derive(Debug, Clone)]
+pub struct Quantiles {
+    spec: SketchSpec,
+    quantiles: Vec<f64>,
+}
+
+impl Quantiles {
+    /// `quantiles` in [0, 1] (at least one); `relative_accuracy` in (0, 0.5].
+    pub fn new(quantiles: &[f64], relative_accuracy: f64) -> Result<Self, Error> {
+        if quantiles.is_empty() || quantiles.iter().any(|q| !(0.0..=1.0).contains(q)) {
+            return Err(Error::InvalidConfig(format!(
+                "quantiles must be one or more numbers in [0, 1] (got {quantiles:?})"
+            )));
+        }
+        if !(relative_accuracy > 0.0 && relative_accuracy <= 0.5) {
+            return Err(Error::InvalidConfig(format!(
+                "quantileAccuracy must be in (0, 0.5] (got {relative_accuracy})"
+            )));
+        }
+        let spec = SketchSpec::new(relative_accuracy, sketch_max_bins(relative_accuracy))
+            .map_err(|err| Error::InvalidConfig(format!("quantileAccuracy: {err}")))?;
+        Ok(Self {
+            spec,
+            quantiles: quantiles.to_vec(),
+        })
+    }
+
+    pub fn quantiles(&self) -> &[f64] {
+        &self.quantiles
+    }
+
+    /// Appends the window's quantiles to `out`: NaN unless the sketch holds
+    /// every sample of the aggregate.
+    fn push_estimates(&self, agg: &Aggregate, sketch: Option<&Sketch>, out: &mut Vec<f64>) {
+        let whole = sketch.filter(|s| s.count() == agg.count);
+        for &q in &self.quantiles {
+            out.push(match whole.and_then(|s| s.quantile(&self.spec, q)) {
+                // The exact bounds only bring an estimate closer to the truth.
+                Some(v) => v.clamp(agg.min, agg.max),
+                None => f64::NAN,
+            });
+        }
+    }
+}
+
 /// Closed (series key, window) aggregates as parallel columns, ordered by
 /// window start (equivalently end, all windows have one size) and then by
 /// series key in Rust `str` order, i.e. by UTF-8 bytes / code points. (JS `<`
@@ -423,6 +495,9 @@ pub struct ClosedWindows {
     pub mean: Vec<f64>,
     pub min: Vec<f64>,
     pub max: Vec<f64>,
+    /// With [`Quantiles`]: per row, one estimate per configured quantile
+    /// (row-major, NaN when unknown); empty otherwise.
+    pub quantiles: Vec<f64>,
 }
 
 impl ClosedWindows {
@@ -463,6 +538,11 @@ pub struct WindowStates {
     pub max: Vec<f64>,
     /// Input offset of the window's first sample.
     pub first_offset: Vec<f64>,
+    /// With [`Quantiles`]: every row's sketch, encoded ([`Sketch::encode`]),
+    /// one after the other; row `i` is `sketch_bytes[sketch_ends[i-1]..sketch_ends[i]]`.
+    /// Both empty without quantiles.
+    pub sketch_bytes: Vec<u8>,
+    pub sketch_ends: Vec<u32>,
 }
 
 impl WindowStates {
@@ -476,6 +556,26 @@ impl WindowStates {
             min: Vec::with_capacity(rows),
             max: Vec::with_capacity(rows),
             first_offset: Vec::with_capacity(rows),
+            sketch_bytes: Vec::new(),
+            sketch_ends: Vec::new(),
+        }
+    }
+
+    /// Adds a row; with quantiles on, `sketch` is the row's (default: empty).
+    fn push_with_sketch(
+        &mut self,
+        key: &str,
+        start: i64,
+        agg: &Aggregate,
+        sketch: Option<(&SketchSpec, Option<&Sketch>)>,
+    ) {
+        self.push(key, start, agg);
+        if let Some((spec, sketch)) = sketch {
+            sketch
+                .unwrap_or(&Sketch::default())
+                .encode(spec, &mut self.sketch_bytes);
+            let end = u32::try_from(self.sketch_bytes.len()).expect("sketches under 4 GiB");
+            self.sketch_ends.push(end);
         }
     }
 
@@ -509,6 +609,8 @@ impl WindowStates {
             min: &self.min,
             max: &self.max,
             first_offset: &self.first_offset,
+            sketch_bytes: &self.sketch_bytes,
+            sketch_ends: &self.sketch_ends,
         }
     }
 }
@@ -525,6 +627,9 @@ pub struct WindowStatesView<'a, K> {
     pub min: &'a [f64],
     pub max: &'a [f64],
     pub first_offset: &'a [f64],
+    /// Encoded sketches as in [`WindowStates`]; both empty when the rows have none.
+    pub sketch_bytes: &'a [u8],
+    pub sketch_ends: &'a [u32],
 }
 
 /// Result of one [`Aggregator::ingest`] call. Every sample of the batch is in
@@ -771,6 +876,8 @@ struct Row {
 #[derive(Debug, Default)]
 struct Window {
     chunks: Vec<Vec<Row>>,
+    /// With quantiles: row `r`'s sketch at `sketches[r]` (grown on demand).
+    sketches: Vec<Sketch>,
     len: usize,
     /// One more than the largest key id held.
     ids: usize,
@@ -808,8 +915,19 @@ impl Window {
         }
     }
 
-    fn get(&self, id: u32) -> Option<&Aggregate> {
-        self.find(id).map(|r| &self.row(r).agg)
+    /// The aggregate of key `id` and its sketch, if any.
+    fn get(&self, id: u32) -> Option<(&Aggregate, Option<&Sketch>)> {
+        self.find(id)
+            .map(|r| (&self.row(r).agg, self.sketches.get(r)))
+    }
+
+    /// Row `r`'s sketch, created empty if need be.
+    #[inline]
+    fn sketch_mut(&mut self, r: usize) -> &mut Sketch {
+        if r >= self.sketches.len() {
+            self.sketches.resize_with(r + 1, Sketch::default);
+        }
+        &mut self.sketches[r]
     }
 
     #[inline]
@@ -822,8 +940,8 @@ impl Window {
         &mut self.chunks[r / CHUNK][r % CHUNK]
     }
 
-    /// Adds the row of key `id`, which has none.
-    fn push(&mut self, id: u32, agg: Aggregate) {
+    /// Adds the row of key `id`, which has none; returns its row.
+    fn push(&mut self, id: u32, agg: Aggregate) -> usize {
         let r = self.len;
         match self.chunks.last_mut() {
             Some(chunk) if chunk.len() < CHUNK => chunk.push(Row { agg, id }),
@@ -848,6 +966,7 @@ impl Window {
                 self.densify_if_cheap();
             }
         }
+        r
     }
 
     /// Switches to the dense index once it takes no more than ~2x the hash
@@ -865,15 +984,24 @@ impl Window {
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = (u32, &Aggregate)> {
-        self.chunks.iter().flatten().map(|row| (row.id, &row.agg))
+    /// Every row: key id, aggregate and sketch (if any).
+    fn iter(&self) -> impl Iterator<Item = (u32, &Aggregate, Option<&Sketch>)> {
+        self.chunks
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(r, row)| (row.id, &row.agg, self.sketches.get(r)))
     }
 
     /// Renames every key id by `remap` (see [`Interner::compact`]).
     fn remap(&mut self, remap: &[u32]) {
         let mut renamed = Window::default();
+        let mut sketches = std::mem::take(&mut self.sketches).into_iter();
         for row in self.chunks.iter().flatten() {
-            renamed.push(remap[row.id as usize], row.agg);
+            let r = renamed.push(remap[row.id as usize], row.agg);
+            if let Some(sketch) = sketches.next() {
+                *renamed.sketch_mut(r) = sketch;
+            }
         }
         *self = renamed;
     }
@@ -884,7 +1012,9 @@ impl Window {
             Index::Dense(rows) => rows.capacity() * size_of::<u32>(),
             Index::Hashed(rows) => rows.capacity() * (size_of::<(u32, u32)>() + 1),
         };
-        rows * size_of::<Row>() + self.chunks.capacity() * size_of::<Vec<Row>>() + index
+        let sketches = self.sketches.capacity() * size_of::<Sketch>()
+            + self.sketches.iter().map(Sketch::heap_bytes).sum::<usize>();
+        rows * size_of::<Row>() + self.chunks.capacity() * size_of::<Vec<Row>>() + index + sketches
     }
 }
 
@@ -1011,6 +1141,8 @@ pub struct Aggregator {
     /// Coalesced change tracking: windows touched since the last
     /// [`Aggregator::take_changes`], as (start, key id); `None` when off.
     pending_changes: Option<FxHashSet<(i64, u32)>>,
+    /// Per-window quantiles; `None`: no sketches.
+    quantiles: Option<Quantiles>,
 }
 
 impl Aggregator {
@@ -1034,7 +1166,16 @@ impl Aggregator {
             limits: Limits::default(),
             track_changes: false,
             pending_changes: None,
+            quantiles: None,
         }
+    }
+
+    /// Keeps a sketch per open window and reports these quantiles of each
+    /// closed one (see the module docs); none by default. Set it before the
+    /// first sample or restore.
+    pub fn with_quantiles(mut self, quantiles: Option<Quantiles>) -> Self {
+        self.quantiles = quantiles;
+        self
     }
 
     /// Sets the input bounds (see [`Limits`] and the module docs); the
@@ -1271,14 +1412,21 @@ impl Aggregator {
             for start in self.spec.window_starts(ts) {
                 if start + size > close_time {
                     let window = self.windows.entry(start).or_default();
-                    match window.find(id) {
-                        Some(r) => window.row_mut(r).agg.add(value),
+                    let r = match window.find(id) {
+                        Some(r) => {
+                            window.row_mut(r).agg.add(value);
+                            r
+                        }
                         None => {
-                            window.push(id, Aggregate::new(value, offset));
+                            let r = window.push(id, Aggregate::new(value, offset));
                             self.keys.acquire(id);
                             self.open_count += 1;
                             *self.first_offsets.entry(offset).or_default() += 1;
+                            r
                         }
+                    };
+                    if let Some(quantiles) = &self.quantiles {
+                        window.sketch_mut(r).add(&quantiles.spec, value);
                     }
                     if let Some(touched) = touched.as_mut() {
                         touched.insert((start, id));
@@ -1391,16 +1539,24 @@ impl Aggregator {
             let start = group[0].0;
             let window = &self.windows[&start];
             for (_, id) in group {
-                let agg = window.get(*id).expect("a touched window holds its key");
-                states.push(self.keys.name(*id), start, agg);
+                let (agg, sketch) = window.get(*id).expect("a touched window holds its key");
+                states.push_with_sketch(self.keys.name(*id), start, agg, self.sketch_of(sketch));
             }
         }
         states
     }
 
-    /// The aggregates of one window start, ordered by series key.
-    fn by_key_name<'a>(&self, window: &'a Window) -> Vec<(u32, &'a Aggregate)> {
-        let mut rows: Vec<(u32, &Aggregate)> = window.iter().collect();
+    /// With quantiles on: the sketch parameters and a row's sketch, to encode it.
+    fn sketch_of<'a>(
+        &'a self,
+        sketch: Option<&'a Sketch>,
+    ) -> Option<(&'a SketchSpec, Option<&'a Sketch>)> {
+        self.quantiles.as_ref().map(|q| (&q.spec, sketch))
+    }
+
+    /// The aggregates (and sketches) of one window start, ordered by series key.
+    fn by_key_name<'a>(&self, window: &'a Window) -> Vec<(u32, &'a Aggregate, Option<&'a Sketch>)> {
+        let mut rows: Vec<_> = window.iter().collect();
         // Keys are unique within a window, so an unstable sort is deterministic.
         rows.sort_unstable_by(|a, b| self.keys.name(a.0).cmp(self.keys.name(b.0)));
         rows
@@ -1410,8 +1566,8 @@ impl Aggregator {
     pub fn snapshot(&self) -> WindowStates {
         let mut states = WindowStates::with_capacity(self.open_windows());
         for (&start, window) in &self.windows {
-            for (id, agg) in self.by_key_name(window) {
-                states.push(self.keys.name(id), start, agg);
+            for (id, agg, sketch) in self.by_key_name(window) {
+                states.push_with_sketch(self.keys.name(id), start, agg, self.sketch_of(sketch));
             }
         }
         states
@@ -1468,6 +1624,19 @@ impl Aggregator {
                 columns[6].len()
             )));
         }
+        let sketched = !states.sketch_ends.is_empty();
+        if sketched {
+            let ends = states.sketch_ends;
+            let ordered = ends.windows(2).all(|w| w[0] <= w[1]);
+            if ends.len() != len || !ordered || ends[len - 1] as usize != states.sketch_bytes.len()
+            {
+                return Err(Error::InvalidRestore(format!(
+                    "sketchEnds must hold one non-decreasing end per row ({len}), the last \
+                     equal to the length of sketchBytes ({})",
+                    states.sketch_bytes.len()
+                )));
+            }
+        }
         let stream_time = match stream_time {
             None => None,
             Some(t) if is_safe_whole(t) => Some(t as i64),
@@ -1504,7 +1673,24 @@ impl Aggregator {
                     "row {i} (key {key:?}): window {start} appears twice"
                 )));
             }
-            window.push(id, agg);
+            let r = window.push(id, agg);
+            if let Some(quantiles) = self.quantiles.as_ref() {
+                // Rows without a sketch (written without quantiles) get an empty one: their
+                // quantiles are unknown (NaN) when they close.
+                let bytes = match sketched {
+                    true => {
+                        let from = if i == 0 { 0 } else { states.sketch_ends[i - 1] };
+                        &states.sketch_bytes[from as usize..states.sketch_ends[i] as usize]
+                    }
+                    false => &[][..],
+                };
+                if !bytes.is_empty() {
+                    *window.sketch_mut(r) =
+                        Sketch::decode(&quantiles.spec, bytes).map_err(|err| {
+                            Error::InvalidRestore(format!("row {i} (key {key:?}): sketch: {err}"))
+                        })?;
+                }
+            }
             keys.acquire(id);
             *first_offsets.entry(agg.first_offset).or_default() += 1;
         }
@@ -1593,8 +1779,11 @@ impl Aggregator {
             }
             let window = entry.remove();
             self.open_count -= window.len();
-            for (id, agg) in self.by_key_name(&window) {
+            for (id, agg, sketch) in self.by_key_name(&window) {
                 closed.push(self.keys.name(id), start, end, agg);
+                if let Some(quantiles) = &self.quantiles {
+                    quantiles.push_estimates(agg, sketch, &mut closed.quantiles);
+                }
                 self.keys.release(id);
                 release_offset(&mut self.first_offsets, agg.first_offset);
             }
@@ -1774,7 +1963,7 @@ mod tests {
         let keys = &agg.keys;
         let mut counts = vec![0u32; keys.names.len()];
         for window in agg.windows.values() {
-            for (id, _) in window.iter() {
+            for (id, _, _) in window.iter() {
                 counts[id as usize] += 1;
             }
         }
@@ -2631,6 +2820,8 @@ mod tests {
             min: vec![1.0],
             max: vec![2.0],
             first_offset: vec![7.0],
+            sketch_bytes: vec![],
+            sketch_ends: vec![],
         }
     }
 
@@ -3650,12 +3841,12 @@ mod tests {
         assert!(matches!(w.index, Index::Dense(_)));
         assert_eq!(w.len(), ids.len());
         for (n, &id) in ids.iter().enumerate() {
-            assert_eq!(w.get(id).map(Aggregate::sum), Some(n as f64));
+            assert_eq!(w.get(id).map(|(agg, _)| agg.sum()), Some(n as f64));
         }
         let remap: Vec<u32> = (0..4_001).map(|id| 4_000 - id).collect();
         w.remap(&remap);
         for (n, &id) in ids.iter().enumerate() {
-            assert_eq!(w.get(4_000 - id).map(Aggregate::sum), Some(n as f64));
+            assert_eq!(w.get(4_000 - id).map(|(agg, _)| agg.sum()), Some(n as f64));
         }
         // Few keys with large ids stay hashed.
         let mut sparse = Window::default();
@@ -3664,5 +3855,199 @@ mod tests {
         }
         assert!(matches!(sparse.index, Index::Hashed(_)));
         assert!(sparse.bytes() < 10_000);
+    }
+
+    /// Quantiles per window against exact ones, across hopping windows,
+    /// restores from a snapshot, key renumbering and idle advances.
+    mod quantiles {
+        use super::*;
+        use proptest::prelude::*;
+
+        const KEYS: [&str; 3] = ["a", "b", "c"];
+
+        fn aggregator(accuracy: f64) -> Aggregator {
+            let quantiles = Quantiles::new(&[0.0, 0.01, 0.25, 0.5, 0.9, 0.99, 1.0], accuracy)
+                .expect("valid quantiles");
+            Aggregator::new(spec(10.0, Some(5.0), Some(3.0)))
+                .with_quantiles(Some(quantiles))
+                .with_coalesced_changes(true)
+        }
+
+        /// The documented semantics, independently: the values of every
+        /// (key, window start) a sample joined.
+        #[derive(Default)]
+        struct Reference {
+            stream_time: Option<i64>,
+            values: BTreeMap<(String, i64), Vec<f64>>,
+        }
+
+        impl Reference {
+            fn add(&mut self, key: &str, ts: i64, value: f64) {
+                let st = self.stream_time.map_or(ts, |st| st.max(ts));
+                self.stream_time = Some(st);
+                let close = st - 3;
+                let newest = ts - ts.rem_euclid(5);
+                for start in [newest - 5, newest] {
+                    if start + 10 > close && start <= ts {
+                        self.values
+                            .entry((key.to_owned(), start))
+                            .or_default()
+                            .push(value);
+                    }
+                }
+            }
+        }
+
+        fn check_closed(closed: &ClosedWindows, reference: &Reference, accuracy: f64) {
+            let qs = [0.0, 0.01, 0.25, 0.5, 0.9, 0.99, 1.0];
+            for i in 0..closed.len() {
+                let key = (closed.series_keys[i].clone(), closed.window_start[i] as i64);
+                let mut exact = reference.values[&key].clone();
+                assert_eq!(closed.count[i] as usize, exact.len(), "{key:?}");
+                exact.sort_by(f64::total_cmp);
+                for (j, &q) in qs.iter().enumerate() {
+                    let estimate = closed.quantiles[i * qs.len() + j];
+                    let x = exact[(q * (exact.len() - 1) as f64).floor() as usize];
+                    let tiny = f64::MIN_POSITIVE;
+                    let ok = (estimate - x).abs() <= accuracy * x.abs() * (1.0 + 1e-12)
+                        || (x.abs() < tiny && estimate.abs() < tiny);
+                    assert!(
+                        ok,
+                        "{key:?} q={q}: estimate {estimate}, exact {x}, values {exact:?}"
+                    );
+                }
+            }
+        }
+
+        fn value() -> impl Strategy<Value = f64> {
+            // Within SKETCH_DECADES per sign, so nothing collapses (the sketch's own tests
+            // cover collapsing).
+            prop_oneof![
+                (1e-3..1e3f64, any::<bool>()).prop_map(|(v, neg)| if neg { -v } else { v }),
+                (-12.0..12.0f64).prop_map(f64::exp), // heavy tail, 10 decades
+                prop_oneof![Just(-5e6), Just(3.0)].prop_map(|v| v), // two clusters
+                (0.9..1.1f64).prop_map(|v| 1e5 * v), // narrow
+                Just(0.0),
+                Just(4e-320), // subnormal
+            ]
+        }
+
+        fn samples() -> impl Strategy<Value = Vec<(u32, i64, f64)>> {
+            prop::collection::vec((0u32..3, 0i64..6, value()), 1..300).prop_map(|raw| {
+                // Event time moves forward with some disorder, so windows close and some are late.
+                raw.into_iter()
+                    .enumerate()
+                    .map(|(i, (k, jitter, v))| (k, i as i64 / 4 + 8 - jitter, v))
+                    .collect()
+            })
+        }
+
+        fn run(agg: &mut Aggregator, samples: &[(u32, i64, f64)], offset: usize) -> IngestOutcome {
+            let key_index: Vec<u32> = samples.iter().map(|s| s.0).collect();
+            let ts: Vec<f64> = samples.iter().map(|s| s.1 as f64).collect();
+            let values: Vec<f64> = samples.iter().map(|s| s.2).collect();
+            let offsets: Vec<f64> = (offset..offset + samples.len()).map(|o| o as f64).collect();
+            agg.ingest(&KEYS, &key_index, &ts, &values, &offsets, None)
+                .expect("valid batch")
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            #[test]
+            fn every_quantile_is_within_the_accuracy_across_restores(
+                samples in samples(),
+                accuracy in prop_oneof![Just(0.001), Just(0.01), Just(0.05)],
+                cut in 0.0..1.0f64,
+                split in 1usize..40,
+            ) {
+                let mut original = aggregator(accuracy);
+                let mut reference = Reference::default();
+                for &(k, ts, v) in &samples {
+                    reference.add(KEYS[k as usize], ts, v);
+                }
+                let cut = (cut * samples.len() as f64) as usize;
+                let (before, after) = samples.split_at(cut);
+                for (b, batch) in before.chunks(split).enumerate() {
+                    let out = run(&mut original, batch, b * split);
+                    check_closed(&out.closed, &reference, accuracy);
+                }
+                // A restore from the snapshot continues bit for bit.
+                let snapshot = original.snapshot();
+                let mut restored = aggregator(accuracy);
+                restored
+                    .restore(snapshot.view(), original.stream_time().map(|t| t as f64))
+                    .expect("restore");
+                prop_assert_eq!(restored.snapshot(), snapshot);
+                for (b, batch) in after.chunks(split).enumerate() {
+                    let out = run(&mut original, batch, cut + b * split);
+                    let again = run(&mut restored, batch, cut + b * split);
+                    check_closed(&out.closed, &reference, accuracy);
+                    prop_assert_eq!(&out.closed, &again.closed);
+                }
+                let end = 1_000;
+                let last = original.advance_stream_time(end);
+                check_closed(&last, &reference, accuracy);
+                prop_assert_eq!(last, restored.advance_stream_time(end));
+            }
+        }
+
+        #[test]
+        fn windows_restored_without_sketches_report_no_quantiles() {
+            let mut plain = Aggregator::new(spec(10.0, Some(5.0), Some(3.0)));
+            ingest(&mut plain, &["a"], &[(0, 12.0, 1.0), (0, 13.0, 2.0)]);
+            let states = plain.snapshot();
+            assert!(states.sketch_ends.is_empty());
+            let mut sketched = aggregator(0.01);
+            sketched
+                .restore(states.view(), Some(13.0))
+                .expect("restore");
+            ingest(&mut sketched, &["a"], &[(0, 14.0, 3.0)]);
+            let unknown = |closed: &ClosedWindows| -> Vec<bool> {
+                let rows = closed.quantiles.chunks(7);
+                rows.map(|row| row.iter().all(|q| q.is_nan())).collect()
+            };
+            // [5,15) and [10,20) hold samples from before the sketches: no quantiles.
+            let early = ingest(&mut sketched, &["a"], &[(0, 40.0, 4.0)]).closed;
+            assert_eq!(early.window_start, vec![5.0, 10.0]);
+            assert_eq!(unknown(&early), vec![true, true]);
+            let late = sketched.advance_stream_time(100);
+            assert_eq!(late.window_start, vec![35.0, 40.0]);
+            assert_eq!(unknown(&late), vec![false, false]);
+            assert_eq!(late.quantiles, vec![4.0; 14]);
+            // Without quantiles nothing is reported and no sketch is kept.
+            let mut off = Aggregator::new(spec(10.0, None, None));
+            ingest(&mut off, &["a"], &[(0, 1.0, 1.0)]);
+            assert!(off.snapshot().sketch_bytes.is_empty());
+            assert!(off.advance_stream_time(100).quantiles.is_empty());
+        }
+
+        #[test]
+        fn sketches_follow_their_keys_through_renumbering() {
+            // Many keys come and go, so the interner compacts and renumbers the open windows.
+            let mut agg = aggregator(0.01);
+            let names: Vec<String> = (0..2_000).map(|i| format!("k{i}")).collect();
+            let batch = |from: usize, ts: f64| -> (Vec<u32>, Vec<f64>, Vec<f64>, Vec<f64>) {
+                let ids: Vec<u32> = (from..from + 500).map(|i| i as u32).collect();
+                let values = ids.iter().map(|&i| f64::from(i)).collect();
+                (ids.clone(), vec![ts; 500], values, vec![0.0; 500])
+            };
+            for (round, from) in [0usize, 500, 1_000, 1_500].into_iter().enumerate() {
+                let (ids, ts, values, offsets) = batch(from, 20.0 * round as f64);
+                let out = agg
+                    .ingest(&names, &ids, &ts, &values, &offsets, None)
+                    .expect("batch");
+                for i in 0..out.closed.len() {
+                    let own = names
+                        .iter()
+                        .position(|n| *n == out.closed.series_keys[i])
+                        .expect("a known key") as f64;
+                    // Each window holds one sample: every quantile is that value.
+                    for q in &out.closed.quantiles[i * 7..(i + 1) * 7] {
+                        assert!((q - own).abs() <= 0.01 * own, "{q} vs {own}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -88,11 +88,32 @@ function compare(expected: Map<string, RefWindow>, published: WindowAggregate[])
   return result
 }
 
+/** Windows whose quantiles are not within the accuracy of the exact ones (rank floor(q(n-1))). */
+function quantileErrors(
+  expected: Map<string, RefWindow>,
+  published: WindowAggregate[],
+  { quantiles, accuracy }: { quantiles: number[]; accuracy: number },
+): string[] {
+  const errors: string[] = []
+  for (const actual of published) {
+    const id = windowId(actual.seriesKey, actual.windowStart)
+    const sorted = Float64Array.from(expected.get(id)?.values ?? []).sort()
+    const got = actual.quantiles ?? []
+    if (got.length !== quantiles.length) errors.push(`${id}: quantiles ${JSON.stringify(got)}`)
+    for (const { q, value } of got) {
+      const exact = sorted[Math.floor(q * (sorted.length - 1))] as number
+      if (!(Math.abs(value - exact) <= accuracy * Math.abs(exact) * (1 + 1e-12)))
+        errors.push(`${id}: q=${q} estimate ${value}, exact ${exact}`)
+    }
+  }
+  return errors
+}
+
 describe.each(deliveryModes)('pipeline on a real broker, %s', (delivery) => {
   const replicas = inProcessReplicas({ clientId: 'kwa-test', partitions, window, logger })
 
-  async function setup(name: string) {
-    const { brokers, input, output, started } = await replicas(name, { delivery })
+  async function setup(name: string, extra: Partial<ServiceConfig> = {}) {
+    const { brokers, input, output, started } = await replicas(name, { delivery, ...extra })
     const published = async (expected = 0) =>
       (
         await readAll(brokers, output, {
@@ -141,12 +162,14 @@ describe.each(deliveryModes)('pipeline on a real broker, %s', (delivery) => {
     expect(sum('replayed')).toBe(0)
   })
 
-  it('partitions that move between replicas mid-stream keep their open windows', async () => {
-    const { brokers, input, replica, published } = await setup('moving')
+  it('partitions that move between replicas mid-stream keep their open windows (and quantiles)', async () => {
+    // With --quantiles: the sketches move with the windows (exactly once, in the changelog).
+    const quantiles = { quantiles: [0, 0.5, 0.9, 0.99], accuracy: 0.01 }
+    const { brokers, input, replica, published } = await setup('moving', { quantiles })
     const data = generateInput(0xbeef, 900)
     const reference = referenceRun(
       data.map((batches) => batches.flat()),
-      window,
+      { ...window, keepValues: true },
     )
 
     const first = await replica()
@@ -181,6 +204,7 @@ describe.each(deliveryModes)('pipeline on a real broker, %s', (delivery) => {
     expect(diff.missing.slice(0, 5)).toEqual([])
     expect(diff.extra.slice(0, 5)).toEqual([])
     expect(diff.wrong.slice(0, 5)).toEqual([])
+    expect(quantileErrors(reference.closed, results, quantiles).slice(0, 5)).toEqual([])
     if (delivery === 'exactly-once') {
       expect(diff.duplicates).toBe(0)
     } else {

@@ -153,6 +153,7 @@ describe('read_committed with aborted transactions listed out of offset order', 
       mean: new Float64Array(0),
       min: new Float64Array(0),
       max: new Float64Array(0),
+      quantiles: new Float64Array(0),
     }
     await abortOutOfOrder(topic, {
       // Aborted batches: one opened a window for another key, one grew the window.
