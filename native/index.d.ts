@@ -202,7 +202,7 @@ export interface AggregatorConfig {
    */
   quantiles?: Array<number>
   /**
-   * Relative accuracy of the quantiles, in (0, 0.5]; default 0.01: each
+   * Relative accuracy of the quantiles, in [1e-6, 0.5]; default 0.01: each
    * estimate is within 1% of the exact value of its rank.
    */
   quantileAccuracy?: number

@@ -68,7 +68,7 @@ pub struct AggregatorConfig {
     /// Quantiles (each in [0, 1]) every closed window reports, estimated by a
     /// sketch (DDSketch) kept per open window; unset or empty: none.
     pub quantiles: Option<Vec<f64>>,
-    /// Relative accuracy of the quantiles, in (0, 0.5]; default 0.01: each
+    /// Relative accuracy of the quantiles, in [1e-6, 0.5]; default 0.01: each
     /// estimate is within 1% of the exact value of its rank.
     pub quantile_accuracy: Option<f64>,
 }

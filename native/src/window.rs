@@ -116,7 +116,7 @@ use std::mem::size_of;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::sketch::{Sketch, SketchSpec};
+use crate::sketch::{MAX_RELATIVE_ACCURACY, MIN_RELATIVE_ACCURACY, Sketch, SketchSpec};
 
 /// A window's sketch keeps its own bin for every value within this many
 /// decades below the largest (per sign), whatever the accuracy: beyond, the
@@ -441,16 +441,17 @@ pub struct Quantiles {
 }
 
 impl Quantiles {
-    /// `quantiles` in [0, 1] (at least one); `relative_accuracy` in (0, 0.5].
+    /// `quantiles` in [0, 1] (at least one); `relative_accuracy` in [1e-6, 0.5].
     pub fn new(quantiles: &[f64], relative_accuracy: f64) -> Result<Self, Error> {
         if quantiles.is_empty() || quantiles.iter().any(|q| !(0.0..=1.0).contains(q)) {
             return Err(Error::InvalidConfig(format!(
                 "quantiles must be one or more numbers in [0, 1] (got {quantiles:?})"
             )));
         }
-        if !(relative_accuracy > 0.0 && relative_accuracy <= 0.5) {
+        if !(MIN_RELATIVE_ACCURACY..=MAX_RELATIVE_ACCURACY).contains(&relative_accuracy) {
             return Err(Error::InvalidConfig(format!(
-                "quantileAccuracy must be in (0, 0.5] (got {relative_accuracy})"
+                "quantileAccuracy must be in [{MIN_RELATIVE_ACCURACY}, {MAX_RELATIVE_ACCURACY}] \
+                 (got {relative_accuracy})"
             )));
         }
         let spec = SketchSpec::new(relative_accuracy, sketch_max_bins(relative_accuracy))
