@@ -881,39 +881,35 @@ export class AggregatorService {
    */
   private closeIdle(idleMs: number): void {
     if (this.rebalancing || this.stopping !== undefined) return
-    const now = Date.now()
     for (const [partition, owned] of this.owned) {
-      if (
-        owned.generation !== this.generation ||
-        now - owned.quiet.since < idleMs ||
-        this.idling.has(partition)
-      )
-        continue
-      const target = idleStreamTime(owned.quiet, now, this.pipelineOptions.maxFutureSkewMs)
-      const due = owned.pipeline.nextCloseTime
-      if (target === null || due === null || target < due) continue
+      if (this.idling.has(partition) || this.idleTarget(owned, idleMs) === null) continue
       this.idling.add(partition)
       void this.advanceIdle(partition, idleMs).finally(() => this.idling.delete(partition))
     }
   }
 
+  /** The stream time an idle advance of the partition would move to now, if one is due. */
+  private idleTarget(owned: OwnedPartition, idleMs: number): number | null {
+    const now = Date.now()
+    if (owned.generation !== this.generation || now - owned.quiet.since < idleMs) return null
+    const target = idleStreamTime(owned.quiet, now, this.pipelineOptions.maxFutureSkewMs)
+    const due = owned.pipeline.nextCloseTime
+    return target === null || due === null || target < due ? null : target
+  }
+
   /**
-   * Idle close of one partition, after the work in progress on it: the windows due at the stream
-   * time idleStreamTime gives then are published and the advance committed, exactly once in one
-   * transaction (results, tombstones, the position record with the new stream time; the input
-   * offset unchanged), at least once as results and then the checkpoint. Quietness and the target
-   * are decided again here, not when the timer queued it: a batch queued before it (or a restore)
-   * may have brought input, and the partition is then no longer quiet. Never throws; a failure
-   * drops the state like a failed batch.
+   * Idle close of one partition, after the work in progress on it (decided again then: input
+   * that was queued meanwhile means it is not quiet any more): the windows due are published and
+   * the advance committed, exactly once in one transaction (results, tombstones, the position
+   * record with the new stream time; the input offset unchanged), at least once as results and
+   * then the checkpoint. Never throws; a failure drops the state like a failed batch.
    */
   private advanceIdle(partition: number, idleMs: number): Promise<void> {
     let owned: OwnedPartition | undefined
     return this.exclusive(partition, async () => {
       owned = this.owned.get(partition)
-      if (owned === undefined || owned.generation !== this.generation || this.rebalancing) return
-      const now = Date.now()
-      if (now - owned.quiet.since < idleMs) return
-      const streamTime = idleStreamTime(owned.quiet, now, this.pipelineOptions.maxFutureSkewMs)
+      if (owned === undefined || this.rebalancing || this.stopping !== undefined) return
+      const streamTime = this.idleTarget(owned, idleMs)
       if (streamTime === null) return
       const outcome = owned.pipeline.advanceIdle(streamTime)
       if (outcome === undefined) return
