@@ -32,6 +32,7 @@ import {
   type Producer,
 } from 'kafkajs'
 import {
+  decodeLateSample,
   decodeTelemetryBatch,
   decodeWindowAggregate,
   encodeTelemetryBatch,
@@ -39,6 +40,7 @@ import {
   type WindowAggregate,
 } from '../../consumer/schemas'
 import { defaultKafkaVersion, startLocalBroker, type LocalBroker } from '../../scripts/local-kafka'
+import { referenceWithIdle, type IdleStep } from '../helpers/idle-reference'
 import { mulberry32, referenceRun, windowId, type RefWindow } from '../reference'
 
 // ---------------------------------------------------------------------------------------------
@@ -230,6 +232,8 @@ interface ReplicaLaunch {
   outputTopic: string
   delivery: Delivery | null
   serviceRoot: string
+  /** More `kwa run` flags (e.g. --idle-close for the scenario that needs it). */
+  extraArgs: readonly string[]
 }
 
 /** One OS process of a replica (a replica is restarted as a new incarnation). */
@@ -271,6 +275,7 @@ class Incarnation {
       '--session-timeout',
       durationFlag(SESSION_TIMEOUT_MS),
       ...(launch.delivery === null ? [] : ['--delivery', launch.delivery]),
+      ...launch.extraArgs,
       '--log-level',
       'info',
     ]
@@ -380,6 +385,8 @@ export class Replica {
   errorLines = 0
   /** kafkajs "Crash:" lines: its consumer stopped (restarted only after retriable errors). */
   consumerCrashes = 0
+  /** Idle close: its 'idle partition: stream time advanced by the wall clock' lines, all lives. */
+  idleAdvances = 0
   private quickFailures = 0
 
   constructor(
@@ -546,6 +553,15 @@ export class Replica {
       this.tail.push(line)
       if (this.tail.length > 200) this.tail.shift()
       if (/"level":(50|60)/.test(line)) this.errorLines++
+      if (line.includes('"msg":"idle partition: stream time advanced by the wall clock"')) {
+        this.idleAdvances++
+        const partition = /"partition":(\d+)/.exec(line)?.[1]
+        const closed = /"windowsClosed":(\d+)/.exec(line)?.[1]
+        this.note(
+          `${this.name} (pid ${incarnation.pid}) idle advance of partition ${partition}: ` +
+            `${closed} windows closed`,
+        )
+      }
       // kafkajs gives up on a non-retriable error: the process lives on, consuming nothing.
       const crash = /"msg":"(Crash: [^"]*|Restarting the consumer[^"]*)"/.exec(line)?.[1]
       if (crash !== undefined) {
@@ -622,8 +638,14 @@ export class InputProducer {
   private readonly random: () => number
   private readonly recent: Message[][] = Array.from({ length: PARTITIONS }, () => [])
   private maxEventTime = T0
+  /** Per partition, the highest event time produced. */
+  private readonly partitionMax: number[] = Array.from({ length: PARTITIONS }, () => T0)
+  /** Added to the event time of every tick from the next one on (see jump()). */
+  private eventOffsetMs = 0
   private running = false
   private loop: Promise<void> | undefined
+  /** When the send of the last tick sent (its first attempt) started, wall clock; 0: none. */
+  lastTickSendStartedAt = 0
 
   constructor(
     brokers: string,
@@ -640,9 +662,55 @@ export class InputProducer {
   }
 
   async start(): Promise<void> {
+    await this.connect()
+    this.resume()
+  }
+
+  /** Connects without starting the flow (resume() starts it). */
+  async connect(): Promise<void> {
     await this.producer.connect()
+  }
+
+  /** Starts (again) the steady flow after connect() or stop(). */
+  resume(): void {
+    if (this.running) return
     this.running = true
     this.loop = this.run()
+  }
+
+  /** The highest event time produced so far (over every partition). */
+  get highestEventTime(): number {
+    return this.maxEventTime
+  }
+
+  /** Moves the event time of every later tick `ms` forward (a gap in event time). */
+  jump(ms: number): void {
+    this.eventOffsetMs += ms
+  }
+
+  /**
+   * One message per partition of `count` samples stamped up to 4 s before the highest event time
+   * of that partition so far (in windows that had opened by then), for series of the partition.
+   */
+  async sendStale(count: number, timeoutMs = 30_000): Promise<void> {
+    const messages = Array.from({ length: PARTITIONS }, (_, partition) => ({
+      partition,
+      value: encodeTelemetryBatch({
+        sourceId: `chaos-stale-${partition}`,
+        samples: Array.from({ length: count }, () => ({
+          seriesKey: seriesKey(
+            partition,
+            Math.floor(this.random() * this.options.keysPerPartition),
+          ),
+          eventTime: (this.partitionMax[partition] ?? T0) - Math.floor(this.random() * 4_000),
+          value: Math.round((this.random() - 0.5) * 2_000_000) / 1024,
+        })),
+      }),
+    }))
+    const deadline = Date.now() + timeoutMs
+    if (!(await this.sendUntilDone(messages, () => Date.now() < deadline))) {
+      throw new Error(`could not send the stale messages within ${seconds(timeoutMs)}`)
+    }
   }
 
   /** Stops the steady flow (the send in flight completes). */
@@ -678,7 +746,10 @@ export class InputProducer {
     let next = Date.now()
     while (this.running) {
       const messages = this.tick()
-      await this.sendUntilDone(messages, () => this.running)
+      const sendStartedAt = Date.now()
+      if (await this.sendUntilDone(messages, () => this.running)) {
+        this.lastTickSendStartedAt = sendStartedAt
+      }
       next += intervalMs
       const now = Date.now()
       if (next < now - 1_000) next = now // after a stall, resume the rate rather than burst
@@ -691,7 +762,7 @@ export class InputProducer {
     const tick = this.stats.ticks++
     const messages: Message[] = []
     for (let partition = 0; partition < PARTITIONS; partition++) {
-      const base = T0 + tick * o.eventStepMs
+      const base = T0 + tick * o.eventStepMs + this.eventOffsetMs
       const samples: Sample[] = Array.from({ length: o.samplesPerMessage }, () => {
         const key = seriesKey(partition, Math.floor(this.random() * o.keysPerPartition))
         const delay =
@@ -700,6 +771,7 @@ export class InputProducer {
         // Dyadic values: every sum is exact in binary, whatever the order of addition.
         const value = Math.round((this.random() - 0.5) * 2_000_000) / 1024
         this.maxEventTime = Math.max(this.maxEventTime, eventTime)
+        this.partitionMax[partition] = Math.max(this.partitionMax[partition] ?? T0, eventTime)
         return { seriesKey: key, eventTime, value }
       })
       const message: Message = {
@@ -963,6 +1035,75 @@ export interface Verification {
   outputRecordsUncommitted: number
   /** How long the output took to reach the expected number of distinct windows. */
   settleMs: number
+  /**
+   * With a late topic (the idle scenario): its committed records (librdkafka) against the late
+   * samples of the recomputation, by input partition, offset, series, event time and value.
+   */
+  late?: LateCheck
+}
+
+export interface LateCheck {
+  expected: number
+  published: number
+  /** Late samples of the recomputation not on the late topic (or fewer times). */
+  missing: number
+  /** Late records that the recomputation does not have (or more times: a duplicate). */
+  extra: number
+  examples: string[]
+}
+
+/** Where the input resumed after a pause, per partition, and the highest stream time by then. */
+export interface IdleResume {
+  offsets: Map<number, bigint>
+  maxStreamTime: number
+}
+
+/**
+ * Idle close (--idle-close) for the verifier: stream time also moves by the wall clock, so the
+ * recomputation models the advances of each pause (`resumes`; see test/helpers/idle-reference.ts
+ * for what it can know about them and how it checks that this is enough), and every window is
+ * eventually published (the last ones by the final idle close). Late samples are checked on the
+ * late topic.
+ */
+export interface IdleModel {
+  resumes: readonly IdleResume[]
+  lateTopic: string
+}
+
+/**
+ * The input records (any order) as each partition's steps for referenceWithIdle: its messages by
+ * offset, with an idle advance before the first record at or beyond each resume offset.
+ */
+export function inputSteps(
+  records: readonly { partition: number; offset: string; value: Buffer | null }[],
+  resumes: readonly IdleResume[],
+): IdleStep[][] {
+  const steps: IdleStep[][] = Array.from({ length: PARTITIONS }, () => [])
+  const sorted = [...records].sort(
+    (a, b) => a.partition - b.partition || Number(BigInt(a.offset) - BigInt(b.offset)),
+  )
+  const next = new Map<number, number>()
+  const advanceUpTo = (partition: number, offset: bigint | undefined) => {
+    const list = steps[partition] as IdleStep[]
+    for (let i = next.get(partition) ?? 0; i < resumes.length; i++) {
+      const resume = resumes[i] as IdleResume
+      const at = resume.offsets.get(partition) ?? 0n
+      if (offset !== undefined && offset < at) return
+      list.push({ idleAdvance: { maxStreamTime: resume.maxStreamTime } })
+      next.set(partition, i + 1)
+    }
+  }
+  for (const record of sorted) {
+    if (record.value === null)
+      throw new Error(`input ${record.partition}@${record.offset} has no value`)
+    advanceUpTo(record.partition, BigInt(record.offset))
+    steps[record.partition]?.push({
+      offset: Number(record.offset),
+      samples: decodeTelemetryBatch(record.value).samples,
+    })
+  }
+  for (let p = 0; p < PARTITIONS; p++) advanceUpTo(p, undefined)
+  return steps
 }
 
 export interface VerifyOptions {
@@ -997,6 +1138,7 @@ export async function verify(
   inputTopic: string,
   outputTopic: string,
   options: VerifyOptions = defaultVerify,
+  idle?: IdleModel,
 ): Promise<Verification> {
   const input = await readToEnd(brokers, inputTopic)
   const perPartition: Sample[][] = Array.from({ length: PARTITIONS }, () => [])
@@ -1008,7 +1150,14 @@ export async function verify(
       throw new Error(`input ${record.partition}@${record.offset} has no value`)
     perPartition[record.partition]?.push(...decodeTelemetryBatch(record.value).samples)
   }
-  const reference = referenceRun(perPartition, WINDOW)
+  // Without idle close, windows close by input only; with it, the recomputation models the idle
+  // advances and the final idle close (every window is published).
+  const idleRun =
+    idle === undefined ? undefined : referenceWithIdle(inputSteps(input, idle.resumes), WINDOW)
+  const reference =
+    idleRun === undefined
+      ? referenceRun(perPartition, WINDOW)
+      : { closed: idleRun.windows, late: idleRun.late }
   const expected = reference.closed
 
   const committed = await TopicReader.open(brokers, outputTopic, { readUncommitted: false })
@@ -1046,6 +1195,46 @@ export async function verify(
     outputRecords: outputRecords.length,
     outputRecordsUncommitted: open.uncommittedRecords,
     settleMs,
+    ...(idle !== undefined &&
+      idleRun !== undefined && {
+        late: await checkLate(brokers, idle.lateTopic, idleRun.lateSamples),
+      }),
+  }
+}
+
+/** The late topic (read by librdkafka, read_committed) against the recomputed late samples. */
+async function checkLate(
+  brokers: string,
+  lateTopic: string,
+  expected: readonly { partition: number; offset: number; sample: Sample }[],
+): Promise<LateCheck> {
+  const id = (partition: number, offset: number, s: Sample) =>
+    `${partition}@${offset} ${s.seriesKey} ${new Date(s.eventTime).toISOString()} ${s.value}`
+  const published = (await readCommittedWithLibrdkafka(brokers, lateTopic)).map((r) => {
+    const late = decodeLateSample(Buffer.from(r.value ?? '', 'hex'))
+    return id(late.sourcePartition, late.sourceOffset, late)
+  })
+  const count = new Map<string, number>()
+  for (const l of expected) {
+    const key = id(l.partition, l.offset, l.sample)
+    count.set(key, (count.get(key) ?? 0) + 1)
+  }
+  const extra: string[] = []
+  for (const key of published) {
+    const n = count.get(key) ?? 0
+    if (n === 0) extra.push(key)
+    else count.set(key, n - 1)
+  }
+  const missing = [...count].flatMap(([key, n]) => Array.from({ length: n }, () => key))
+  return {
+    expected: expected.length,
+    published: published.length,
+    missing: missing.length,
+    extra: extra.length,
+    examples: [
+      ...missing.slice(0, EXAMPLES).map((k) => `missing ${k}`),
+      ...extra.slice(0, EXAMPLES).map((k) => `extra ${k}`),
+    ],
   }
 }
 
@@ -1240,6 +1429,15 @@ const summary = (w: {
 export interface ScenarioOptions {
   input?: Partial<InputOptions>
   verify?: Partial<VerifyOptions>
+  /**
+   * Replicas run with `--idle-close <idleCloseMs>` and a late topic; the input is held until the
+   * body calls startInput(); the verifier models the idle close (IdleModel, with the pauses the
+   * body recorded by resumeInput()) and checks the late topic. Only the scenario built for it
+   * sets this: with idle close, any input stall longer than it (a broker outage, a starved
+   * producer) closes windows by the wall clock, which a recomputation from the input alone
+   * cannot know.
+   */
+  idleClose?: { idleCloseMs: number }
 }
 
 export interface ReplicaSummary {
@@ -1249,6 +1447,8 @@ export interface ReplicaSummary {
   exits: string[]
   errorLines: number
   consumerCrashes: number
+  /** Idle close: stream time advances by the wall clock it logged, over all its lives. */
+  idleAdvances: number
 }
 
 export interface ScenarioResult {
@@ -1293,6 +1493,7 @@ export class Scenario {
     readonly logDir: string,
     delivery: Delivery | null,
     private readonly onEvent: (line: string) => void,
+    extraArgs: readonly string[] = [],
   ) {
     this.random = mulberry32(seed ^ 0x9e3779b9)
     this.launch = {
@@ -1302,6 +1503,103 @@ export class Scenario {
       outputTopic,
       delivery,
       serviceRoot: process.env['KWA_CHAOS_SERVICE_ROOT']?.trim() || REPO_ROOT,
+      extraArgs,
+    }
+  }
+
+  /** @internal The scenario's input producer (set by ChaosHarness.run). */
+  input: InputProducer | undefined
+  /**
+   * Idle close: where the input resumed after each pause, and how far an idle advance can have
+   * moved stream time by then (resumeInput()); the verifier models these advances.
+   */
+  readonly idleResumes: IdleResume[] = []
+
+  private producer(): InputProducer {
+    if (this.input === undefined) throw new Error('the scenario has no input producer')
+    return this.input
+  }
+
+  /** Starts the input flow (scenarios run with `holdInput` start it themselves). */
+  startInput(): void {
+    this.producer().resume()
+    this.note('input flowing')
+  }
+
+  /** Stops the input flow (the send in flight completes): partitions go quiet. */
+  async pauseInput(): Promise<void> {
+    await this.producer().stop()
+    this.note(`input paused (highest event time ${this.producer().highestEventTime})`)
+  }
+
+  /**
+   * Resumes the input after an idle close closed every window (awaitIdleClose()): first one
+   * message per partition of `stale` samples in windows the idle close closed (late, whatever
+   * the advance was), then the steady flow with its event time moved beyond the highest stream
+   * time an idle advance can have reached, S + (now - the send of the last input) (consumer/
+   * service.ts idleStreamTime: `since` is no earlier than that send, and once no window is open
+   * nothing advances it), plus the out-of-order delay, a window and the grace: so each resumed
+   * sample is late or not by the input alone (test/helpers/idle-reference.ts).
+   */
+  async resumeInput({ stale = 5 } = {}): Promise<void> {
+    const input = this.producer()
+    const offsets = await lastStableOffsets(this.broker.brokers, this.inputTopic)
+    const elapsed = Date.now() - input.lastTickSendStartedAt
+    const maxStreamTime = input.highestEventTime + elapsed
+    this.idleResumes.push({ offsets, maxStreamTime })
+    await input.sendStale(stale)
+    const gap = elapsed + defaultInput.maxDelayMs + WINDOW.sizeMs + WINDOW.graceMs + 1_000
+    input.jump(gap)
+    input.resume()
+    this.note(
+      `input resumed after ${seconds(elapsed)}: ${stale} stale samples per partition, then event ` +
+        `time ${seconds(gap)} further on (idle advances reached at most ${maxStreamTime})`,
+    )
+  }
+
+  /**
+   * Waits (bounded) until every window of the input so far was published: with the input paused,
+   * only idle advances can close the last ones. Throws, naming how many are missing, if not.
+   */
+  async awaitIdleClose(timeoutMs: number): Promise<void> {
+    const started = Date.now()
+    const input = await readToEnd(this.broker.brokers, this.inputTopic)
+    const expected = referenceWithIdle(inputSteps(input, this.idleResumes), WINDOW).windows
+    const reader = await TopicReader.open(this.broker.brokers, this.outputTopic, {
+      readUncommitted: false,
+    })
+    try {
+      const seen = new Set<string>()
+      let counted = 0
+      const missing = () => {
+        for (; counted < reader.records.length; counted++) {
+          const value = reader.records[counted]?.value
+          if (value === null || value === undefined) continue
+          const w = decodeWindowAggregate(value)
+          seen.add(windowId(w.seriesKey, w.windowStart))
+        }
+        return [...expected.keys()].filter((id) => !seen.has(id)).length
+      }
+      const done = await this.pollSupervised(() => missing() === 0, timeoutMs, 250)
+      if (!done) {
+        throw new Error(
+          `${missing()} of ${expected.size} windows of the paused input not published after ` +
+            `${seconds(timeoutMs)}: the idle close did not close them`,
+        )
+      }
+      this.note(
+        `idle close: all ${expected.size} windows of the input so far published ` +
+          `(${seconds(Date.now() - started)})`,
+      )
+    } finally {
+      await reader.close()
+    }
+  }
+
+  /** Waits (bounded) until `done()`; throws naming `what` when it does not happen in time. */
+  async until(what: string, done: () => boolean, timeoutMs: number): Promise<void> {
+    if (!(await this.pollSupervised(done, timeoutMs))) {
+      throw new Error(`timed out after ${seconds(timeoutMs)} waiting for ${what}`)
     }
   }
 
@@ -1665,10 +1963,13 @@ export class ChaosHarness {
     await fs.mkdir(logDir, { recursive: true })
     const inputTopic = `chaos-in-${id}`
     const outputTopic = `chaos-out-${id}`
+    const lateTopic = `chaos-late-${id}`
+    const idleClose = options.idleClose
+    const topics = [inputTopic, outputTopic, ...(idleClose !== undefined ? [lateTopic] : [])]
     await withAdmin(this.broker.brokers, (admin) =>
       admin.createTopics({
         waitForLeaders: true,
-        topics: [inputTopic, outputTopic].map((topic) => ({ topic, numPartitions: PARTITIONS })),
+        topics: topics.map((topic) => ({ topic, numPartitions: PARTITIONS })),
       }),
     )
     const eventLog = createWriteStream(path.join(logDir, 'events.log'))
@@ -1685,6 +1986,9 @@ export class ChaosHarness {
         eventLog.write(`${line}\n`)
         this.onEvent(line)
       },
+      idleClose === undefined
+        ? []
+        : ['--idle-close', durationFlag(idleClose.idleCloseMs), '--late-topic', lateTopic],
     )
     this.scenarios.add(s)
     s.note(
@@ -1697,9 +2001,11 @@ export class ChaosHarness {
       seed,
       (text) => s.note(text),
     )
+    s.input = input
     let passed = false
     try {
-      await input.start()
+      if (idleClose === undefined) await input.start()
+      else await input.connect() // the body starts the flow
       s.startSupervisor()
       await body(s)
 
@@ -1707,21 +2013,30 @@ export class ChaosHarness {
       s.ensureActive()
       await input.stop()
       await input.sendFinal()
-      const verification = await verify(this.broker.brokers, inputTopic, outputTopic, {
-        ...defaultVerify,
-        ...options.verify,
-      })
+      const verification = await verify(
+        this.broker.brokers,
+        inputTopic,
+        outputTopic,
+        { ...defaultVerify, ...options.verify },
+        idleClose === undefined ? undefined : { resumes: s.idleResumes, lateTopic },
+      )
       const c = verification.counts
+      const late = verification.late
       passed =
         c.missing === 0 &&
         c.duplicated === 0 &&
         c.wrong === 0 &&
         verification.hanging.length === 0 &&
-        verification.readersDisagree.length === 0
+        verification.readersDisagree.length === 0 &&
+        (late === undefined || late.missing + late.extra === 0)
       s.note(
         `verified: ${c.windows} windows, ${c.missing} missing, ${c.duplicated} duplicated, ` +
           `${c.wrong} wrong, ${verification.hanging.length} hanging ` +
-          `(settled in ${seconds(verification.settleMs)})`,
+          `(settled in ${seconds(verification.settleMs)})` +
+          (late === undefined
+            ? ''
+            : `; late topic: ${late.published} records for ${late.expected} late samples, ` +
+              `${late.missing} missing, ${late.extra} extra`),
       )
       const warnings = s.idleReplicas()
       for (const warning of warnings) s.note(`warning: ${warning}`)
@@ -1760,7 +2075,7 @@ export class ChaosHarness {
       await new Promise<void>((resolve) => eventLog.end(() => resolve()))
       this.scenarios.delete(s)
       if (passed && !this.keepLogs) {
-        await this.forget(logDir, [inputTopic, outputTopic], s.groupId)
+        await this.forget(logDir, topics, s.groupId)
       }
     }
   }
@@ -1795,6 +2110,7 @@ function summarise(r: Replica): ReplicaSummary {
     exits: r.exits.map((e) => `${e.cause} (${describeExit(e.exit)}) after ${seconds(e.afterMs)}`),
     errorLines: r.errorLines,
     consumerCrashes: r.consumerCrashes,
+    idleAdvances: r.idleAdvances,
   }
 }
 
@@ -1828,6 +2144,13 @@ export function formatResult(r: ScenarioResult): string {
   ]
   for (const [kind, list] of Object.entries(v.examples)) {
     if (list.length > 0) lines.push(`  ${kind}: ${list.join(' | ')}`)
+  }
+  if (v.late !== undefined) {
+    lines.push(
+      `  late topic: ${v.late.published} records for ${v.late.expected} late samples, ` +
+        `${v.late.missing} missing, ${v.late.extra} extra` +
+        (v.late.examples.length > 0 ? `: ${v.late.examples.join(' | ')}` : ''),
+    )
   }
   lines.push(...v.hanging.map((h) => `  hanging: ${h}`))
   if (v.readersDisagree.length > 0) {
@@ -2106,6 +2429,55 @@ export function rollingRestart(
   })
 }
 
+/**
+ * (m) Idle then resume, replicas with --idle-close: input flows, then stops for longer than
+ * idle-close; one replica is killed -9 before the idle close is due and another right after it
+ * logged its first idle advance (advances of its other partitions in flight), both restarted by
+ * the supervisor; every window of the input must then come out with no more input (the idle
+ * close, by whichever replica owns the partition by then). Then the input resumes with samples
+ * for windows the idle close closed (late) and event time beyond any stream time an advance can
+ * have reached (resumeInput()), and the usual drain and verification, the recomputation modelling
+ * the idle close and the late topic checked sample by sample. The input starts only once the
+ * group is ready and resumes only once it is ready again: a rebalance while input flows stalls a
+ * partition, and a stall longer than idle-close closes windows by the wall clock (as documented),
+ * which no recomputation from the input can know.
+ */
+export function idleThenResume(
+  h: ChaosHarness,
+  { steadyMs = 12_000, idleCloseMs = 3_000 } = {},
+): Promise<ScenarioResult> {
+  return h.run(
+    'idle-then-resume',
+    async (s) => {
+      s.startReplica()
+      s.startReplica()
+      if (!(await s.waitForReady(60_000))) {
+        throw new Error('the group did not get ready within 60 s, before any input')
+      }
+      s.startInput()
+      await s.sleep(steadyMs)
+      const advances = () => s.replicas.reduce((n, r) => n + r.idleAdvances, 0)
+      const flowing = advances()
+      if (flowing > 0) {
+        s.note(`${flowing} idle advance(s) while the input flowed: a partition stalled that long`)
+      }
+      await s.pauseInput()
+      const paused = new Map(s.replicas.map((r) => [r, r.idleAdvances]))
+      await s.sleep(idleCloseMs / 2)
+      await s.killRandomReplica()
+      await s.until('an idle advance after the pause', () => advances() > flowing, 60_000)
+      await s.replicas.find((r) => r.idleAdvances > (paused.get(r) ?? 0))?.kill()
+      await s.awaitIdleClose(90_000)
+      if (!(await s.waitForReady(60_000))) {
+        throw new Error('the group did not get ready within 60 s after the idle close')
+      }
+      await s.resumeInput()
+      await s.sleep(steadyMs)
+    },
+    { idleClose: { idleCloseMs } },
+  )
+}
+
 /** Every scenario, in rotation order, with its default durations scaled by `factor`. */
 export const scenarios: readonly {
   name: string
@@ -2123,4 +2495,5 @@ export const scenarios: readonly {
   { name: 'j', run: (h, f) => replicaCutOff(h, { disruptMs: Math.max(40_000, 40_000 * f) }) },
   { name: 'k', run: (h, f) => starvedRebalances(h, { disruptMs: 60_000 * f }) },
   { name: 'l', run: (h, f) => rollingRestart(h, { dwellMs: 4_000 * f }) },
+  { name: 'm', run: (h, f) => idleThenResume(h, { steadyMs: 12_000 * f }) },
 ]

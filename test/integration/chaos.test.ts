@@ -19,6 +19,7 @@ import {
   coldStart,
   duplicateAndOutOfOrderInput,
   formatResult,
+  idleThenResume,
   killBetweenSendAndCommit,
   replicaCutOff,
   rollingRestart,
@@ -54,13 +55,14 @@ afterAll(async () => {
 
 /**
  * Exactly once: nothing missing, nothing twice, nothing wrong, no transaction left open, the
- * committed output read alike by kafkajs and librdkafka, and no replica alive whose consumer
- * stopped for good (it must exit, to be restarted).
+ * committed output read alike by kafkajs and librdkafka, no replica alive whose consumer
+ * stopped for good (it must exit, to be restarted), and where a late topic is checked (the idle
+ * scenario) every late sample on it once.
  */
 function expectExactlyOnce(result: ScenarioResult): void {
   const report = formatResult(result)
   console.log(report)
-  const { counts, hanging } = result.verification
+  const { counts, hanging, late } = result.verification
   expect(counts.windows, report).toBeGreaterThan(MIN_WINDOWS)
   expect(
     {
@@ -70,9 +72,18 @@ function expectExactlyOnce(result: ScenarioResult): void {
       hanging,
       readersDisagree: result.verification.readersDisagree,
       idle: result.warnings,
+      late: { missing: late?.missing ?? 0, extra: late?.extra ?? 0 },
     },
     report,
-  ).toEqual({ missing: 0, duplicated: 0, wrong: 0, hanging: [], readersDisagree: [], idle: [] })
+  ).toEqual({
+    missing: 0,
+    duplicated: 0,
+    wrong: 0,
+    hanging: [],
+    readersDisagree: [],
+    idle: [],
+    late: { missing: 0, extra: 0 },
+  })
 }
 
 describe('chaos: exactly-once under failures', () => {
@@ -183,6 +194,23 @@ describe('chaos: exactly-once under failures', () => {
         r.exits.filter((e) => !e.startsWith('sigterm (code 0)')).map((e) => `${r.name}: ${e}`),
       )
       expect(unclean, report).toEqual([])
+    },
+    SCENARIO_TIMEOUT_MS,
+  )
+
+  it(
+    'idle then resume: input stops past --idle-close, replicas killed while idle windows close, input resumes with late samples',
+    async () => {
+      const result = await idleThenResume(harness, { steadyMs: 12_000 })
+      expectExactlyOnce(result)
+      const report = formatResult(result)
+      // The idle close happened (the windows of the paused input came out without more input:
+      // awaitIdleClose), and the stale samples after it are on the late topic.
+      expect(
+        result.replicas.reduce((n, r) => n + r.idleAdvances, 0),
+        report,
+      ).toBeGreaterThan(0)
+      expect(result.verification.late?.expected, report).toBeGreaterThanOrEqual(5 * 4)
     },
     SCENARIO_TIMEOUT_MS,
   )
