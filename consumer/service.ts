@@ -207,6 +207,11 @@ const MAX_PENDING_RECORDS = 100_000
 const SNAPSHOT_EVERY = 2
 /** ... counting at least this many windows, so that a small state is not snapshotted each time. */
 const MIN_SNAPSHOT_WINDOWS = 1000
+/**
+ * A gap between two fetches longer than this (the consumer waits at most 500 ms per fetch) means
+ * consumption stalled: idle close starts every partition's quiet period again.
+ */
+const FETCH_GAP_MS = 5_000
 /** Partitions restored at once after a join. */
 const RESTORE_CONCURRENCY = 8
 
@@ -290,6 +295,8 @@ export class AggregatorService {
   /** Exactly once: commits the partitions whose commit interval has elapsed. */
   private commitTimer: NodeJS.Timeout | undefined
   private idleTimer: NodeJS.Timeout | undefined
+  /** When the consumer last completed a fetch (Date.now()); see fetched(). */
+  private lastFetchAt = Date.now()
   /** Partitions with an idle advance queued or running. */
   private readonly idling = new Set<number>()
   private readonly commitIntervalMs: number
@@ -608,6 +615,7 @@ export class AggregatorService {
   /** Any sign of life of kafkajs' fetch loop resets the stall watchdog. */
   private watchConsumerActivity(): void {
     const events = this.consumer.events
+    this.consumer.on(events.FETCH, () => this.fetched())
     for (const event of [
       events.FETCH_START,
       events.FETCH,
@@ -620,6 +628,21 @@ export class AggregatorService {
     ]) {
       this.consumer.on(event, () => this.watchdog.touch())
     }
+  }
+
+  /**
+   * Idle close counts a partition as quiet only while the consumer was fetching: after a gap in
+   * fetches (a rebalance, a broker outage, a long batch), input may be waiting in the topic, so
+   * every owned partition's quiet period starts again.
+   */
+  private fetched(): void {
+    const now = Date.now()
+    if (now - this.lastFetchAt > FETCH_GAP_MS) {
+      for (const owned of this.owned.values()) {
+        owned.quiet = { since: now, streamTime: owned.pipeline.streamTime }
+      }
+    }
+    this.lastFetchAt = now
   }
 
   private stalled(quietMs: number): void {
@@ -1123,6 +1146,8 @@ export class AggregatorService {
       await transactor?.disconnect().catch(() => undefined)
     }
     owned.generation = this.generation
+    // The group was not consuming while it rebalanced: quiet starts again.
+    owned.quiet = { since: Date.now(), streamTime: owned.pipeline.streamTime }
     owned.expectedOffset = owned.pipeline.position ?? owned.expectedOffset
     owned.commitNext = true
     this.metrics.partitionsKept.inc()

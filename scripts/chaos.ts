@@ -24,7 +24,7 @@ import {
 } from '../test/chaos/harness'
 
 const USAGE =
-  'usage: npm run chaos -- --minutes N [--kafka-version V] [--scenarios a,b,...,l] ' +
+  'usage: npm run chaos -- --minutes N [--kafka-version V] [--scenarios a,b,...,m] ' +
   '[--delivery exactly-once|at-least-once|none] [--starve N]'
 
 interface Totals {
