@@ -236,17 +236,19 @@ describe('--quantiles', () => {
   })
 })
 
+/** One output record without quantiles. */
+const aggregate: WindowAggregate = {
+  seriesKey: 'host-1/cpu',
+  windowStart: t0,
+  windowEnd: t0 + 10_000,
+  count: 3,
+  sum: 6,
+  mean: 2,
+  min: 1,
+  max: 3,
+}
+
 describe('output contract with --quantiles', () => {
-  const aggregate: WindowAggregate = {
-    seriesKey: 'host-1/cpu',
-    windowStart: t0,
-    windowEnd: t0 + 10_000,
-    count: 3,
-    sum: 6,
-    mean: 2,
-    min: 1,
-    max: 3,
-  }
   const withQuantiles: WindowAggregate = {
     ...aggregate,
     quantiles: [
@@ -300,16 +302,7 @@ describe('output contract with --quantiles', () => {
 
 describe('kwa tail', () => {
   it('prints the quantiles of a window that has them', () => {
-    const base = {
-      seriesKey: 'host-1/cpu',
-      windowStart: t0,
-      windowEnd: t0 + 10_000,
-      count: 3,
-      sum: 6,
-      mean: 2,
-      min: 1,
-      max: 3,
-    }
+    const base = aggregate
     const line = formatAggregate(
       {
         ...base,

@@ -555,3 +555,22 @@ export function mulberry32(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296
   }
 }
+
+/**
+ * Whether a published aggregate equals the recomputed window: count, sum, min and max exactly
+ * (the sum is exact: rounded once), the mean within 1e-9 relative.
+ */
+export function matchesReference(
+  actual: { windowEnd: number; count: number; sum: number; min: number; max: number; mean: number },
+  want: RefWindow,
+): boolean {
+  return (
+    actual.windowEnd === want.end &&
+    actual.count === want.count &&
+    actual.sum === want.sum &&
+    actual.min === want.min &&
+    actual.max === want.max &&
+    Math.abs(actual.mean - want.sum / want.count) <=
+      1e-9 * Math.max(1, Math.abs(want.sum / want.count))
+  )
+}

@@ -34,7 +34,7 @@ import { messagesAsSteps, referenceWithIdle, type IdleStep } from '../helpers/id
 import { uniqueTopic } from '../helpers/kafka'
 import { parseExposition, sumOf } from '../helpers/prometheus'
 import { inProcessReplicas } from '../helpers/service'
-import { mulberry32, windowId, type RefWindow } from '../reference'
+import { matchesReference, mulberry32, windowId, type RefWindow } from '../reference'
 
 const partitions = 2
 /**
@@ -245,14 +245,7 @@ function compare(expected: Map<string, RefWindow>, published: WindowAggregate[])
       result.extra.push(label(id))
       continue
     }
-    const ok =
-      actual.windowEnd === want.end &&
-      actual.count === want.count &&
-      actual.sum === want.sum &&
-      actual.min === want.min &&
-      actual.max === want.max &&
-      Math.abs(actual.mean - want.sum / want.count) <=
-        1e-9 * Math.max(1, Math.abs(want.sum / want.count))
+    const ok = matchesReference(actual, want)
     if (!ok) result.wrong.push(`${label(id)}: got ${JSON.stringify(actual)}`)
   }
   for (const [id, n] of copies) if (n > 1) result.duplicated.push(`${label(id)} ×${n}`)

@@ -10,7 +10,7 @@ import {
 } from '../../consumer/service'
 import { createTopic, kafkaBrokers, readAll, uniqueTopic } from '../helpers/kafka'
 import { inProcessReplicas, produceTelemetry as produce } from '../helpers/service'
-import { mulberry32, referenceRun, windowId, type RefWindow } from '../reference'
+import { matchesReference, mulberry32, referenceRun, windowId, type RefWindow } from '../reference'
 
 const partitions = 4
 const window = { sizeMs: 10_000, advanceMs: 5_000, graceMs: 2_000 }
@@ -72,14 +72,7 @@ function compare(expected: Map<string, RefWindow>, published: WindowAggregate[])
       result.extra.push(id)
       continue
     }
-    const ok =
-      actual.windowEnd === want.end &&
-      actual.count === want.count &&
-      actual.sum === want.sum &&
-      actual.min === want.min &&
-      actual.max === want.max &&
-      Math.abs(actual.mean - want.sum / want.count) <=
-        1e-9 * Math.max(1, Math.abs(want.sum / want.count))
+    const ok = matchesReference(actual, want)
     if (!ok) result.wrong.push(`${id}: got ${JSON.stringify(actual)}, want ${JSON.stringify(want)}`)
     if (seen.has(id)) result.duplicates++
     seen.set(id, actual)
