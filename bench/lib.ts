@@ -120,11 +120,23 @@ export interface WorkloadOptions {
   maxDelayMs?: number
   seed?: number
   firstOffset?: number
+  /**
+   * Value distribution: `cents` (default) uniform over [0, 100] rounded to 0.01; `log4`
+   * log-uniform over [1, 10^4), typical telemetry spanning four decades (the quantile rows).
+   * Both draw one random number per sample, so keys and timestamps are the same for either.
+   */
+  values?: ValueDistribution
 }
+
+export type ValueDistribution = 'cents' | 'log4'
+
+/** Log-uniform over [1, 10^4) from a uniform u in [0, 1): four decades. */
+export const log4 = (u: number) => 10 ** (4 * u)
 
 /**
  * Uniformly random keys, event time advancing linearly over spanMs, a fraction `outOfOrder`
- * stamped up to maxDelayMs in the past. Each batch carries its own table of distinct keys.
+ * stamped up to maxDelayMs in the past, values as `values` says. Each batch carries its own
+ * table of distinct keys.
  */
 export function makeWorkload(o: WorkloadOptions): Batch[] {
   const names = keyNames(o.keys)
@@ -132,6 +144,7 @@ export function makeWorkload(o: WorkloadOptions): Batch[] {
   const ooo = o.outOfOrder ?? 0.01
   const maxDelay = o.maxDelayMs ?? 1_000
   const local = new Int32Array(o.keys).fill(-1)
+  const logValues = o.values === 'log4'
   const batches: Batch[] = []
   for (let start = 0; start < o.samples; start += o.batchSize) {
     const n = Math.min(o.batchSize, o.samples - start)
@@ -155,7 +168,7 @@ export function makeWorkload(o: WorkloadOptions): Batch[] {
       let ts = T0 + Math.floor((g * o.spanMs) / o.samples)
       if (rand() < ooo) ts -= Math.floor(rand() * maxDelay)
       timestamps[i] = ts
-      values[i] = Math.round(rand() * 10_000) / 100
+      values[i] = logValues ? log4(rand()) : Math.round(rand() * 10_000) / 100
       offsets[i] = (o.firstOffset ?? 0) + g
     }
     for (const key of keys) local[Number(key.slice(7))] = -1
