@@ -1,7 +1,8 @@
 //! Throughput of the plain-Rust core, without Node: per-batch key tables
 //! (`ingest`) against pinned key ids (`ingest_ids`). For profiling with perf:
 //! `cargo build --release --example core_speed && perf record -g target/release/examples/core_speed`
-use kwa_native::window::{Aggregator, WindowSpec};
+//! (`KWA_QUANTILES=1`: with quantiles p50/p90/p99 at 1% on values over four decades.)
+use kwa_native::window::{Aggregator, Quantiles, WindowSpec};
 use std::time::Instant;
 
 fn main() {
@@ -9,6 +10,10 @@ fn main() {
     let names: Vec<String> = (0..keys_n).map(|i| format!("series-{i:06}")).collect();
     let n = 10_000_000usize;
     let batch = 10_000usize;
+    let quantiles = std::env::var_os("KWA_QUANTILES").is_some();
+    let with_quantiles = |agg: Aggregator| {
+        agg.with_quantiles(quantiles.then(|| Quantiles::new(&[0.5, 0.9, 0.99], 0.01).unwrap()))
+    };
     let mut seed = 42u64;
     let mut rnd = || {
         seed ^= seed << 13;
@@ -44,14 +49,18 @@ fn main() {
                 t -= (rnd() * 1000.0).floor();
             }
             ts.push(t);
-            vs.push((rnd() * 10000.0).round() / 100.0);
+            vs.push(if quantiles {
+                10f64.powf(4.0 * rnd())
+            } else {
+                (rnd() * 10000.0).round() / 100.0
+            });
             os.push(g as f64);
         }
         batches.push((keys, ki, gk, ts, vs, os));
     }
     for (size, adv) in [(60_000.0, 60_000.0), (60_000.0, 15_000.0)] {
         let spec = || WindowSpec::new(size, Some(adv), Some(2000.0)).unwrap();
-        let mut agg = Aggregator::new(spec());
+        let mut agg = with_quantiles(Aggregator::new(spec()));
         let t = Instant::now();
         // KWA_IDS_ONLY=1: only the pinned-id path (for perf).
         if std::env::var_os("KWA_IDS_ONLY").is_none() {
@@ -60,7 +69,7 @@ fn main() {
             }
         }
         let table = n as f64 / t.elapsed().as_secs_f64() / 1e6;
-        let mut agg = Aggregator::new(spec());
+        let mut agg = with_quantiles(Aggregator::new(spec()));
         let ids = agg.pin_keys(&names).unwrap();
         let id_batches: Vec<Vec<u32>> = batches
             .iter()
