@@ -305,7 +305,7 @@ fn max_for(shift: u8) -> u64 {
 }
 
 /// Reads the counter at byte `at` of `bytes`.
-#[inline]
+#[inline(always)]
 fn read(bytes: &[u8], shift: u8, at: usize) -> u64 {
     match shift {
         0 => u64::from(bytes[at]),
@@ -324,7 +324,7 @@ fn read(bytes: &[u8], shift: u8, at: usize) -> u64 {
 }
 
 /// Writes `v`, which must fit the width, at byte `at` of `bytes`.
-#[inline]
+#[inline(always)]
 fn write(bytes: &mut [u8], shift: u8, at: usize, v: u64) {
     debug_assert!(v <= max_for(shift));
     match shift {
@@ -407,6 +407,7 @@ impl View<'_> {
     }
 
     /// Count of bin `j`, 0 outside the range.
+    #[inline]
     fn at(&self, j: i64) -> u64 {
         if j < self.lo() || j > self.hi() {
             0
@@ -793,42 +794,95 @@ impl Sketch {
     /// appended to `out` (NaN where it would be `None`), in one pass over the
     /// bins instead of one per quantile.
     pub fn quantiles_into(&self, spec: &SketchSpec, qs: &[f64], out: &mut Vec<f64>) {
+        Self::merged_quantiles_into(spec, &[self], qs, out);
+    }
+
+    /// [`quantiles_into`](Self::quantiles_into) of the merge of `parts` (all
+    /// built with `spec`), without building it when the merge would fold no
+    /// bin (no part has collapsed samples, and each store's bins over all
+    /// parts fit `max_bins`): the bins are summed on the fly, so the result is
+    /// the merged sketch's. Otherwise the parts are merged first.
+    pub fn merged_quantiles_into<'a>(
+        spec: &SketchSpec,
+        parts: &[&'a Sketch],
+        qs: &[f64],
+        out: &mut Vec<f64>,
+    ) {
         debug_assert!(qs.windows(2).all(|w| w[0] <= w[1]), "quantiles ascending");
-        if self.count == 0 || qs.iter().any(|q| !(0.0..=1.0).contains(q)) {
+        let count = parts.iter().fold(0u64, |n, p| n.saturating_add(p.count));
+        if count == 0 || qs.iter().any(|q| !(0.0..=1.0).contains(q)) {
             out.extend(qs.iter().map(|_| f64::NAN));
             return;
         }
-        let last = self.count - 1;
-        let mut ranks = qs
-            .iter()
-            .map(|&q| ((q * last as f64).floor() as u64).min(last))
-            .peekable();
-        // Samples at or below the bins walked so far, lowest value first: the
-        // negative store (its bins ascend with the value), zero, then positive.
+        if parts.len() > 1 {
+            let fits = |views: &mut dyn Iterator<Item = View<'_>>| {
+                let (mut lo, mut hi, mut collapsed) = (i64::MAX, i64::MIN, false);
+                for v in views.filter(|v| !v.is_empty()) {
+                    (lo, hi) = (lo.min(v.lo()), hi.max(v.hi()));
+                    collapsed |= v.collapsed() > 0;
+                }
+                !collapsed && (lo > hi || (hi - lo) < spec.max_bins as i64)
+            };
+            if !fits(&mut parts.iter().map(|p| p.neg()))
+                || !fits(&mut parts.iter().map(|p| p.pos()))
+            {
+                let mut merged = parts[0].clone();
+                for part in &parts[1..] {
+                    merged.merge(spec, part);
+                }
+                return merged.quantiles_into(spec, qs, out);
+            }
+        }
+        let last = count - 1;
+        let from = out.len();
+        out.extend(qs.iter().map(|_| 0.0)); // the zero bucket's value, unless found below
+        let rank = |i: usize| ((qs[i] * last as f64).floor() as u64).min(last);
+        let store = |p: &'a Sketch, neg: bool| if neg { p.neg() } else { p.pos() };
+        // Bins [lo, hi] over the non-empty stores of the parts (empty: lo > hi).
+        let span = |neg: bool| {
+            let views = parts
+                .iter()
+                .map(|p| store(p, neg))
+                .filter(|v| !v.is_empty());
+            views.fold((i64::MAX, i64::MIN), |(lo, hi), v| {
+                (lo.min(v.lo()), hi.max(v.hi()))
+            })
+        };
+        let count_at = |neg: bool, j: i64| {
+            parts
+                .iter()
+                .fold(0u64, |t, p| t.saturating_add(store(p, neg).at(j)))
+        };
+        // The lowest ranks from the lowest value up through the negative store
+        // (its bins ascend with the value) ...
+        let (lo, hi) = span(true);
+        let mut next = 0;
         let mut seen = 0u64;
-        let neg = self.neg();
-        for k in 0..neg.len() {
-            seen = seen.saturating_add(neg.get(k));
-            while ranks.next_if(|&rank| rank < seen).is_some() {
-                out.push(-spec.bin_value(-(neg.lo() + k as i64)));
+        for j in lo..=hi {
+            if next == qs.len() {
+                break;
+            }
+            seen = seen.saturating_add(count_at(true, j));
+            while next < qs.len() && rank(next) < seen {
+                out[from + next] = -spec.bin_value(-j);
+                next += 1;
             }
         }
-        seen = seen.saturating_add(self.zero());
-        while ranks.next_if(|&rank| rank < seen).is_some() {
-            out.push(0.0);
-        }
-        let pos = self.pos();
-        for k in 0..pos.len() {
-            if ranks.peek().is_none() {
-                return;
+        // ... the highest ones from the highest value down through the positive store; the
+        // ranks in neither are in the zero bucket.
+        let (lo, hi) = span(false);
+        let mut top = qs.len();
+        let mut seen = 0u64;
+        for j in (lo..=hi).rev() {
+            if top == next {
+                break;
             }
-            seen = seen.saturating_add(pos.get(k));
-            while ranks.next_if(|&rank| rank < seen).is_some() {
-                out.push(spec.bin_value(pos.lo() + k as i64));
+            seen = seen.saturating_add(count_at(false, j));
+            while top > next && last - rank(top - 1) < seen {
+                out[from + top - 1] = spec.bin_value(j);
+                top -= 1;
             }
         }
-        // Unreachable while the counts add up; keeps one value per quantile.
-        out.extend(ranks.map(|_| f64::NAN));
     }
 
     /// Samples that are not in their own bin because of `max_bins` (0 when the
@@ -1116,6 +1170,57 @@ mod tests {
         let mut out = vec![];
         Sketch::default().quantiles_into(&spec, &[0.5, 0.9], &mut out);
         assert!(out.iter().all(|v| v.is_nan()) && out.len() == 2);
+    }
+
+    #[test]
+    fn quantiles_of_parts_equal_those_of_their_merge() {
+        use super::*;
+        let mut seed = 11u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        // 64 bins: wide parts collapse (the merge path); 4096: they are summed on the fly.
+        for max_bins in [64, 4096] {
+            let spec = SketchSpec::new(0.01, max_bins).expect("spec");
+            for trial in 0..200 {
+                let parts: Vec<Sketch> = (0..1 + trial % 5)
+                    .map(|p| {
+                        let mut sketch = Sketch::default();
+                        for _ in 0..(trial * 7 + p * 13) % 50 {
+                            let u = next();
+                            let decades = if trial % 3 == 0 { 8.0 } else { 2.0 };
+                            let v = match (next() * 6.0) as u32 {
+                                0 => 0.0,
+                                1 => -(10f64.powf(decades * u)),
+                                _ => 10f64.powf(decades * u - 1.0),
+                            };
+                            sketch.add(&spec, v);
+                        }
+                        sketch
+                    })
+                    .collect();
+                let mut merged = parts[0].clone();
+                for part in &parts[1..] {
+                    merged.merge(&spec, part);
+                }
+                let qs = [0.0, 0.01, 0.3, 0.5, 0.5, 0.9, 0.99, 1.0];
+                let (mut want, mut got) = (vec![], vec![]);
+                merged.quantiles_into(&spec, &qs, &mut want);
+                let refs: Vec<&Sketch> = parts.iter().collect();
+                Sketch::merged_quantiles_into(&spec, &refs, &qs, &mut got);
+                let same = want
+                    .iter()
+                    .zip(&got)
+                    .all(|(a, b)| a == b || (a.is_nan() && b.is_nan()));
+                assert!(
+                    same,
+                    "max_bins {max_bins} trial {trial}: {got:?} vs {want:?}"
+                );
+            }
+        }
     }
 
     use super::*;

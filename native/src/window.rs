@@ -483,11 +483,13 @@ impl Quantiles {
 
     /// Appends the window's quantiles to `out`: NaN unless the sketch holds
     /// every sample of the aggregate.
-    fn push_estimates(&self, agg: &Aggregate, sketch: Option<&Sketch>, out: &mut Vec<f64>) {
+    fn push_estimates(&self, agg: &Aggregate, panes: &[&Sketch], out: &mut Vec<f64>) {
         let from = out.len();
-        match sketch.filter(|s| s.count() == agg.count) {
-            Some(sketch) => sketch.quantiles_into(&self.spec, &self.ascending, out),
-            None => out.extend(self.ascending.iter().map(|_| f64::NAN)),
+        let count = panes.iter().map(|s| s.count()).sum::<u64>();
+        if count == agg.count {
+            Sketch::merged_quantiles_into(&self.spec, panes, &self.ascending, out);
+        } else {
+            out.extend(self.ascending.iter().map(|_| f64::NAN));
         }
         let estimates = &mut out[from..];
         // The exact bounds only bring an estimate closer to the truth.
@@ -1458,9 +1460,23 @@ impl Aggregator {
                 out.rejected_reasons.push(Rejection::WindowLimit.code());
                 continue;
             }
-            let id = source.intern(key, &mut self.keys);
             let size = self.spec.size;
+            if self.quantiles.is_some()
+                && self.spec.advance < size
+                && self
+                    .windows
+                    .first_key_value()
+                    .is_some_and(|(&first, _)| first + size <= close_time)
+            {
+                // A window due (not closed until the end of the batch) shares its last panes with
+                // later windows; a sample late for it must not reach its sketch through them.
+                // Closing it now closes the same window: nothing can join a due window.
+                self.close_windows(close_time, &mut out.closed);
+            }
+            let id = source.intern(key, &mut self.keys);
             let offset = offset as i64;
+            // With quantiles, the sample's sketch is its pane's: the row of its newest window.
+            let pane = self.spec.newest_start(ts);
             for start in self.spec.window_starts(ts) {
                 if start + size > close_time {
                     let window = self.windows.entry(start).or_default();
@@ -1477,7 +1493,7 @@ impl Aggregator {
                             r
                         }
                     };
-                    if self.quantiles.is_some() {
+                    if start == pane && self.quantiles.is_some() {
                         defer_sketch_update(&mut self.sketch_updates, start, r as u32, value);
                     }
                     if let Some(touched) = touched.as_mut() {
@@ -1854,10 +1870,12 @@ impl Aggregator {
             }
             let window = entry.remove();
             self.open_count -= window.len();
+            let mut panes: Vec<&Sketch> = Vec::new();
             for (id, agg, sketch) in self.by_key_name(&window) {
                 closed.push(self.keys.name(id), start, end, agg);
                 if let Some(quantiles) = &self.quantiles {
-                    quantiles.push_estimates(agg, sketch, &mut closed.quantiles);
+                    window_panes(&self.spec, &self.windows, start, id, sketch, &mut panes);
+                    quantiles.push_estimates(agg, &panes, &mut closed.quantiles);
                 }
                 self.keys.release(id);
                 release_offset(&mut self.first_offsets, agg.first_offset);
@@ -1919,6 +1937,30 @@ impl Aggregator {
             .sum();
         let offsets = self.first_offsets.len() * size_of::<(i64, u32)>();
         size_of::<Self>() + self.keys.bytes_held() + windows + offsets
+    }
+}
+
+/// The sketches of the samples of key `id` in window `start` (being closed,
+/// its row's own `sketch`, that of its first pane, given): one per pane of
+/// the window that holds a sample of the key, kept by the rows of the key in
+/// the windows starting at each pane (all still open: they end later). A
+/// pane without such a row holds no sample of the key. Their merge is the
+/// sketch of the window's own samples (DDSketch merges exactly). Tumbling
+/// windows have one pane.
+fn window_panes<'a>(
+    spec: &WindowSpec,
+    windows: &'a BTreeMap<i64, Window>,
+    start: i64,
+    id: u32,
+    sketch: Option<&'a Sketch>,
+    panes: &mut Vec<&'a Sketch>,
+) {
+    panes.clear();
+    panes.extend(sketch);
+    for pane in (start + spec.advance..start + spec.size).step_by(spec.advance as usize) {
+        if let Some((_, Some(other))) = windows.get(&pane).and_then(|w| w.get(id)) {
+            panes.push(other);
+        }
     }
 }
 
