@@ -58,7 +58,11 @@ fn main() {
         }
         batches.push((keys, ki, gk, ts, vs, os));
     }
+    let tumbling_only = std::env::var_os("KWA_TUMBLING_ONLY").is_some();
     for (size, adv) in [(60_000.0, 60_000.0), (60_000.0, 15_000.0)] {
+        if tumbling_only && adv < size {
+            continue;
+        }
         let spec = || WindowSpec::new(size, Some(adv), Some(2000.0)).unwrap();
         let mut agg = with_quantiles(Aggregator::new(spec()));
         let t = Instant::now();

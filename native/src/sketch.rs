@@ -284,6 +284,37 @@ pub fn prefetch_read<T>(at: &T) {
     let _ = at;
 }
 
+thread_local! {
+    /// Scratch for [`with_summed_bins`], reused so that reading a window's
+    /// quantiles allocates nothing.
+    static SUMMED_BINS: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Calls `f` with the first bin and the per-bin sums of one store (`store`)
+/// over all `parts`: the counts of their merge when it folds nothing.
+fn with_summed_bins<'a>(
+    parts: &[&'a Sketch],
+    store: fn(&'a Sketch) -> View<'a>,
+    f: impl FnOnce(i64, &[u64]),
+) {
+    let views = || parts.iter().map(|&p| store(p)).filter(|v| !v.is_empty());
+    let Some(lo) = views().map(|v| v.lo()).min() else {
+        return;
+    };
+    let hi = views().map(|v| v.hi()).max().unwrap_or(lo);
+    SUMMED_BINS.with_borrow_mut(|sums| {
+        sums.clear();
+        sums.resize((hi - lo + 1) as usize, 0);
+        for v in views() {
+            let at = &mut sums[(v.lo() - lo) as usize..];
+            for (k, sum) in at.iter_mut().take(v.len()).enumerate() {
+                *sum = sum.saturating_add(v.get(k));
+            }
+        }
+        f(lo, sums);
+    });
+}
+
 /// Smallest counter width (log2 of bytes) that holds `v`.
 #[inline]
 fn shift_for(v: u64) -> u8 {
@@ -802,14 +833,17 @@ impl Sketch {
     /// bin (no part has collapsed samples, and each store's bins over all
     /// parts fit `max_bins`): the bins are summed on the fly, so the result is
     /// the merged sketch's. Otherwise the parts are merged first.
-    pub fn merged_quantiles_into<'a>(
+    pub fn merged_quantiles_into(
         spec: &SketchSpec,
-        parts: &[&'a Sketch],
+        parts: &[&Sketch],
         qs: &[f64],
         out: &mut Vec<f64>,
     ) {
         debug_assert!(qs.windows(2).all(|w| w[0] <= w[1]), "quantiles ascending");
         let count = parts.iter().fold(0u64, |n, p| n.saturating_add(p.count));
+        if qs.is_empty() {
+            return;
+        }
         if count == 0 || qs.iter().any(|q| !(0.0..=1.0).contains(q)) {
             out.extend(qs.iter().map(|_| f64::NAN));
             return;
@@ -837,52 +871,46 @@ impl Sketch {
         let from = out.len();
         out.extend(qs.iter().map(|_| 0.0)); // the zero bucket's value, unless found below
         let rank = |i: usize| ((qs[i] * last as f64).floor() as u64).min(last);
-        let store = |p: &'a Sketch, neg: bool| if neg { p.neg() } else { p.pos() };
-        // Bins [lo, hi] over the non-empty stores of the parts (empty: lo > hi).
-        let span = |neg: bool| {
-            let views = parts
-                .iter()
-                .map(|p| store(p, neg))
-                .filter(|v| !v.is_empty());
-            views.fold((i64::MAX, i64::MIN), |(lo, hi), v| {
-                (lo.min(v.lo()), hi.max(v.hi()))
-            })
-        };
-        let count_at = |neg: bool, j: i64| {
-            parts
-                .iter()
-                .fold(0u64, |t, p| t.saturating_add(store(p, neg).at(j)))
-        };
+        let mut next = 0;
+        let mut top = qs.len();
         // The lowest ranks from the lowest value up through the negative store
         // (its bins ascend with the value) ...
-        let (lo, hi) = span(true);
-        let mut next = 0;
-        let mut seen = 0u64;
-        for j in lo..=hi {
-            if next == qs.len() {
-                break;
+        with_summed_bins(parts, Sketch::neg, |lo, sums| {
+            let mut seen = 0u64;
+            let mut next_rank = rank(0);
+            for (j, &c) in (lo..).zip(sums) {
+                seen = seen.saturating_add(c);
+                while next_rank < seen {
+                    out[from + next] = -spec.bin_value(-j);
+                    next += 1;
+                    if next == top {
+                        return;
+                    }
+                    next_rank = rank(next);
+                }
             }
-            seen = seen.saturating_add(count_at(true, j));
-            while next < qs.len() && rank(next) < seen {
-                out[from + next] = -spec.bin_value(-j);
-                next += 1;
-            }
+        });
+        if next == top {
+            return;
         }
         // ... the highest ones from the highest value down through the positive store; the
         // ranks in neither are in the zero bucket.
-        let (lo, hi) = span(false);
-        let mut top = qs.len();
-        let mut seen = 0u64;
-        for j in (lo..=hi).rev() {
-            if top == next {
-                break;
+        with_summed_bins(parts, Sketch::pos, |lo, sums| {
+            let mut seen = 0u64;
+            let mut from_top = last - rank(top - 1);
+            for (k, &c) in sums.iter().enumerate().rev() {
+                let j = lo + k as i64;
+                seen = seen.saturating_add(c);
+                while from_top < seen {
+                    out[from + top - 1] = spec.bin_value(j);
+                    top -= 1;
+                    if top == next {
+                        return;
+                    }
+                    from_top = last - rank(top - 1);
+                }
             }
-            seen = seen.saturating_add(count_at(false, j));
-            while top > next && last - rank(top - 1) < seen {
-                out[from + top - 1] = spec.bin_value(j);
-                top -= 1;
-            }
-        }
+        });
     }
 
     /// Samples that are not in their own bin because of `max_bins` (0 when the
