@@ -354,8 +354,9 @@ export interface WindowStates {
    */
   firstOffset: Float64Array
   /**
-   * With quantiles: every row's sketch (its exact state, encoded), one
-   * after the other; row i is sketchBytes[sketchEnds[i - 1] (0 for i = 0),
+   * With quantiles: every row's sketch (its exact state, encoded: the
+   * sketch of the row's first pane, [windowStart, windowStart + advanceMs),
+   * which is the whole window when tumbling), one after the other; row i is sketchBytes[sketchEnds[i - 1] (0 for i = 0),
    * sketchEnds[i]). Unset without quantiles (restore then starts every
    * window's sketch empty: its quantiles are unknown, NaN).
    */

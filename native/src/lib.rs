@@ -118,8 +118,9 @@ pub struct WindowStates {
     /// Input offset of the window's first sample; the lowest one among open
     /// windows is the lowWatermark.
     pub first_offset: Float64Array,
-    /// With quantiles: every row's sketch (its exact state, encoded), one
-    /// after the other; row i is sketchBytes[sketchEnds[i - 1] (0 for i = 0),
+    /// With quantiles: every row's sketch (its exact state, encoded: the
+    /// sketch of the row's first pane, [windowStart, windowStart + advanceMs),
+    /// which is the whole window when tumbling), one after the other; row i is sketchBytes[sketchEnds[i - 1] (0 for i = 0),
     /// sketchEnds[i]). Unset without quantiles (restore then starts every
     /// window's sketch empty: its quantiles are unknown, NaN).
     pub sketch_bytes: Option<Uint8Array>,

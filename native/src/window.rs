@@ -89,10 +89,14 @@
 //! # Quantiles
 //!
 //! With [`Quantiles`] ([`Aggregator::with_quantiles`]) every open aggregate
-//! also holds a [`Sketch`] of its values (DDSketch, see [`crate::sketch`]),
-//! updated with the aggregate, so a closed window reports the configured
-//! quantiles within the sketch's relative accuracy (clamped to its exact min
-//! and max). The sketch's exact state is part of its [`WindowStates`] row
+//! also holds a [`Sketch`] (DDSketch, see [`crate::sketch`]) of its first
+//! *pane*: the samples of its key in `[start, start + advance)` (the whole
+//! window when tumbling). A sample updates one sketch, its pane's, held by
+//! its newest window; a closing window reads its quantiles from the bins of
+//! its `size / advance` panes summed, which is their exact merge. So a closed
+//! window reports the configured quantiles within the sketch's relative
+//! accuracy (clamped to its exact min and max). A window due to close is
+//! closed before a sample late for it could reach its panes. The sketch's exact state is part of its [`WindowStates`] row
 //! (`sketch_bytes`), so a changelog restore is bit-identical. A window whose
 //! sketch does not hold all its samples (restored from rows without sketches)
 //! reports NaN quantiles rather than those of a part of its samples.
