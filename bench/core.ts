@@ -52,21 +52,27 @@ function create(impl: Variant, g: Geometry): { agg: Aggregator; free: () => void
   return { agg: impl === 'map-ts' ? new MapAggregator(g) : new TypedAggregator(g), free: () => {} }
 }
 
-/** All three must close the same windows with the same count/sum/min/max, and agree on lateness. */
-async function verify(): Promise<void> {
-  const geometries: Geometry[] = [
-    { sizeMs: 1_000, advanceMs: 1_000, graceMs: 200 },
-    { sizeMs: 1_000, advanceMs: 250, graceMs: 200 },
-  ]
-  const batches = makeWorkload({
-    samples: 20_000,
+/** The checks run before timing: tumbling and hopping 1 s windows over 100 keys, 5% late-ish. */
+const checkGeometries: Geometry[] = [
+  { sizeMs: 1_000, advanceMs: 1_000, graceMs: 200 },
+  { sizeMs: 1_000, advanceMs: 250, graceMs: 200 },
+]
+const checkWorkload = (samples: number, seed: number, values?: 'log4') =>
+  makeWorkload({
+    samples,
     keys: 100,
     batchSize: 500,
     spanMs: 20_000,
     outOfOrder: 0.05,
     maxDelayMs: 1_500,
-    seed: 7,
+    seed,
+    ...(values !== undefined && { values }),
   })
+
+/** All three must close the same windows with the same count/sum/min/max, and agree on lateness. */
+async function verify(): Promise<void> {
+  const geometries = checkGeometries
+  const batches = checkWorkload(20_000, 7)
   const names = keyNames(100)
   for (const [g, form] of geometries.flatMap((g) =>
     (['ids', 'tables'] as const).map((f) => [g, f] as const),
@@ -112,20 +118,9 @@ async function verify(): Promise<void> {
  * (rank floor(q·(n − 1)) of the window's sorted values, windows and lateness as documented).
  */
 async function verifyQuantiles(): Promise<void> {
-  const geometries: Geometry[] = [
-    { sizeMs: 1_000, advanceMs: 1_000, graceMs: 200 },
-    { sizeMs: 1_000, advanceMs: 250, graceMs: 200 },
-  ]
-  const batches = makeWorkload({
-    samples: 50_000,
-    keys: 100,
-    batchSize: 500,
-    spanMs: 20_000,
-    outOfOrder: 0.05,
-    maxDelayMs: 1_500,
-    seed: 9,
-    values: 'log4',
-  })
+  const geometries = checkGeometries
+  const batches = checkWorkload(50_000, 9, 'log4')
+
   const names = keyNames(100)
   let windows = 0
   let worst = 0
