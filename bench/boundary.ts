@@ -10,7 +10,16 @@
  */
 import { parseArgs } from 'node:util'
 import { PartitionAggregator } from '../consumer/native'
-import { type Batch, type KeyForm, fmt, keyNames, makeWorkload, median, yieldToLoop } from './lib'
+import {
+  type Batch,
+  type KeyForm,
+  fmt,
+  keyNames,
+  makeWorkload,
+  median,
+  yieldToLoop,
+  benchEnvironment,
+} from './lib'
 
 const geometry = { sizeMs: 60_000, advanceMs: 60_000, graceMs: 2_000 }
 const keys = 10_000
@@ -66,6 +75,7 @@ async function timePerSample(input: Batch, form: KeyForm): Promise<number> {
 }
 
 async function main(): Promise<void> {
+  console.log(benchEnvironment())
   const { values } = parseArgs({
     options: {
       samples: { type: 'string', default: '2000000' },

@@ -18,6 +18,7 @@
 import { parseArgs } from 'node:util'
 import { type AggregatorConfig, type ClosedWindows, PartitionAggregator } from '../consumer/native'
 import {
+  benchEnvironment,
   type Aggregator,
   type Batch,
   type Closed,
@@ -210,6 +211,7 @@ async function timeRun(
 }
 
 async function main(): Promise<void> {
+  console.log(benchEnvironment())
   const { values } = parseArgs({
     options: {
       samples: { type: 'string', default: '10000000' },

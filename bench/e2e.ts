@@ -26,7 +26,7 @@ import { createLogger } from '../consumer/logger'
 import { TelemetryGenerator } from '../consumer/produce'
 import { decodeWindowAggregate, encodeTelemetryBatch } from '../consumer/schemas'
 import { startLocalBroker, type LocalBroker } from '../scripts/local-kafka'
-import { fmt, median, percentile } from './lib'
+import { fmt, median, percentile, benchEnvironment } from './lib'
 
 const partitions = 4
 const keys = 10_000
@@ -389,6 +389,7 @@ async function measureLatency(
 // ---------------------------------------------------------------------------------------------
 
 async function main(): Promise<void> {
+  console.log(benchEnvironment())
   const { values } = parseArgs({
     options: {
       brokers: { type: 'string' },

@@ -18,6 +18,7 @@ import { PerformanceObserver } from 'node:perf_hooks'
 import { parseArgs } from 'node:util'
 import { PartitionAggregator } from '../consumer/native'
 import {
+  benchEnvironment,
   type Aggregator,
   type Batch,
   MapAggregator,
@@ -312,6 +313,7 @@ async function main(): Promise<void> {
       windows: { type: 'string' },
     },
   })
+  if (values.child === undefined) console.log(benchEnvironment())
   const keys = Number(values.keys)
   const batches = Number(values.batches)
   const batchSize = Number(values.batch)

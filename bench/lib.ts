@@ -8,9 +8,36 @@
  * trackChanges, restore/snapshot, offsets/lowWatermark, and releasing keys whose windows closed
  * (the typed version keeps a key's slot forever).
  */
+import { execFileSync } from 'node:child_process'
+import { cpus, loadavg } from 'node:os'
 import { setImmediate as yieldToLoop } from 'node:timers/promises'
 
 export { yieldToLoop }
+
+/**
+ * Where a benchmark ran, printed first by every one: the commit (with `+changes` when the tree
+ * differs from it), the CPU and its count, the load average at the start (others' work on a shared
+ * machine shows there), and Node. Results are only comparable between like lines.
+ */
+export function benchEnvironment(): string {
+  const git = (...args: string[]) => {
+    try {
+      return execFileSync('git', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    } catch {
+      return ''
+    }
+  }
+  const commit = git('rev-parse', '--short', 'HEAD').trim() || 'unknown'
+  const changed = git('status', '--porcelain', '--untracked-files=no').trim() !== ''
+  const cpu = cpus()[0]?.model.trim() ?? 'unknown CPU'
+  const load = loadavg()
+    .map((l) => l.toFixed(2))
+    .join(' ')
+  return (
+    `ran at commit ${commit}${changed ? '+changes' : ''} on ${cpu} x${cpus().length}, ` +
+    `load average ${load}, node ${process.version}, ${new Date().toISOString()}`
+  )
+}
 
 export const median = (xs: number[]) =>
   [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN

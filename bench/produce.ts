@@ -14,7 +14,7 @@ import { parseArgs } from 'node:util'
 import { changelogRecords } from '../consumer/changelog'
 import type { ClosedWindows, WindowStates } from '../consumer/native'
 import { encodeClosedWindows } from '../consumer/pipeline'
-import { fmt, median } from './lib'
+import { fmt, median, benchEnvironment } from './lib'
 
 const require = createRequire(__filename)
 interface Message {
@@ -122,6 +122,7 @@ function timeEncode(messages: Message[]): Promise<number> {
 }
 
 async function main(): Promise<void> {
+  console.log(benchEnvironment())
   const rows: string[][] = []
   const summary: Record<string, number> = {}
   for (const n of [100, 1_000, 10_000]) {

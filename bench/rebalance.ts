@@ -36,7 +36,7 @@ import type { Admin, Kafka } from 'kafkajs'
 import { createKafka } from '../consumer/kafka'
 import { createLogger } from '../consumer/logger'
 import { startLocalBroker, type LocalBroker } from '../scripts/local-kafka'
-import { fmt, median } from './lib'
+import { fmt, median, benchEnvironment } from './lib'
 
 const root = path.join(__dirname, '..')
 const outDir = path.join(root, '.cache', 'bench-rebalance')
@@ -829,6 +829,7 @@ async function round(bench: Bench, index: number): Promise<RoundResult> {
 }
 
 async function main(): Promise<void> {
+  console.log(benchEnvironment())
   const { values } = parseArgs({
     options: {
       brokers: { type: 'string' },
