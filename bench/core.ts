@@ -5,6 +5,7 @@
  *
  *   npm run bench:core -- [--samples 10000000] [--samples-1m 1000000] [--batch 10000] [--runs 3]
  *                         [--keys 10000,1000000] [--quantiles-only | --no-quantiles]
+ *                         [--steady-samples 10000000 | --no-steady]
  *
  * --samples is the input for 10k keys; --samples-1m for 1M keys (smaller by default, to keep the
  * run to minutes on a 2-core VM; the quantile rows add about two).
@@ -14,6 +15,11 @@
  * over [1, 10^4), four decades; off and on alternate, median of --runs. Before timing, the
  * quantiles the native reports are checked against exact ones computed from the input.
  * --quantiles-only runs just that comparison; --no-quantiles skips it.
+ *
+ * The 1M-key rows of the main table are fills (about one sample per (key, window): each sample
+ * opens a row). Steady-state rows follow them: an untimed fill opens every series' window, then
+ * --steady-samples (default 10M: 10 per series) land in those open windows, tumbling;
+ * --no-steady skips them.
  */
 import { parseArgs } from 'node:util'
 import { type AggregatorConfig, type ClosedWindows, PartitionAggregator } from '../consumer/native'
@@ -26,6 +32,7 @@ import {
   MapAggregator,
   TypedAggregator,
   concatClosed,
+  fillWorkload,
   diffClosed,
   fmt,
   type KeyForm,
@@ -191,12 +198,19 @@ async function timeRun(
   batches: Batch[],
   form: KeyForm,
   names: string[],
+  /** Ingested first, untimed (a steady-state row's fill). */
+  warmup: Batch[] = [],
 ): Promise<number> {
   const { agg, free } = create(impl, g)
   if (form === 'ids') {
     const ids = agg.pinKeys(names)
     if (ids.some((id, k) => id !== k))
       throw new Error(`${impl}: pinned ids are not the key numbers`)
+  }
+  for (const b of warmup) {
+    if (form === 'ids') agg.ingestIds(b.keyIds, b.timestamps, b.values, b.offsets)
+    else agg.ingest(b.keys, b.keyIndex, b.timestamps, b.values, b.offsets)
+    await yieldToLoop()
   }
   let seconds = 0
   for (const b of batches) {
@@ -221,6 +235,8 @@ async function main(): Promise<void> {
       keys: { type: 'string', default: '10000,1000000' },
       'quantiles-only': { type: 'boolean', default: false },
       'no-quantiles': { type: 'boolean', default: false },
+      'steady-samples': { type: 'string', default: '10000000' },
+      'no-steady': { type: 'boolean', default: false },
     },
   })
   const batchSize = Number(values.batch)
@@ -239,8 +255,32 @@ async function main(): Promise<void> {
     keys: number
     samples: number
     geometry: string
+    /** fill: most samples open a new (key, window); steady: every window open before timing. */
+    phase: 'fill' | 'steady'
     rate: Record<Impl, number>
   }[] = []
+  /** Times every implementation on `batches` (after `warmup`), rotating the order per run. */
+  const compare = async (
+    g: Geometry,
+    batches: Batch[],
+    form: KeyForm,
+    names: string[],
+    warmup: Batch[] = [],
+  ) => {
+    const samples = batches.reduce((n, b) => n + b.timestamps.length, 0)
+    const secs: Record<Impl, number[]> = { native: [], 'map-ts': [], 'typed-ts': [] }
+    for (let run = 0; run < runs; run++) {
+      // Rotate the order so drift on a shared machine hits every implementation alike.
+      for (let j = 0; j < impls.length; j++) {
+        const impl = impls[(run + j) % impls.length]!
+        secs[impl].push(await timeRun(impl, g, batches, form, names, warmup))
+      }
+    }
+    return Object.fromEntries(impls.map((i) => [i, samples / median(secs[i])])) as Record<
+      Impl,
+      number
+    >
+  }
   const qRows: {
     keys: number
     samples: number
@@ -260,20 +300,31 @@ async function main(): Promise<void> {
       const batches = makeWorkload({ samples, keys, batchSize, spanMs })
       for (const [geometry, g] of geometries)
         for (const form of ['ids', 'tables'] as const) {
-          const secs: Record<Impl, number[]> = { native: [], 'map-ts': [], 'typed-ts': [] }
-          for (let run = 0; run < runs; run++) {
-            // Rotate the order so drift on a shared machine hits every implementation alike.
-            for (let j = 0; j < impls.length; j++) {
-              const impl = impls[(run + j) % impls.length]!
-              secs[impl].push(await timeRun(impl, g, batches, form, names))
-            }
-          }
-          const rate = Object.fromEntries(
-            impls.map((i) => [i, samples / median(secs[i])]),
-          ) as Record<Impl, number>
-          rows.push({ form, keys, samples, geometry, rate })
+          const rate = await compare(g, batches, form, names)
+          const phase = keys >= 1_000_000 ? 'fill' : 'steady'
+          rows.push({ form, keys, samples, geometry, phase, rate })
           console.error(`done: ${keys} keys, ${geometry}, ${form}`)
         }
+      if (keys >= 1_000_000 && !values['no-steady']) {
+        // Steady state: every series' window opened by an untimed fill, then
+        // --steady-samples (10 per series by default) within that window, tumbling.
+        const steadySamples = Number(values['steady-samples'])
+        const fill = fillWorkload(keys, batchSize)
+        // T0 is 20 s into a 60 s window: 30 s of event time stay in it.
+        const steady = makeWorkload({
+          samples: steadySamples,
+          keys,
+          batchSize,
+          spanMs: 30_000,
+          firstOffset: keys,
+        })
+        const [geometry, g] = geometries[0]!
+        for (const form of ['ids', 'tables'] as const) {
+          const rate = await compare(g, steady, form, names, fill)
+          rows.push({ form, keys, samples: steadySamples, geometry, phase: 'steady', rate })
+          console.error(`done: ${keys} keys, ${geometry}, ${form}, steady state`)
+        }
+      }
     }
     if (withQuantiles) {
       // The same keys and timestamps as above; values spanning four decades.
@@ -307,12 +358,12 @@ async function main(): Promise<void> {
       `\nbatches of ${fmt(batchSize)}, 1% out of order (up to 1 s), grace 2 s, 16.7 samples per ms of event time; median of ${runs} runs, samples/s`,
     )
     console.log(
-      '| keys cross as | keys | samples | windows | native | map-ts | typed-ts | native / map-ts | native / typed-ts |',
+      '| keys cross as | keys | samples | windows | phase | native | map-ts | typed-ts | native / map-ts | native / typed-ts |',
     )
-    console.log('|---|---|---|---|---|---|---|---|---|')
+    console.log('|---|---|---|---|---|---|---|---|---|---|')
     for (const r of rows) {
       console.log(
-        `| ${r.form === 'ids' ? 'pinned ids' : 'per-batch tables'} | ${fmt(r.keys)} | ${fmt(r.samples)} | ${r.geometry} | ${fmt(r.rate.native)} | ${fmt(r.rate['map-ts'])} | ${fmt(r.rate['typed-ts'])} | ${(r.rate.native / r.rate['map-ts']).toFixed(1)}x | ${(r.rate.native / r.rate['typed-ts']).toFixed(1)}x |`,
+        `| ${r.form === 'ids' ? 'pinned ids' : 'per-batch tables'} | ${fmt(r.keys)} | ${fmt(r.samples)} | ${r.geometry} | ${r.phase} | ${fmt(r.rate.native)} | ${fmt(r.rate['map-ts'])} | ${fmt(r.rate['typed-ts'])} | ${(r.rate.native / r.rate['map-ts']).toFixed(1)}x | ${(r.rate.native / r.rate['typed-ts']).toFixed(1)}x |`,
       )
     }
   }

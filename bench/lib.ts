@@ -165,6 +165,28 @@ export const log4 = (u: number) => 10 ** (4 * u)
  * stamped up to maxDelayMs in the past, values as `values` says. Each batch carries its own
  * table of distinct keys.
  */
+/**
+ * One sample per key, in key order, at T0 (offsets 0 to keys - 1): run untimed before a
+ * steady-state workload so that every series already has its window open when timing starts.
+ */
+export function fillWorkload(keys: number, batchSize: number): Batch[] {
+  const names = keyNames(keys)
+  const batches: Batch[] = []
+  for (let start = 0; start < keys; start += batchSize) {
+    const n = Math.min(batchSize, keys - start)
+    const keyIds = Uint32Array.from({ length: n }, (_, i) => start + i)
+    batches.push({
+      keys: Array.from(keyIds, (k) => names[k]!),
+      keyIndex: Uint32Array.from({ length: n }, (_, i) => i),
+      keyIds,
+      timestamps: new Float64Array(n).fill(T0),
+      values: Float64Array.from({ length: n }, (_, i) => (start + i) % 100),
+      offsets: Float64Array.from({ length: n }, (_, i) => start + i),
+    })
+  }
+  return batches
+}
+
 export function makeWorkload(o: WorkloadOptions): Batch[] {
   const names = keyNames(o.keys)
   const rand = rng(o.seed ?? 42)
