@@ -883,15 +883,29 @@ export class AggregatorService {
 
   /** Commits a partition's pending batches after the work in progress on it; never throws. */
   private commitInBackground(partition: number): Promise<void> {
+    return this.inBackground(partition, 'commit', async (owned) => {
+      if (owned.pending !== undefined) await this.commitPending(partition, owned)
+    })
+  }
+
+  /**
+   * Runs `work` on the partition's state after the work in progress on it; never throws: a
+   * failure drops the state like a failed batch, unless the partition was released meanwhile.
+   */
+  private inBackground(
+    partition: number,
+    what: string,
+    work: (owned: OwnedPartition) => Promise<void>,
+  ): Promise<void> {
     let owned: OwnedPartition | undefined
     return this.exclusive(partition, async () => {
       owned = this.owned.get(partition)
-      if (owned?.pending !== undefined) await this.commitPending(partition, owned)
+      if (owned !== undefined) await work(owned)
     }).catch((error: unknown) => {
       const where = { topic: this.config.inputTopic, partition }
       if (this.owned.get(partition) !== owned) {
         // Released meanwhile (moved away at a rebalance): its producer was disconnected under it.
-        this.log.debug({ ...where, err: error }, 'commit of a partition given up failed')
+        this.log.debug({ ...where, err: error }, `${what} of a partition given up failed`)
         return
       }
       this.batchFailed(where, error)
@@ -928,10 +942,8 @@ export class AggregatorService {
    * then the checkpoint. Never throws; a failure drops the state like a failed batch.
    */
   private advanceIdle(partition: number, idleMs: number): Promise<void> {
-    let owned: OwnedPartition | undefined
-    return this.exclusive(partition, async () => {
-      owned = this.owned.get(partition)
-      if (owned === undefined || this.rebalancing || this.stopping !== undefined) return
+    return this.inBackground(partition, 'idle advance', async (owned) => {
+      if (this.rebalancing || this.stopping !== undefined) return
       const streamTime = this.idleTarget(owned, idleMs)
       if (streamTime === null) return
       const outcome = owned.pipeline.advanceIdle(streamTime)
@@ -956,13 +968,6 @@ export class AggregatorService {
         },
         'idle partition: stream time advanced by the wall clock',
       )
-    }).catch((error: unknown) => {
-      const where = { topic: this.config.inputTopic, partition }
-      if (this.owned.get(partition) !== owned) {
-        this.log.debug({ ...where, err: error }, 'idle advance of a partition given up failed')
-        return
-      }
-      this.batchFailed(where, error)
     })
   }
 

@@ -1479,8 +1479,6 @@ impl Aggregator {
             }
             let id = source.intern(key, &mut self.keys);
             let offset = offset as i64;
-            // With quantiles, the sample's sketch is its pane's: the row of its newest window.
-            let pane = self.spec.newest_start(ts);
             for start in self.spec.window_starts(ts) {
                 if start + size > close_time {
                     let window = self.windows.entry(start).or_default();
@@ -1497,7 +1495,9 @@ impl Aggregator {
                             r
                         }
                     };
-                    if start == pane && self.quantiles.is_some() {
+                    // With quantiles, the sample's sketch is its pane's: the row of its newest
+                    // window, the one starting less than an advance before it.
+                    if self.quantiles.is_some() && ts - start < self.spec.advance {
                         defer_sketch_update(&mut self.sketch_updates, start, r as u32, value);
                     }
                     if let Some(touched) = touched.as_mut() {
