@@ -1,0 +1,57 @@
+// Public types of the local broker: startLocalBroker options, the returned handle, JVM exit info.
+import type { LocalSaslOptions } from './sasl'
+
+export interface LocalBrokerOptions {
+  /** Kafka version on Maven Central, e.g. 3.9.2 or 4.1.1. Default: $KWA_KAFKA_VERSION or 3.9.2. */
+  version?: string
+  /** Where config, KRaft data and broker.log live. Default: a new temp dir, deleted by cleanup(). */
+  dataDir?: string
+  /** Client (PLAINTEXT) port on 127.0.0.1. Default: a free port picked at run time. */
+  port?: number
+  /** KRaft controller port on 127.0.0.1. Default: a free port picked at run time. */
+  controllerPort?: number
+  /** Max JVM heap in MiB (default 512). */
+  heapMb?: number
+  /** Receives every broker log line (broker.log and the JVM's stdout/stderr). */
+  onLog?: (line: string) => void
+  /** Called when the JVM exits without stop()/kill()/cleanup() having asked for it. */
+  onUnexpectedExit?: (exit: ProcessExit) => void
+  /** How long to wait for the broker to be ready (default 90 s). */
+  readyTimeoutMs?: number
+  /**
+   * Adds a SASL_PLAINTEXT listener on 127.0.0.1 (the PLAINTEXT one stays, for inter-broker
+   * traffic and tools) that accepts SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN for these users. The
+   * SCRAM credentials are written when the storage is formatted (`kafka-storage format
+   * --add-scram`), so they exist before the broker first starts; PLAIN users live in the JAAS config.
+   */
+  sasl?: LocalSaslOptions
+}
+
+export interface LocalBroker {
+  /** Bootstrap string, "127.0.0.1:PORT" (the PLAINTEXT listener). */
+  brokers: string
+  /** Bootstrap string of the SASL_PLAINTEXT listener, when `sasl` was given. */
+  saslBrokers?: string
+  version: string
+  port: number
+  controllerPort: number
+  dataDir: string
+  logFile: string
+  /** SIGTERM, wait for a clean exit (SIGKILL after 30 s). */
+  stop(): Promise<void>
+  /** SIGKILL (crash tests), wait for exit. */
+  kill(): Promise<void>
+  /** Start again on the same dataDir and ports (stopping first if running), wait until ready. */
+  restart(): Promise<void>
+  /** Sends a signal to the running JVM (chaos tests: SIGSTOP/SIGCONT); false when not running. */
+  signal(signal: NodeJS.Signals): boolean
+  /** The running JVM's process id (chaos tests pin it to a CPU); undefined when not running. */
+  pid(): number | undefined
+  /** Stop if running and delete the dataDir if startLocalBroker created it. */
+  cleanup(): Promise<void>
+}
+
+export interface ProcessExit {
+  code: number | null
+  signal: NodeJS.Signals | null
+}
