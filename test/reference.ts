@@ -1,6 +1,6 @@
 /**
  * An independent, deliberately simple TypeScript reference of the window semantics, written from
- * the documented rules (native/index.d.ts, native/src/window.rs module docs,
+ * the documented rules (native/index.d.ts, native/src/window/mod.rs module docs,
  * /work/shared/notes/windowing.md), not ported from the Rust code. It favours obviousness over
  * speed: open aggregates live in one Map, sums are exact (BigInt on the binary values) and rounded
  * once, and every rule is checked literally (e.g. lateness is decided window by window).

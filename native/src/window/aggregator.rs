@@ -1,0 +1,801 @@
+//! The windowed aggregation state of one partition.
+
+use std::collections::{BTreeMap, btree_map};
+use std::mem::size_of;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::aggregate::Aggregate;
+use super::error::{Error, Rejection};
+use super::interner::{FREE, Interner};
+use super::keys::{KeySource, KeyTable, PinnedIds};
+use super::limits::{Limits, SAFE_LIMIT, SampleChecks, is_safe_whole};
+use super::outcome::{ClosedWindows, IngestOutcome, Stats, WindowStates, WindowStatesView};
+use super::quantiles::{Quantiles, SketchUpdates, defer_sketch_update, window_panes};
+use super::rows::Window;
+use super::spec::WindowSpec;
+use crate::sketch::{Sketch, SketchSpec};
+
+/// Windowed aggregation state of one partition.
+#[derive(Debug)]
+pub struct Aggregator {
+    spec: WindowSpec,
+    keys: Interner,
+    /// Open windows by start, so the oldest (first to close) are at the front.
+    windows: BTreeMap<i64, Window>,
+    /// Multiset of the open windows' first offsets; its minimum is the low watermark.
+    first_offsets: BTreeMap<i64, u32>,
+    /// Number of open (key, window) aggregates: the sum of the `windows` map sizes.
+    open_count: usize,
+    stream_time: Option<i64>,
+    late_total: u64,
+    aggregated_total: u64,
+    rejected_by_reason: [u64; Rejection::SLOTS],
+    limits: Limits,
+    /// Whether [`IngestOutcome::changes`] is reported.
+    track_changes: bool,
+    /// Coalesced change tracking: windows touched since the last
+    /// [`Aggregator::take_changes`], as (start, key id); `None` when off.
+    pending_changes: Option<FxHashSet<(i64, u32)>>,
+    /// Per-window quantiles; `None`: no sketches.
+    quantiles: Option<Quantiles>,
+    /// With quantiles: the batch's sketch updates not applied yet, as
+    /// (window start, [(row, value)]) buckets (a bucket whose start is `None`
+    /// is free); see [`Aggregator::apply_sketch_updates`].
+    sketch_updates: Vec<SketchUpdates>,
+}
+
+impl Aggregator {
+    pub fn new(spec: WindowSpec) -> Self {
+        Self::restored(spec, None)
+    }
+
+    /// An aggregator resuming at a checkpointed stream time: windows that had
+    /// closed by then stay closed, so replayed samples only rebuild open ones.
+    pub fn restored(spec: WindowSpec, stream_time: Option<i64>) -> Self {
+        Self {
+            spec,
+            keys: Interner::default(),
+            windows: BTreeMap::new(),
+            first_offsets: BTreeMap::new(),
+            open_count: 0,
+            stream_time,
+            late_total: 0,
+            aggregated_total: 0,
+            rejected_by_reason: [0; Rejection::SLOTS],
+            limits: Limits::default(),
+            track_changes: false,
+            pending_changes: None,
+            quantiles: None,
+            sketch_updates: Vec::new(),
+        }
+    }
+
+    /// Keeps a sketch per open window and reports these quantiles of each
+    /// closed one (see the module docs); none by default. Set it before the
+    /// first sample or restore.
+    pub fn with_quantiles(mut self, quantiles: Option<Quantiles>) -> Self {
+        self.quantiles = quantiles;
+        self
+    }
+
+    /// Sets the input bounds (see [`Limits`] and the module docs); the
+    /// defaults otherwise.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Turns change tracking (see the module docs) on or off; off by default.
+    pub fn with_change_tracking(mut self, on: bool) -> Self {
+        self.track_changes = on;
+        self
+    }
+
+    /// Turns coalesced change tracking on or off (off by default): batches
+    /// then report no `changes`; instead [`Aggregator::take_changes`] returns
+    /// every window created or updated since its last call that is still
+    /// open, once. A window touched by many batches between two calls is
+    /// written to the changelog once (see the module docs).
+    pub fn with_coalesced_changes(mut self, on: bool) -> Self {
+        self.pending_changes = on.then(FxHashSet::default);
+        self
+    }
+
+    /// With coalesced change tracking: the state of every window created or
+    /// updated since the last call (or the restore) that is still open, in
+    /// the order of [`IngestOutcome::changes`]; forgets them. Empty when
+    /// coalescing is off.
+    pub fn take_changes(&mut self) -> WindowStates {
+        match self.pending_changes.as_mut() {
+            None => WindowStates::default(),
+            Some(pending) => {
+                let touched = std::mem::take(pending);
+                self.touched_states(touched)
+            }
+        }
+    }
+
+    pub fn stream_time(&self) -> Option<i64> {
+        self.stream_time
+    }
+
+    /// The lowest input offset whose sample is held in an open window, or
+    /// `None` when no window is open: committing it makes a replay from there
+    /// rebuild exactly the open windows.
+    pub fn low_watermark(&self) -> Option<i64> {
+        self.first_offsets.keys().next().copied()
+    }
+
+    /// Processes one batch in order and then closes every window with
+    /// `end <= streamTime - grace` (see the module docs for the exact rules).
+    ///
+    /// Sample `i` is `(keys[key_index[i]], timestamps[i], values[i])` read
+    /// from input offset `offsets[i]`; `keys` is the batch's key table. The
+    /// four sample columns must have equal length, at most `u32::MAX`, and
+    /// offsets must be integers in `[0, 2^53)`. Samples with a timestamp
+    /// greater than `max_event_time` are rejected (code 6); `None` sets no
+    /// bound, and NaN is an input error.
+    pub fn ingest<K: AsRef<str>>(
+        &mut self,
+        keys: &[K],
+        key_index: &[u32],
+        timestamps: &[f64],
+        values: &[f64],
+        offsets: &[f64],
+        max_event_time: Option<f64>,
+    ) -> Result<IngestOutcome, Error> {
+        let mut table = KeyTable::new(keys, &self.limits);
+        self.ingest_from(
+            &mut table,
+            key_index,
+            timestamps,
+            values,
+            offsets,
+            max_event_time,
+        )
+    }
+
+    /// Interns `keys` and pins them: each stays interned, under the returned
+    /// id, until [`unpin_keys`](Self::unpin_keys), so batches can name keys
+    /// by id ([`ingest_ids`](Self::ingest_ids)) instead of carrying their
+    /// text. Pins count: a key pinned twice needs two unpins. Refuses (and
+    /// pins nothing) if a key is empty or longer than `maxKeyBytes`.
+    pub fn pin_keys<K: AsRef<str>>(&mut self, keys: &[K]) -> Result<Vec<u32>, Error> {
+        for (i, key) in keys.iter().enumerate() {
+            if let Err(reason) = self.limits.check_key(key.as_ref()) {
+                let why = match reason {
+                    Rejection::EmptyKey => "it is empty".to_owned(),
+                    _ => format!(
+                        "it is longer than maxKeyBytes ({}) UTF-8 bytes",
+                        self.limits.max_key_bytes
+                    ),
+                };
+                return Err(Error::InvalidInput(format!(
+                    "keys[{i}] cannot be pinned: {why}"
+                )));
+            }
+        }
+        Ok(keys.iter().map(|key| self.keys.pin(key.as_ref())).collect())
+    }
+
+    /// Drops one pin of each id; a key with no pin and no open window is
+    /// then released. Refuses (and unpins nothing) if an id is not pinned as
+    /// many times as it is given.
+    pub fn unpin_keys(&mut self, ids: &[u32]) -> Result<(), Error> {
+        let mut given: FxHashMap<u32, u32> = FxHashMap::default();
+        for &id in ids {
+            *given.entry(id).or_default() += 1;
+        }
+        for (&id, &n) in &given {
+            let pins = self.keys.pins.get(id as usize).copied().unwrap_or(0);
+            if pins < n {
+                return Err(Error::InvalidInput(format!(
+                    "key id {id} is unpinned {n} times but pinned {pins} times"
+                )));
+            }
+        }
+        for &id in ids {
+            self.keys.unpin(id);
+        }
+        self.sweep_keys();
+        Ok(())
+    }
+
+    /// [`ingest`](Self::ingest) with samples naming their keys by pinned id
+    /// ([`pin_keys`](Self::pin_keys)): sample `i` is `(key_ids[i],
+    /// timestamps[i], values[i])`. An id that is not pinned is rejected with
+    /// code 3 (codes 4 and 5 were checked when pinning).
+    pub fn ingest_ids(
+        &mut self,
+        key_ids: &[u32],
+        timestamps: &[f64],
+        values: &[f64],
+        offsets: &[f64],
+        max_event_time: Option<f64>,
+    ) -> Result<IngestOutcome, Error> {
+        self.ingest_from(
+            &mut PinnedIds,
+            key_ids,
+            timestamps,
+            values,
+            offsets,
+            max_event_time,
+        )
+    }
+
+    fn ingest_from<S: KeySource>(
+        &mut self,
+        source: &mut S,
+        key_index: &[u32],
+        timestamps: &[f64],
+        values: &[f64],
+        offsets: &[f64],
+        max_event_time: Option<f64>,
+    ) -> Result<IngestOutcome, Error> {
+        let len = key_index.len();
+        if timestamps.len() != len || values.len() != len || offsets.len() != len {
+            return Err(Error::InvalidInput(format!(
+                "keyIndex, timestamps, values and offsets must have equal length \
+                 (got keyIndex {len}, timestamps {}, values {}, offsets {})",
+                timestamps.len(),
+                values.len(),
+                offsets.len()
+            )));
+        }
+        if let Some(bad) = offsets.iter().find(|&&o| !is_safe_whole(o)) {
+            return Err(Error::InvalidInput(format!(
+                "offsets must be integers in [0, 2^53) (got {bad})"
+            )));
+        }
+        if u32::try_from(len).is_err() {
+            return Err(Error::InvalidInput(format!(
+                "at most {} samples per batch (got {len})",
+                u32::MAX
+            )));
+        }
+        let checks = SampleChecks {
+            // Exact: validated below 2^53.
+            min_ts: self.limits.min_event_time as f64,
+            max_ts: match max_event_time {
+                None => f64::INFINITY,
+                Some(t) if t.is_nan() => {
+                    return Err(Error::InvalidInput(
+                        "maxEventTime must be null or a number, not NaN".to_owned(),
+                    ));
+                }
+                Some(t) => t,
+            },
+        };
+
+        let mut out = IngestOutcome::default();
+        // (window start, key id) of every aggregate created or updated, once each.
+        // Coalescing, they accumulate across batches until take_changes.
+        let mut touched: Option<FxHashSet<(i64, u32)>> = match self.pending_changes.as_mut() {
+            Some(pending) => Some(std::mem::take(pending)),
+            None => self.track_changes.then(FxHashSet::default),
+        };
+        let samples = key_index.iter().zip(timestamps).zip(values).zip(offsets);
+        for (i, (((&key, &ts), &value), &offset)) in (0u32..).zip(samples) {
+            let checked = checks
+                .value_and_time(ts, value)
+                .and_then(|ts| source.check(key, &self.keys).map(|()| ts))
+                .and_then(|ts| checks.not_future(ts));
+            let ts = match checked {
+                Ok(ts) => ts,
+                Err(reason) => {
+                    out.rejected_indexes.push(i);
+                    out.rejected_reasons.push(reason.code());
+                    continue;
+                }
+            };
+            let stream_time = self.stream_time.map_or(ts, |st| st.max(ts));
+            self.stream_time = Some(stream_time);
+            let close_time = stream_time - self.spec.grace;
+            if self.spec.newest_start(ts) + self.spec.size <= close_time {
+                out.late_indexes.push(i);
+                continue;
+            }
+            if let Some(max_open) = self.limits.max_open_windows
+                && !self.has_room(source, key, ts, close_time, max_open, &mut out)
+            {
+                out.rejected_indexes.push(i);
+                out.rejected_reasons.push(Rejection::WindowLimit.code());
+                continue;
+            }
+            let size = self.spec.size;
+            if self.quantiles.is_some()
+                && self.spec.advance < size
+                && self
+                    .windows
+                    .first_key_value()
+                    .is_some_and(|(&first, _)| first + size <= close_time)
+            {
+                // A window due (not closed until the end of the batch) shares its last panes with
+                // later windows; a sample late for it must not reach its sketch through them.
+                // Closing it now closes the same window: nothing can join a due window.
+                self.close_windows(close_time, &mut out.closed);
+            }
+            let id = source.intern(key, &mut self.keys);
+            let offset = offset as i64;
+            for start in self.spec.window_starts(ts) {
+                if start + size > close_time {
+                    let window = self.windows.entry(start).or_default();
+                    let r = match window.find(id) {
+                        Some(r) => {
+                            window.row_mut(r).agg.add(value);
+                            r
+                        }
+                        None => {
+                            let r = window.push(id, Aggregate::new(value, offset));
+                            self.keys.acquire(id);
+                            self.open_count += 1;
+                            *self.first_offsets.entry(offset).or_default() += 1;
+                            r
+                        }
+                    };
+                    // With quantiles, the sample's sketch is its pane's: the row of its newest
+                    // window, the one starting less than an advance before it.
+                    if self.quantiles.is_some() && ts - start < self.spec.advance {
+                        defer_sketch_update(&mut self.sketch_updates, start, r as u32, value);
+                    }
+                    if let Some(touched) = touched.as_mut() {
+                        touched.insert((start, id));
+                    }
+                }
+            }
+            out.aggregated += 1;
+        }
+
+        self.aggregated_total += u64::from(out.aggregated);
+        self.late_total += out.late_indexes.len() as u64;
+        for &code in &out.rejected_reasons {
+            self.rejected_by_reason[usize::from(code)] += 1;
+        }
+        if let Some(stream_time) = self.stream_time {
+            self.close_windows(stream_time - self.spec.grace, &mut out.closed);
+        }
+        match (&mut self.pending_changes, touched) {
+            (Some(pending), Some(touched)) => *pending = touched,
+            (_, touched) => out.changes = touched.map(|touched| self.touched_states(touched)),
+        }
+        self.sweep_keys();
+        Ok(out)
+    }
+
+    /// Applies the deferred sketch updates (the hot loop only records them):
+    /// window by window, in a loop that overlaps their memory accesses
+    /// ([`Window::add_to_sketches`]). A sketch's bins do not depend on the
+    /// order of its samples, so the state is the same as if each were added
+    /// at once. Must run before windows close or snapshots are taken; runs at
+    /// the end of every batch.
+    fn apply_sketch_updates(&mut self) {
+        let Some(quantiles) = &self.quantiles else {
+            return;
+        };
+        for (start, updates) in &mut self.sketch_updates {
+            if let Some(start) = start.take() {
+                let window = self
+                    .windows
+                    .get_mut(&start)
+                    .expect("updates are for open windows");
+                window.add_to_sketches(&quantiles.spec, updates);
+                updates.clear();
+            }
+        }
+    }
+
+    /// The stream time at which the oldest open window closes (its end plus
+    /// grace), or `None` when no window is open.
+    pub fn next_close_time(&self) -> Option<i64> {
+        let start = *self.windows.keys().next()?;
+        Some(start + self.spec.size + self.spec.grace)
+    }
+
+    /// Moves stream time forward to `stream_time` without input (idle close:
+    /// the wall clock stands in for samples that did not come) and closes the
+    /// windows then due, as a batch would. A time at or below the current
+    /// stream time, or an aggregator that has seen no sample yet (nothing is
+    /// open, and no stream time to advance from), changes nothing. Samples
+    /// for the windows it closes are late afterwards, as always.
+    pub fn advance_stream_time(&mut self, stream_time: i64) -> ClosedWindows {
+        let mut closed = ClosedWindows::default();
+        match self.stream_time {
+            Some(current) if stream_time > current => {
+                self.stream_time = Some(stream_time);
+                self.close_windows(stream_time - self.spec.grace, &mut closed);
+                self.sweep_keys();
+            }
+            _ => {}
+        }
+        closed
+    }
+
+    /// Whether a sample of key reference `key` at `ts` fits in `max_open`
+    /// open aggregates at `close_time` (rule 7 in the module docs). May close
+    /// windows that are already due into `out.closed`, and resolves the key
+    /// against the interner (without interning).
+    fn has_room<S: KeySource>(
+        &mut self,
+        source: &mut S,
+        key: u32,
+        ts: i64,
+        close_time: i64,
+        max_open: usize,
+        out: &mut IngestOutcome,
+    ) -> bool {
+        let size = self.spec.size;
+        let open_starts = self
+            .spec
+            .window_starts(ts)
+            .filter(move |&start| start + size > close_time);
+        let wanted = open_starts.clone().count();
+        if self.open_count + wanted <= max_open {
+            return true; // fits even if every window is new
+        }
+        let new = match source.lookup(key, &self.keys) {
+            Some(id) => open_starts
+                .filter(|start| {
+                    self.windows
+                        .get(start)
+                        .is_none_or(|window| window.find(id).is_none())
+                })
+                .count(),
+            None => wanted,
+        };
+        if new == 0 || self.open_count + new <= max_open {
+            return true;
+        }
+        // Windows already due don't count: close them now rather than at the
+        // end of the batch. The sample's own windows are all still open.
+        self.close_windows(close_time, &mut out.closed);
+        self.open_count + new <= max_open
+    }
+
+    /// States of the `touched` windows that are still open, in output order.
+    fn touched_states(&self, touched: FxHashSet<(i64, u32)>) -> WindowStates {
+        // Closing removes a prefix of the starts, so a touched window is still
+        // open iff its start is not below the oldest open one.
+        let Some(&oldest) = self.windows.keys().next() else {
+            return WindowStates::default();
+        };
+        let mut rows: Vec<(i64, u32)> = touched
+            .into_iter()
+            .filter(|&(start, _)| start >= oldest)
+            .collect();
+        rows.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| self.keys.name(a.1).cmp(self.keys.name(b.1)))
+        });
+        let mut states = WindowStates::with_capacity(rows.len());
+        for group in rows.chunk_by(|a, b| a.0 == b.0) {
+            let start = group[0].0;
+            let window = &self.windows[&start];
+            for (_, id) in group {
+                let (agg, sketch) = window.get(*id).expect("a touched window holds its key");
+                states.push_with_sketch(self.keys.name(*id), start, agg, self.sketch_of(sketch));
+            }
+        }
+        states
+    }
+
+    /// With quantiles on: the sketch parameters and a row's sketch, to encode it.
+    fn sketch_of<'a>(
+        &'a self,
+        sketch: Option<&'a Sketch>,
+    ) -> Option<(&'a SketchSpec, Option<&'a Sketch>)> {
+        self.quantiles.as_ref().map(|q| (&q.spec, sketch))
+    }
+
+    /// The aggregates (and sketches) of one window start, ordered by series key.
+    fn by_key_name<'a>(&self, window: &'a Window) -> Vec<(u32, &'a Aggregate, Option<&'a Sketch>)> {
+        let mut rows: Vec<_> = window.iter().collect();
+        // Keys are unique within a window, so an unstable sort is deterministic.
+        rows.sort_unstable_by(|a, b| self.keys.name(a.0).cmp(self.keys.name(b.0)));
+        rows
+    }
+
+    /// The state of every open window, ordered by start and then series key.
+    pub fn snapshot(&self) -> WindowStates {
+        let mut states = WindowStates::with_capacity(self.open_windows());
+        for (&start, window) in &self.windows {
+            for (id, agg, sketch) in self.by_key_name(window) {
+                states.push_with_sketch(self.keys.name(id), start, agg, self.sketch_of(sketch));
+            }
+        }
+        states
+    }
+
+    /// Loads open windows (e.g. a [`snapshot`](Self::snapshot), or a changelog
+    /// compacted from [`IngestOutcome::changes`] and `closed`) and the stream
+    /// time they were taken at into this aggregator, which must be fresh: no
+    /// open windows and no samples ingested (a `stream_time` given at
+    /// construction is fine and replaced). Rows may come in any order.
+    ///
+    /// Validates everything before changing anything: equal column lengths;
+    /// `stream_time` an integer in `[0, 2^53)`, and set if any row is given;
+    /// per row, `window_start` an integer multiple of `advance` in
+    /// `(-size, stream_time]` whose window is still open
+    /// (`end > stream_time - grace`), `count` an integer in `[1, 2^53)`,
+    /// `first_offset` an integer in `[0, 2^53)`, finite `min <= max`, and no
+    /// (key, start) twice. `sum` and `compensation` are taken as they are (an
+    /// overflowed sum is infinite and its compensation NaN). Every row is
+    /// loaded even beyond `maxOpenWindows` (see the module docs).
+    pub fn restore<K: AsRef<str>>(
+        &mut self,
+        states: WindowStatesView<'_, K>,
+        stream_time: Option<f64>,
+    ) -> Result<(), Error> {
+        let ingested = self.aggregated_total + self.late_total + self.rejected_total();
+        if !self.windows.is_empty() || ingested > 0 {
+            return Err(Error::InvalidRestore(format!(
+                "the aggregator must be fresh (it holds {} open windows and has ingested \
+                 {ingested} samples)",
+                self.open_windows()
+            )));
+        }
+        let len = states.series_keys.len();
+        let columns = [
+            states.window_start,
+            states.count,
+            states.sum,
+            states.compensation,
+            states.min,
+            states.max,
+            states.first_offset,
+        ];
+        if columns.iter().any(|c| c.len() != len) {
+            return Err(Error::InvalidRestore(format!(
+                "seriesKeys, windowStart, count, sum, compensation, min, max and firstOffset \
+                 must have equal length (got {len}, {}, {}, {}, {}, {}, {}, {})",
+                columns[0].len(),
+                columns[1].len(),
+                columns[2].len(),
+                columns[3].len(),
+                columns[4].len(),
+                columns[5].len(),
+                columns[6].len()
+            )));
+        }
+        let sketched = !states.sketch_ends.is_empty();
+        if sketched {
+            let ends = states.sketch_ends;
+            let ordered = ends.windows(2).all(|w| w[0] <= w[1]);
+            if ends.len() != len || !ordered || ends[len - 1] as usize != states.sketch_bytes.len()
+            {
+                return Err(Error::InvalidRestore(format!(
+                    "sketchEnds must hold one non-decreasing end per row ({len}), the last \
+                     equal to the length of sketchBytes ({})",
+                    states.sketch_bytes.len()
+                )));
+            }
+        }
+        let stream_time = match stream_time {
+            None => None,
+            Some(t) if is_safe_whole(t) => Some(t as i64),
+            Some(t) => {
+                return Err(Error::InvalidRestore(format!(
+                    "streamTime must be null or an integer in [0, 2^53) (got {t})"
+                )));
+            }
+        };
+        let Some(now) = stream_time else {
+            if len > 0 {
+                return Err(Error::InvalidRestore(format!(
+                    "streamTime is null but {len} windows are given (a window only opens \
+                     with an accepted sample, which sets streamTime)"
+                )));
+            }
+            self.stream_time = None;
+            return Ok(());
+        };
+
+        // A fresh aggregator holds only pinned keys: they stay.
+        let mut keys = self.keys.clone();
+        let mut windows: BTreeMap<i64, Window> = BTreeMap::new();
+        let mut first_offsets: BTreeMap<i64, u32> = BTreeMap::new();
+        for i in 0..len {
+            let key = states.series_keys[i].as_ref();
+            let (start, agg) = self
+                .restored_row(&states, i, now)
+                .map_err(|msg| Error::InvalidRestore(format!("row {i} (key {key:?}): {msg}")))?;
+            let id = keys.intern(key);
+            let window = windows.entry(start).or_default();
+            if window.find(id).is_some() {
+                return Err(Error::InvalidRestore(format!(
+                    "row {i} (key {key:?}): window {start} appears twice"
+                )));
+            }
+            let r = window.push(id, agg);
+            if let Some(quantiles) = self.quantiles.as_ref() {
+                // Rows without a sketch (written without quantiles) get an empty one: their
+                // quantiles are unknown (NaN) when they close.
+                let bytes = match sketched {
+                    true => {
+                        let from = if i == 0 { 0 } else { states.sketch_ends[i - 1] };
+                        &states.sketch_bytes[from as usize..states.sketch_ends[i] as usize]
+                    }
+                    false => &[][..],
+                };
+                if !bytes.is_empty() {
+                    *window.sketch_mut(r) =
+                        Sketch::decode(&quantiles.spec, bytes).map_err(|err| {
+                            Error::InvalidRestore(format!("row {i} (key {key:?}): sketch: {err}"))
+                        })?;
+                }
+            }
+            keys.acquire(id);
+            *first_offsets.entry(agg.first_offset).or_default() += 1;
+        }
+        self.keys = keys;
+        self.windows = windows;
+        self.first_offsets = first_offsets;
+        self.open_count = len;
+        self.stream_time = stream_time;
+        if let Some(pending) = self.pending_changes.as_mut() {
+            // What is restored is what the changelog holds already.
+            pending.clear();
+        }
+        Ok(())
+    }
+
+    /// Validates row `i` of `states` for a restore at stream time `now`.
+    fn restored_row<K>(
+        &self,
+        states: &WindowStatesView<'_, K>,
+        i: usize,
+        now: i64,
+    ) -> Result<(i64, Aggregate), String> {
+        let WindowSpec {
+            size,
+            advance,
+            grace,
+        } = self.spec;
+        let start = states.window_start[i];
+        let integral = start.fract() == 0.0 && start > -(size as f64) && start <= now as f64;
+        if !integral || (start as i64).rem_euclid(advance) != 0 {
+            return Err(format!(
+                "windowStart must be an integer multiple of advanceMs ({advance}) in \
+                 (-sizeMs, streamTime] = ({}, {now}] (got {start})",
+                -size
+            ));
+        }
+        let start = start as i64;
+        if start + size <= now - grace {
+            return Err(format!(
+                "window [{start}, {}) had already closed at streamTime {now} \
+                 (end <= streamTime - graceMs = {}); a changelog never holds closed windows",
+                start + size,
+                now - grace
+            ));
+        }
+        let count = states.count[i];
+        if !(count.fract() == 0.0 && (1.0..SAFE_LIMIT).contains(&count)) {
+            return Err(format!(
+                "count must be an integer in [1, 2^53) (got {count})"
+            ));
+        }
+        let first_offset = states.first_offset[i];
+        if !is_safe_whole(first_offset) {
+            return Err(format!(
+                "firstOffset must be an integer in [0, 2^53) (got {first_offset})"
+            ));
+        }
+        let (min, max) = (states.min[i], states.max[i]);
+        if !(min.is_finite() && max.is_finite() && min <= max) {
+            return Err(format!(
+                "min and max must be finite with min <= max (got min {min}, max {max})"
+            ));
+        }
+        Ok((
+            start,
+            Aggregate {
+                first_offset: first_offset as i64,
+                count: count as u64,
+                sum: states.sum[i],
+                compensation: states.compensation[i],
+                min,
+                max,
+            },
+        ))
+    }
+
+    /// Removes every window with `end <= close_time` and appends it to
+    /// `closed`. As the close time never decreases, and no window is opened
+    /// once it could be closed, what is appended always starts after what was.
+    fn close_windows(&mut self, close_time: i64, closed: &mut ClosedWindows) {
+        self.apply_sketch_updates();
+        while let Some(entry) = self.windows.first_entry() {
+            let start = *entry.key();
+            let end = start + self.spec.size;
+            if end > close_time {
+                break;
+            }
+            let window = entry.remove();
+            self.open_count -= window.len();
+            let mut panes: Vec<&Sketch> = Vec::new();
+            for (id, agg, sketch) in self.by_key_name(&window) {
+                closed.push(self.keys.name(id), start, end, agg);
+                if let Some(quantiles) = &self.quantiles {
+                    window_panes(&self.spec, &self.windows, start, id, sketch, &mut panes);
+                    quantiles.push_estimates(agg, &panes, &mut closed.quantiles);
+                }
+                self.keys.release(id);
+                release_offset(&mut self.first_offsets, agg.first_offset);
+            }
+        }
+    }
+
+    fn open_windows(&self) -> usize {
+        self.open_count
+    }
+
+    /// Drops the keys whose last open window closed during the batch (see
+    /// [`Interner`]), and renumbers the rest when most id slots are free, so
+    /// the memory held follows the open windows down as well as up.
+    /// Renumbering rekeys every open window, but happens only after the
+    /// number of keys fell to a quarter of the slots.
+    fn sweep_keys(&mut self) {
+        self.keys.sweep();
+        if self.keys.sparse() {
+            let remap = self.keys.compact();
+            for window in self.windows.values_mut() {
+                window.remap(&remap);
+            }
+            if let Some(pending) = self.pending_changes.as_mut() {
+                // A released key's windows have all closed: its changes are moot.
+                *pending = pending
+                    .drain()
+                    .filter_map(|(start, id)| {
+                        let id = remap[id as usize];
+                        (id != FREE).then_some((start, id))
+                    })
+                    .collect();
+            }
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            open_windows: self.open_windows(),
+            series_keys: self.keys.len(),
+            late_total: self.late_total,
+            aggregated_total: self.aggregated_total,
+            rejected_total: self.rejected_total(),
+            rejected_by_reason: self.rejected_by_reason,
+            bytes_held: self.bytes_held(),
+            stream_time: self.stream_time,
+        }
+    }
+
+    fn rejected_total(&self) -> u64 {
+        self.rejected_by_reason.iter().sum()
+    }
+
+    fn bytes_held(&self) -> usize {
+        let windows: usize = self
+            .windows
+            .values()
+            .map(|window| size_of::<(i64, Window)>() + window.bytes())
+            .sum();
+        let offsets = self.first_offsets.len() * size_of::<(i64, u32)>();
+        size_of::<Self>() + self.keys.bytes_held() + windows + offsets
+    }
+}
+
+/// Removes one occurrence of `offset` from the first-offset multiset.
+fn release_offset(first_offsets: &mut BTreeMap<i64, u32>, offset: i64) {
+    if let btree_map::Entry::Occupied(mut count) = first_offsets.entry(offset) {
+        *count.get_mut() -= 1;
+        if *count.get() == 0 {
+            count.remove();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,197 @@
+//! Series keys interned to dense, reference-counted ids.
+
+use std::mem::size_of;
+
+use rustc_hash::FxHashMap;
+
+#[cfg(doc)]
+use super::Aggregator;
+
+/// Marks a free id in [`Interner::refs`].
+pub(super) const FREE: u32 = u32::MAX;
+
+/// Below this many id slots the interner is only compacted once it is empty.
+/// Tiny in tests, so the property test renumbers keys often.
+const COMPACT_MIN_SLOTS: usize = if cfg!(test) { 2 } else { 1024 };
+
+/// Series keys mapped to dense ids so open windows store a `u32` per key.
+///
+/// Keys are reference-counted by the open aggregates that use them
+/// ([`acquire`](Self::acquire) when an aggregate is created,
+/// [`release`](Self::release) when it closes). A key whose count drops to 0
+/// is only queued: [`sweep`](Self::sweep), at the end of a batch, removes
+/// the keys still unused and recycles their ids. So ids cached for the
+/// batch's key table stay valid while windows close mid-batch (rule 7), and
+/// a key released and used again within one batch keeps its id.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Interner {
+    ids: FxHashMap<Box<str>, u32>,
+    /// Name by id; empty for a free id.
+    pub(super) names: Vec<Box<str>>,
+    /// Open aggregates by id, or [`FREE`].
+    pub(super) refs: Vec<u32>,
+    /// Free ids, reused before new ones are allocated.
+    pub(super) free: Vec<u32>,
+    /// Ids whose count dropped to 0 since the last sweep (possibly repeated,
+    /// possibly in use again).
+    pub(super) unused: Vec<u32>,
+    /// Pins by id (see [`Aggregator::pin_keys`]); grown on the first pin.
+    pub(super) pins: Vec<u32>,
+    /// Ids with at least one pin: while any, ids are never renumbered.
+    pinned: usize,
+}
+
+impl Interner {
+    /// The key's id, interning it (with a count of 0) if needed. The caller
+    /// acquires it before the batch ends, or it is never swept.
+    pub(super) fn intern(&mut self, key: &str) -> u32 {
+        if let Some(&id) = self.ids.get(key) {
+            return id;
+        }
+        let name: Box<str> = key.into();
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.names[id as usize] = name.clone();
+                self.refs[id as usize] = 0;
+                id
+            }
+            None => {
+                let id = u32::try_from(self.names.len())
+                    .ok()
+                    .filter(|&id| id != FREE)
+                    .expect("fewer than u32::MAX open series keys");
+                self.names.push(name.clone());
+                self.refs.push(0);
+                id
+            }
+        };
+        self.ids.insert(name, id);
+        id
+    }
+
+    /// The id of an already interned key, without interning it.
+    pub(super) fn get(&self, key: &str) -> Option<u32> {
+        self.ids.get(key).copied()
+    }
+
+    pub(super) fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+
+    /// Series keys currently interned.
+    pub(super) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// One more open aggregate uses `id`.
+    #[inline]
+    pub(super) fn acquire(&mut self, id: u32) {
+        self.refs[id as usize] += 1;
+    }
+
+    /// One open aggregate using `id` closed; queues the key for the next
+    /// [`sweep`](Self::sweep) when it was the last.
+    #[inline]
+    pub(super) fn release(&mut self, id: u32) {
+        let refs = &mut self.refs[id as usize];
+        *refs -= 1;
+        if *refs == 0 {
+            self.unused.push(id);
+        }
+    }
+
+    /// Removes every queued key that is still unused and frees its id.
+    pub(super) fn sweep(&mut self) {
+        for id in self.unused.drain(..) {
+            let i = id as usize;
+            if self.refs[i] == 0 {
+                let name = std::mem::take(&mut self.names[i]);
+                self.ids.remove(&name);
+                self.refs[i] = FREE;
+                self.free.push(id);
+            }
+        }
+        if self.unused.capacity() > 1024 {
+            self.unused = Vec::new();
+        }
+    }
+
+    /// Whether most id slots are free, so [`compact`](Self::compact) would
+    /// give back memory. Never while keys are pinned: callers hold their ids.
+    pub(super) fn sparse(&self) -> bool {
+        let slots = self.names.len();
+        let live = self.len();
+        self.pinned == 0 && (slots > COMPACT_MIN_SLOTS || live == 0) && live * 4 < slots
+    }
+
+    /// Interns `key` and holds it (as an open aggregate would) until unpinned.
+    pub(super) fn pin(&mut self, key: &str) -> u32 {
+        let id = self.intern(key);
+        if self.pins.len() <= id as usize {
+            self.pins.resize(self.names.len(), 0);
+        }
+        let pins = &mut self.pins[id as usize];
+        if *pins == 0 {
+            self.pinned += 1;
+        }
+        *pins += 1;
+        self.acquire(id);
+        id
+    }
+
+    pub(super) fn is_pinned(&self, id: u32) -> bool {
+        self.pins.get(id as usize).is_some_and(|&n| n > 0)
+    }
+
+    /// Drops one pin of `id`, which must be pinned.
+    pub(super) fn unpin(&mut self, id: u32) {
+        let pins = &mut self.pins[id as usize];
+        *pins -= 1;
+        if *pins == 0 {
+            self.pinned -= 1;
+        }
+        self.release(id);
+    }
+
+    /// Renumbers the keys densely and shrinks every table to fit; returns the
+    /// new id by old id ([`FREE`] for free ones).
+    pub(super) fn compact(&mut self) -> Vec<u32> {
+        let live = self.len();
+        let mut remap = vec![FREE; self.names.len()];
+        let mut names = Vec::with_capacity(live);
+        let mut refs = Vec::with_capacity(live);
+        let old = std::mem::take(&mut self.names)
+            .into_iter()
+            .zip(std::mem::take(&mut self.refs));
+        for (old_id, (name, count)) in old.enumerate() {
+            if count != FREE {
+                // Fewer live keys than old ids, which fit in a u32.
+                remap[old_id] = names.len() as u32;
+                names.push(name);
+                refs.push(count);
+            }
+        }
+        for id in self.ids.values_mut() {
+            *id = remap[*id as usize];
+        }
+        self.ids.shrink_to_fit();
+        self.names = names;
+        self.refs = refs;
+        self.free = Vec::new();
+        self.unused = Vec::new();
+        self.pins = Vec::new();
+        remap
+    }
+
+    pub(super) fn bytes_held(&self) -> usize {
+        // Each live key's text is stored twice: in the id table and in the name list.
+        let text: usize = self.names.iter().map(|name| 2 * name.len()).sum();
+        text + self.names.capacity() * size_of::<Box<str>>()
+            + (self.refs.capacity()
+                + self.free.capacity()
+                + self.unused.capacity()
+                + self.pins.capacity())
+                * size_of::<u32>()
+            + self.ids.capacity() * (size_of::<(Box<str>, u32)>() + 1)
+    }
+}

@@ -1,0 +1,110 @@
+//! How a batch's samples name their series keys: a key table, or pinned ids.
+
+use super::error::Rejection;
+use super::interner::Interner;
+use super::limits::Limits;
+
+#[cfg(doc)]
+use super::Aggregator;
+
+/// What one batch knows about an entry of its key table.
+#[derive(Debug, Clone, Copy)]
+enum BatchKey {
+    /// Rejected (code 4 or 5): every sample with this key is.
+    Invalid(Rejection),
+    /// Valid, and not known to be interned (looked up again each time: a
+    /// duplicate entry of the table may intern it).
+    Unresolved,
+    Interned(u32),
+}
+
+/// How a batch's samples name their series keys.
+pub(super) trait KeySource {
+    /// Codes 3-5 for sample key reference `key`.
+    fn check(&self, key: u32, interner: &Interner) -> Result<(), Rejection>;
+    /// The key's id if it is interned, without interning it.
+    fn lookup(&mut self, key: u32, interner: &Interner) -> Option<u32>;
+    /// The key's id, interning it if needed.
+    fn intern(&mut self, key: u32, interner: &mut Interner) -> u32;
+}
+
+/// A per-batch table of key strings; samples hold indexes into it.
+pub(super) struct KeyTable<'k, K> {
+    keys: &'k [K],
+    /// What the batch knows about each entry; valid keys are interned lazily,
+    /// so keys whose samples are all late or rejected create no state.
+    slots: Vec<BatchKey>,
+}
+
+impl<'k, K: AsRef<str>> KeyTable<'k, K> {
+    pub(super) fn new(keys: &'k [K], limits: &Limits) -> Self {
+        // Codes 4 and 5 once per entry.
+        let slots = keys
+            .iter()
+            .map(|key| match limits.check_key(key.as_ref()) {
+                Ok(()) => BatchKey::Unresolved,
+                Err(reason) => BatchKey::Invalid(reason),
+            })
+            .collect();
+        Self { keys, slots }
+    }
+}
+
+impl<K: AsRef<str>> KeySource for KeyTable<'_, K> {
+    #[inline]
+    fn check(&self, key: u32, _: &Interner) -> Result<(), Rejection> {
+        match self.slots.get(key as usize) {
+            None => Err(Rejection::UnknownKey),
+            Some(BatchKey::Invalid(reason)) => Err(*reason),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn lookup(&mut self, key: u32, interner: &Interner) -> Option<u32> {
+        let slot = &mut self.slots[key as usize];
+        if let BatchKey::Interned(id) = *slot {
+            return Some(id);
+        }
+        // Absence is not remembered: another entry of the table with the same
+        // text may intern the key later in the batch.
+        let id = interner.get(self.keys[key as usize].as_ref())?;
+        *slot = BatchKey::Interned(id);
+        Some(id)
+    }
+
+    #[inline]
+    fn intern(&mut self, key: u32, interner: &mut Interner) -> u32 {
+        let slot = &mut self.slots[key as usize];
+        match *slot {
+            BatchKey::Interned(id) => id,
+            _ => {
+                let id = interner.intern(self.keys[key as usize].as_ref());
+                *slot = BatchKey::Interned(id);
+                id
+            }
+        }
+    }
+}
+
+/// Samples name keys by the ids [`Aggregator::pin_keys`] returned.
+pub(super) struct PinnedIds;
+
+impl KeySource for PinnedIds {
+    #[inline]
+    fn check(&self, key: u32, interner: &Interner) -> Result<(), Rejection> {
+        if interner.is_pinned(key) {
+            Ok(())
+        } else {
+            Err(Rejection::UnknownKey)
+        }
+    }
+
+    fn lookup(&mut self, key: u32, _: &Interner) -> Option<u32> {
+        Some(key)
+    }
+
+    #[inline]
+    fn intern(&mut self, key: u32, _: &mut Interner) -> u32 {
+        key
+    }
+}
