@@ -1555,6 +1555,40 @@ describe('lifecycle and errors', () => {
     expect(() => aggregator.lowWatermark).toThrow('aggregator has been freed')
   })
 
+  it('a batch with nothing to report gets a shared empty result; the binding builds the others', () => {
+    const aggregator = new PartitionAggregator({ sizeMs: 10 })
+    const [a, b] = aggregator.pinKeys(['a', 'b'])
+    const batch = (ids: number[], ts: number[], first: number) =>
+      aggregator.ingestIds(
+        Uint32Array.from(ids),
+        Float64Array.from(ts),
+        Float64Array.from(ts, (t) => t / 2),
+        Float64Array.from(ts, (_, i) => first + i),
+      )
+    const plain = batch([a!, b!, a!], [1, 2, 3], 0)
+    expect(plain).toMatchObject({
+      aggregated: 3,
+      late: 0,
+      rejected: 0,
+      lateIndexes: new Uint32Array(0),
+      rejectedIndexes: new Uint32Array(0),
+      rejectedReasons: new Uint8Array(0),
+      closed: { seriesKeys: [], count: new Float64Array(0), quantiles: new Float64Array(0) },
+    })
+    expect(plain.changes).toBeUndefined()
+    expect(Object.isFrozen(plain.closed) && Object.isFrozen(plain.closed.seriesKeys)).toBe(true)
+    // Closing windows (and a late sample) makes the binding build the result.
+    const closing = batch([b!, a!], [25, 4], 3)
+    expect(closing.late).toBe(1)
+    expect(closing.lateIndexes).toEqual(Uint32Array.from([1]))
+    expect(closing.closed.seriesKeys).toEqual(['a', 'b'])
+    expect(Array.from(closing.closed.count)).toEqual([2, 1])
+    expect(Array.from(closing.closed.sum)).toEqual([2, 1])
+    // Nothing is left to take once ingestIds has returned it.
+    expect(() => aggregator.takeResult()).toThrow('no result to take')
+    aggregator.free()
+  })
+
   it('columns of unequal length throw InvalidArg', () => {
     const aggregator = new PartitionAggregator({ sizeMs: 10 })
     const f = (n: number) => new Float64Array(n)

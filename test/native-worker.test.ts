@@ -26,13 +26,16 @@ const { parentPort, workerData, threadId } = require('node:worker_threads')
 const { PartitionAggregator } = require(workerData.loader)
 const aggregator = new PartitionAggregator({ sizeMs: 10, advanceMs: 5 })
 const n = workerData.timestamps.length
-const out = aggregator.ingest(
+// The raw binding: a batch with late samples or closed windows leaves its result to take.
+const detailed = aggregator.ingestDeferred(
   workerData.keys,
   Uint32Array.from(workerData.keyIndex),
   Float64Array.from(workerData.timestamps),
   Float64Array.from(workerData.values),
   Float64Array.from({ length: n }, (_, i) => i),
 )
+if (!detailed) throw new Error('the batch closes windows, so it has a result to take')
+const out = aggregator.takeResult()
 const c = out.closed
 parentPort.postMessage({
   aggregated: out.aggregated,

@@ -283,6 +283,9 @@ impl From<IngestOutcome> for IngestResult {
 pub struct PartitionAggregator {
     /// `None` once freed.
     inner: Option<Aggregator>,
+    /// The last batch's outcome until takeResult(), when it holds more than
+    /// an aggregated count (see ingestDeferred).
+    pending: Option<IngestOutcome>,
 }
 
 #[napi]
@@ -320,11 +323,18 @@ impl PartitionAggregator {
             .with_coalesced_changes(config.coalesce_changes.unwrap_or(false));
         Ok(Self {
             inner: Some(aggregator),
+            pending: None,
         })
     }
 
-    /// Processes one batch in order, then closes and returns every window with
-    /// end <= streamTime - graceMs.
+    /// Processes one batch in order, then closes every window with
+    /// end <= streamTime - graceMs. Returns whether the batch's IngestResult
+    /// holds more than its aggregated count (a late or rejected sample, a
+    /// closed window, or changes when trackChanges is on): if so,
+    /// takeResult() returns it; if not, every sample was aggregated and
+    /// nothing closed. A result object costs about 5 µs to build, so the
+    /// common batch skips it; consumer/native.ts's ingest() returns the
+    /// IngestResult either way.
     ///
     /// Sample i is (keys[keyIndex[i]], timestamps[i] in epoch ms, values[i]),
     /// read from input offset offsets[i]; keys is the batch's table of distinct
@@ -360,7 +370,7 @@ impl PartitionAggregator {
         ts_args_type = "keys: Array<string>, keyIndex: Uint32Array, timestamps: Float64Array, \
                         values: Float64Array, offsets: Float64Array, maxEventTime?: number | null"
     )]
-    pub fn ingest(
+    pub fn ingest_deferred(
         &mut self,
         keys: Vec<String>,
         key_index: &[u32],
@@ -368,7 +378,7 @@ impl PartitionAggregator {
         values: &[f64],
         offsets: &[f64],
         max_event_time: Option<f64>,
-    ) -> Result<IngestResult> {
+    ) -> Result<bool> {
         let outcome = self
             .live_mut()?
             .ingest(
@@ -380,7 +390,7 @@ impl PartitionAggregator {
                 max_event_time,
             )
             .map_err(map_error)?;
-        Ok(outcome.into())
+        Ok(self.defer(outcome))
     }
 
     /// Interns series keys and pins them: each keeps the returned id until
@@ -402,27 +412,40 @@ impl PartitionAggregator {
         self.live_mut()?.unpin_keys(ids).map_err(map_error)
     }
 
-    /// ingest() with samples naming their series keys by pinned id (see
-    /// pinKeys): sample i is (keyIds[i], timestamps[i], values[i]) read from
-    /// offsets[i]. An id that is not pinned is rejected with code 3; codes 4
-    /// and 5 were checked by pinKeys. Otherwise exactly as ingest().
+    /// ingestDeferred() with samples naming their series keys by pinned id
+    /// (see pinKeys): sample i is (keyIds[i], timestamps[i], values[i]) read
+    /// from offsets[i]. An id that is not pinned is rejected with code 3;
+    /// codes 4 and 5 were checked by pinKeys. Otherwise exactly as
+    /// ingestDeferred().
     #[napi(
         ts_args_type = "keyIds: Uint32Array, timestamps: Float64Array, values: Float64Array, \
                         offsets: Float64Array, maxEventTime?: number | null"
     )]
-    pub fn ingest_ids(
+    pub fn ingest_ids_deferred(
         &mut self,
         key_ids: &[u32],
         timestamps: &[f64],
         values: &[f64],
         offsets: &[f64],
         max_event_time: Option<f64>,
-    ) -> Result<IngestResult> {
+    ) -> Result<bool> {
         let outcome = self
             .live_mut()?
             .ingest_ids(key_ids, timestamps, values, offsets, max_event_time)
             .map_err(map_error)?;
-        Ok(outcome.into())
+        Ok(self.defer(outcome))
+    }
+
+    /// The result of the last ingestDeferred or ingestIdsDeferred that
+    /// returned true; throws (code GenericFailure) if there is none.
+    #[napi]
+    pub fn take_result(&mut self) -> Result<IngestResult> {
+        self.pending.take().map(Into::into).ok_or_else(|| {
+            Error::new(
+                Status::GenericFailure,
+                "no result to take: the last ingest aggregated every sample and closed nothing",
+            )
+        })
     }
 
     /// Decodes Avro TelemetryBatch values and ingests their samples, in one
@@ -663,6 +686,20 @@ impl PartitionAggregator {
     #[napi]
     pub fn free(&mut self) {
         self.inner = None;
+        self.pending = None;
+    }
+
+    /// Keeps `outcome` for takeResult() unless every sample was aggregated and
+    /// nothing closed or changed; returns whether it did. Building the result
+    /// object costs about 5 µs (a dozen typed arrays), more than ingesting a
+    /// 100-sample batch, so the common batch skips it.
+    fn defer(&mut self, outcome: IngestOutcome) -> bool {
+        let plain = outcome.late_indexes.is_empty()
+            && outcome.rejected_indexes.is_empty()
+            && outcome.closed.series_keys.is_empty()
+            && outcome.changes.is_none();
+        self.pending = (!plain).then_some(outcome);
+        !plain
     }
 
     fn live(&self) -> Result<&Aggregator> {
