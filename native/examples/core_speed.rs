@@ -1,14 +1,27 @@
 //! Throughput of the plain-Rust core, without Node: per-batch key tables
 //! (`ingest`) against pinned key ids (`ingest_ids`). For profiling with perf:
 //! `cargo build --release --example core_speed && perf record -g target/release/examples/core_speed`
-//! (`KWA_QUANTILES=1`: with quantiles p50/p90/p99 at 1% on values over four decades.)
+//! (`KWA_QUANTILES=1`: with quantiles p50/p90/p99 at 1% on values over four decades;
+//! `KWA_KEYS=1000000`: that many series, default 10k; `KWA_STEADY=1`: every series'
+//! window opened by an untimed fill, then 10 samples per series within it, as
+//! bench:core's steady-state rows.)
 use kwa_native::window::{Aggregator, Quantiles, WindowSpec};
 use std::time::Instant;
 
 fn main() {
-    let keys_n = 10_000usize;
+    let keys_n: usize = std::env::var("KWA_KEYS").map_or(10_000, |k| k.parse().unwrap());
     let names: Vec<String> = (0..keys_n).map(|i| format!("series-{i:06}")).collect();
-    let n = 10_000_000usize;
+    let steady = std::env::var_os("KWA_STEADY").is_some();
+    let n = if steady { 10 * keys_n } else { 10_000_000usize };
+    // Steady: all in one window (T0 is 20 s into it; 30 s of event time), after the fill.
+    let (t0, ms_per_sample) = if steady {
+        (
+            1_700_000_000_000f64 - 1_700_000_000_000f64 % 60_000.0 + 20_000.0,
+            30_000.0 / n as f64,
+        )
+    } else {
+        (1_700_000_000_000f64, 0.06)
+    };
     let batch = 10_000usize;
     let quantiles = std::env::var_os("KWA_QUANTILES").is_some();
     let with_quantiles = |agg: Aggregator| {
@@ -44,7 +57,7 @@ fn main() {
             }
             ki.push(local[k]);
             gk.push(k as u32);
-            let mut t = 1_700_000_000_000f64 + ((g as f64) * 0.06).floor();
+            let mut t = t0 + ((g as f64) * ms_per_sample).floor();
             if rnd() < 0.01 {
                 t -= (rnd() * 1000.0).floor();
             }
@@ -59,12 +72,30 @@ fn main() {
         batches.push((keys, ki, gk, ts, vs, os));
     }
     let tumbling_only = std::env::var_os("KWA_TUMBLING_ONLY").is_some();
+    // The untimed fill: one sample per series at t0.
+    let fill_ts = vec![t0; keys_n];
+    let fill_values = vec![1.0; keys_n];
+    let fill_offsets: Vec<f64> = (0..keys_n).map(|k| (n + k) as f64).collect();
+    let fill = |agg: &mut Aggregator, ids: Option<&[u32]>| {
+        if !steady {
+            return;
+        }
+        match ids {
+            Some(ids) => agg.ingest_ids(ids, &fill_ts, &fill_values, &fill_offsets, None),
+            None => {
+                let index: Vec<u32> = (0..keys_n as u32).collect();
+                agg.ingest(&names, &index, &fill_ts, &fill_values, &fill_offsets, None)
+            }
+        }
+        .unwrap();
+    };
     for (size, adv) in [(60_000.0, 60_000.0), (60_000.0, 15_000.0)] {
-        if tumbling_only && adv < size {
+        if (tumbling_only || steady) && adv < size {
             continue;
         }
         let spec = || WindowSpec::new(size, Some(adv), Some(2000.0)).unwrap();
         let mut agg = with_quantiles(Aggregator::new(spec()));
+        fill(&mut agg, None);
         let t = Instant::now();
         // KWA_IDS_ONLY=1: only the pinned-id path (for perf).
         if std::env::var_os("KWA_IDS_ONLY").is_none() {
@@ -75,6 +106,7 @@ fn main() {
         let table = n as f64 / t.elapsed().as_secs_f64() / 1e6;
         let mut agg = with_quantiles(Aggregator::new(spec()));
         let ids = agg.pin_keys(&names).unwrap();
+        fill(&mut agg, Some(&ids));
         let id_batches: Vec<Vec<u32>> = batches
             .iter()
             .map(|b| b.2.iter().map(|&k| ids[k as usize]).collect())

@@ -284,6 +284,18 @@ pub fn prefetch_read<T>(at: &T) {
     let _ = at;
 }
 
+/// [`prefetch_read`] of every cache line `at` spans (a `T` of at most two lines).
+#[inline(always)]
+pub fn prefetch_lines<T>(at: &T) {
+    const { assert!(size_of::<T>() > 0 && size_of::<T>() <= 64) };
+    prefetch_read(at);
+    let last = std::ptr::from_ref(at)
+        .cast::<u8>()
+        .wrapping_add(size_of::<T>() - 1);
+    // SAFETY: `last` is the last byte of `*at`, a valid reference.
+    prefetch_read(unsafe { &*last });
+}
+
 thread_local! {
     /// Scratch for [`with_summed_bins`], reused so that reading a window's
     /// quantiles allocates nothing.

@@ -4,6 +4,8 @@ use std::mem::size_of;
 
 use rustc_hash::FxHashMap;
 
+use crate::sketch::prefetch_read;
+
 #[cfg(doc)]
 use super::Aggregator;
 
@@ -141,6 +143,14 @@ impl Interner {
 
     pub(super) fn is_pinned(&self, id: u32) -> bool {
         self.pins.get(id as usize).is_some_and(|&n| n > 0)
+    }
+
+    /// Hints the memory [`is_pinned`](Self::is_pinned) reads for `id`.
+    #[inline]
+    pub(super) fn prefetch_pin(&self, id: u32) {
+        if let Some(pins) = self.pins.get(id as usize) {
+            prefetch_read(pins);
+        }
     }
 
     /// Drops one pin of `id`, which must be pinned.

@@ -26,6 +26,11 @@ pub(super) trait KeySource {
     fn lookup(&mut self, key: u32, interner: &Interner) -> Option<u32>;
     /// The key's id, interning it if needed.
     fn intern(&mut self, key: u32, interner: &mut Interner) -> u32;
+    /// The key's id if the batch already holds it, at no cost (no lookup);
+    /// only to load its row ahead of time.
+    fn known(&self, key: u32) -> Option<u32>;
+    /// Hints the memory [`check`](Self::check) will read for `key`.
+    fn prefetch(&self, _key: u32, _interner: &Interner) {}
 }
 
 /// A per-batch table of key strings; samples hold indexes into it.
@@ -84,6 +89,14 @@ impl<K: AsRef<str>> KeySource for KeyTable<'_, K> {
             }
         }
     }
+
+    #[inline]
+    fn known(&self, key: u32) -> Option<u32> {
+        match self.slots.get(key as usize) {
+            Some(&BatchKey::Interned(id)) => Some(id),
+            _ => None,
+        }
+    }
 }
 
 /// Samples name keys by the ids [`Aggregator::pin_keys`] returned.
@@ -106,5 +119,15 @@ impl KeySource for PinnedIds {
     #[inline]
     fn intern(&mut self, key: u32, _: &mut Interner) -> u32 {
         key
+    }
+
+    #[inline]
+    fn known(&self, key: u32) -> Option<u32> {
+        Some(key)
+    }
+
+    #[inline]
+    fn prefetch(&self, key: u32, interner: &Interner) {
+        interner.prefetch_pin(key);
     }
 }

@@ -5,7 +5,7 @@ use std::mem::size_of;
 use rustc_hash::FxHashMap;
 
 use super::aggregate::Aggregate;
-use crate::sketch::{Sketch, SketchSpec, prefetch_read};
+use crate::sketch::{Sketch, SketchSpec, prefetch_lines, prefetch_read};
 
 #[cfg(doc)]
 use super::interner::Interner;
@@ -53,6 +53,26 @@ impl Default for Index {
 impl Window {
     pub(super) fn len(&self) -> usize {
         self.len
+    }
+
+    /// Hints the index slot [`find`](Self::find) reads for key `id` (a dense
+    /// index's; a hashed one is small, so likely cached).
+    #[inline]
+    pub(super) fn prefetch_slot(&self, id: u32) {
+        if let Index::Dense(rows) = &self.index
+            && let Some(slot) = rows.get(id as usize)
+        {
+            prefetch_read(slot);
+        }
+    }
+
+    /// Hints both cache lines of key `id`'s row, if it has one; reads its
+    /// index slot (hinted by [`prefetch_slot`](Self::prefetch_slot) before).
+    #[inline]
+    pub(super) fn prefetch_row(&self, id: u32) {
+        if let Some(r) = self.find(id) {
+            prefetch_lines(self.row(r));
+        }
     }
 
     /// The row holding key `id`.

@@ -58,9 +58,34 @@ impl WindowSpec {
 
     /// Starts of all `size / advance` windows containing `ts`, oldest first.
     pub fn window_starts(&self, ts: i64) -> impl Iterator<Item = i64> + Clone + use<> {
-        let newest = self.newest_start(ts);
+        self.starts_up_to(self.newest_start(ts))
+    }
+
+    /// Starts of the `size / advance` windows whose newest is `newest`, oldest first.
+    pub(super) fn starts_up_to(&self, newest: i64) -> impl Iterator<Item = i64> + Clone + use<> {
         // `advance` is validated positive, so the cast is lossless.
         (newest - self.size + self.advance..=newest).step_by(self.advance as usize)
+    }
+}
+
+/// The last pane (`[start, start + advance)`) a timestamp fell in, so that
+/// consecutive samples of one pane find their newest window start without
+/// a division.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Pane {
+    start: Option<i64>,
+}
+
+impl Pane {
+    /// [`WindowSpec::newest_start`] of `ts`, for any `ts`.
+    #[inline]
+    pub(super) fn newest_start(&mut self, spec: &WindowSpec, ts: i64) -> i64 {
+        match self.start {
+            // Wrapping: a `ts` before the pane, or too far after it to subtract,
+            // compares as a huge distance and misses.
+            Some(start) if (ts.wrapping_sub(start) as u64) < spec.advance as u64 => start,
+            _ => *self.start.insert(spec.newest_start(ts)),
+        }
     }
 }
 
