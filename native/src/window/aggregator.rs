@@ -390,9 +390,7 @@ impl Aggregator {
     #[inline]
     fn prefetch_slot<S: KeySource>(&self, source: &S, key: u32, ts: f64, pane: &mut Pane) {
         source.prefetch(key, &self.keys);
-        if let Some(id) = source.known(key)
-            && let Some(window) = self.windows.get(&pane.newest_start(&self.spec, ts as i64))
-        {
+        if let Some((id, window)) = self.row_ahead(source, key, ts, pane) {
             window.prefetch_slot(id);
         }
     }
@@ -401,11 +399,29 @@ impl Aggregator {
     /// the index slot [`prefetch_slot`](Self::prefetch_slot) hinted.
     #[inline]
     fn prefetch_row<S: KeySource>(&self, source: &S, key: u32, ts: f64, pane: &mut Pane) {
-        if let Some(id) = source.known(key)
-            && let Some(window) = self.windows.get(&pane.newest_start(&self.spec, ts as i64))
-        {
+        if let Some((id, window)) = self.row_ahead(source, key, ts, pane) {
             window.prefetch_row(id);
         }
+    }
+
+    /// The key id and newest open window of a sample not checked yet, if the
+    /// batch knows its key and the window is open.
+    #[inline]
+    fn row_ahead<S: KeySource>(
+        &self,
+        source: &S,
+        key: u32,
+        ts: f64,
+        pane: &mut Pane,
+    ) -> Option<(u32, &Window)> {
+        if !(0.0..SAFE_LIMIT).contains(&ts) {
+            return None; // rejected later (or before 1970: not worth a division)
+        }
+        let id = source.known(key)?;
+        let window = self
+            .windows
+            .get(&pane.newest_start(&self.spec, ts as i64))?;
+        Some((id, window))
     }
 
     /// Applies the deferred sketch updates (the hot loop only records them):
