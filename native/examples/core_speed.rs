@@ -104,6 +104,11 @@ fn main() {
             }
         }
         let table = n as f64 / t.elapsed().as_secs_f64() / 1e6;
+        // KWA_TABLES_ONLY=1: only the key-table path (for perf).
+        if std::env::var_os("KWA_TABLES_ONLY").is_some() {
+            println!("{size}/{adv}: key tables {table:.1}M samples/s");
+            continue;
+        }
         let mut agg = with_quantiles(Aggregator::new(spec()));
         let ids = agg.pin_keys(&names).unwrap();
         fill(&mut agg, Some(&ids));

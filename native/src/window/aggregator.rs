@@ -154,7 +154,7 @@ impl Aggregator {
         offsets: &[f64],
         max_event_time: Option<f64>,
     ) -> Result<IngestOutcome, Error> {
-        let mut table = KeyTable::new(keys, &self.limits);
+        let mut table = KeyTable::new(keys, &self.limits, &self.keys);
         self.ingest_from(
             &mut table,
             key_index,

@@ -2,8 +2,11 @@
 
 use std::mem::size_of;
 
-use rustc_hash::FxHashMap;
+use std::hash::BuildHasher;
 
+use rustc_hash::FxBuildHasher;
+
+use super::id_table::IdTable;
 use crate::sketch::prefetch_read;
 
 #[cfg(doc)]
@@ -27,7 +30,8 @@ const COMPACT_MIN_SLOTS: usize = if cfg!(test) { 2 } else { 1024 };
 /// a key released and used again within one batch keeps its id.
 #[derive(Debug, Default, Clone)]
 pub(super) struct Interner {
-    ids: FxHashMap<Box<str>, u32>,
+    /// Id by key hash ([`key_hash`]); the text is `names[id]`.
+    ids: IdTable,
     /// Name by id; empty for a free id.
     pub(super) names: Vec<Box<str>>,
     /// Open aggregates by id, or [`FREE`].
@@ -43,17 +47,28 @@ pub(super) struct Interner {
     pinned: usize,
 }
 
+/// The hash the interner files a key under.
+#[inline]
+pub(super) fn key_hash(key: &str) -> u64 {
+    FxBuildHasher.hash_one(key)
+}
+
 impl Interner {
     /// The key's id, interning it (with a count of 0) if needed. The caller
     /// acquires it before the batch ends, or it is never swept.
     pub(super) fn intern(&mut self, key: &str) -> u32 {
-        if let Some(&id) = self.ids.get(key) {
+        self.intern_hashed(key, key_hash(key))
+    }
+
+    /// [`intern`](Self::intern) of a key whose [`key_hash`] is `hash`.
+    pub(super) fn intern_hashed(&mut self, key: &str, hash: u64) -> u32 {
+        if let Some(id) = self.get_hashed(key, hash) {
             return id;
         }
         let name: Box<str> = key.into();
         let id = match self.free.pop() {
             Some(id) => {
-                self.names[id as usize] = name.clone();
+                self.names[id as usize] = name;
                 self.refs[id as usize] = 0;
                 id
             }
@@ -62,18 +77,57 @@ impl Interner {
                     .ok()
                     .filter(|&id| id != FREE)
                     .expect("fewer than u32::MAX open series keys");
-                self.names.push(name.clone());
+                self.names.push(name);
                 self.refs.push(0);
                 id
             }
         };
-        self.ids.insert(name, id);
+        self.ids.insert(hash, id);
         id
     }
 
     /// The id of an already interned key, without interning it.
+    #[cfg(test)]
     pub(super) fn get(&self, key: &str) -> Option<u32> {
-        self.ids.get(key).copied()
+        self.get_hashed(key, key_hash(key))
+    }
+
+    /// [`get`](Self::get) of a key whose [`key_hash`] is `hash`.
+    #[inline]
+    pub(super) fn get_hashed(&self, key: &str, hash: u64) -> Option<u32> {
+        self.ids.find(hash, |id| *self.names[id as usize] == *key)
+    }
+
+    /// The id of each of `keys` that is interned ([`get`](Self::get)), given
+    /// their [`key_hash`]es. With many keys each lookup misses the caches
+    /// three times in a row (its slot, its name, the name's text); here the
+    /// loop starts each step of a lookup some keys ahead, so the misses of
+    /// consecutive keys overlap.
+    pub(super) fn resolve<K: AsRef<str>>(&self, keys: &[K], hashes: &[u64]) -> Vec<Option<u32>> {
+        const STEP: usize = 8;
+        let name_of = |i: usize| {
+            let id = self.ids.first_id(*hashes.get(i)?)?;
+            self.names.get(id as usize)
+        };
+        (0..keys.len())
+            .map(|i| {
+                if let Some(&hash) = hashes.get(i + 3 * STEP) {
+                    self.ids.prefetch(hash);
+                }
+                if let Some(&hash) = hashes.get(i + 2 * STEP)
+                    && let Some(id) = self.ids.first_id(hash)
+                    && let Some(name) = self.names.get(id as usize)
+                {
+                    prefetch_read(name);
+                }
+                if let Some(name) = name_of(i + STEP)
+                    && let Some(first) = name.as_bytes().first()
+                {
+                    prefetch_read(first);
+                }
+                self.get_hashed(keys[i].as_ref(), hashes[i])
+            })
+            .collect()
     }
 
     pub(super) fn name(&self, id: u32) -> &str {
@@ -108,7 +162,7 @@ impl Interner {
             let i = id as usize;
             if self.refs[i] == 0 {
                 let name = std::mem::take(&mut self.names[i]);
-                self.ids.remove(&name);
+                self.ids.remove(key_hash(&name), id);
                 self.refs[i] = FREE;
                 self.free.push(id);
             }
@@ -181,9 +235,7 @@ impl Interner {
                 refs.push(count);
             }
         }
-        for id in self.ids.values_mut() {
-            *id = remap[*id as usize];
-        }
+        self.ids.remap(&remap);
         self.ids.shrink_to_fit();
         self.names = names;
         self.refs = refs;
@@ -194,14 +246,13 @@ impl Interner {
     }
 
     pub(super) fn bytes_held(&self) -> usize {
-        // Each live key's text is stored twice: in the id table and in the name list.
-        let text: usize = self.names.iter().map(|name| 2 * name.len()).sum();
+        let text: usize = self.names.iter().map(|name| name.len()).sum();
         text + self.names.capacity() * size_of::<Box<str>>()
             + (self.refs.capacity()
                 + self.free.capacity()
                 + self.unused.capacity()
                 + self.pins.capacity())
                 * size_of::<u32>()
-            + self.ids.capacity() * (size_of::<(Box<str>, u32)>() + 1)
+            + self.ids.bytes()
     }
 }

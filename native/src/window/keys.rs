@@ -1,7 +1,7 @@
 //! How a batch's samples name their series keys: a key table, or pinned ids.
 
 use super::error::Rejection;
-use super::interner::Interner;
+use super::interner::{Interner, key_hash};
 use super::limits::Limits;
 
 #[cfg(doc)]
@@ -36,22 +36,43 @@ pub(super) trait KeySource {
 /// A per-batch table of key strings; samples hold indexes into it.
 pub(super) struct KeyTable<'k, K> {
     keys: &'k [K],
-    /// What the batch knows about each entry; valid keys are interned lazily,
-    /// so keys whose samples are all late or rejected create no state.
+    /// Each entry's [`key_hash`], computed once.
+    hashes: Vec<u64>,
+    /// What the batch knows about each entry. Keys already interned are
+    /// looked up once, up front; new ones are interned lazily, so keys whose
+    /// samples are all late or rejected create no state.
     slots: Vec<BatchKey>,
 }
 
 impl<'k, K: AsRef<str>> KeyTable<'k, K> {
-    pub(super) fn new(keys: &'k [K], limits: &Limits) -> Self {
-        // Codes 4 and 5 once per entry.
-        let slots = keys
+    pub(super) fn new(keys: &'k [K], limits: &Limits, interner: &Interner) -> Self {
+        // Codes 4 and 5 once per entry; an invalid key is not hashed (it may be huge).
+        let checks: Vec<Result<(), Rejection>> = keys
             .iter()
-            .map(|key| match limits.check_key(key.as_ref()) {
-                Ok(()) => BatchKey::Unresolved,
-                Err(reason) => BatchKey::Invalid(reason),
+            .map(|key| limits.check_key(key.as_ref()))
+            .collect();
+        let hashes: Vec<u64> = keys
+            .iter()
+            .zip(&checks)
+            .map(|(key, check)| check.map_or(0, |()| key_hash(key.as_ref())))
+            .collect();
+        // All at once, so the lookups' cache misses overlap (see Interner::resolve);
+        // the ids stay valid for the batch (keys are only removed between batches).
+        let ids = interner.resolve(keys, &hashes);
+        let slots = checks
+            .into_iter()
+            .zip(ids)
+            .map(|(check, id)| match (check, id) {
+                (Err(reason), _) => BatchKey::Invalid(reason),
+                (Ok(()), Some(id)) => BatchKey::Interned(id),
+                (Ok(()), None) => BatchKey::Unresolved,
             })
             .collect();
-        Self { keys, slots }
+        Self {
+            keys,
+            hashes,
+            slots,
+        }
     }
 }
 
@@ -72,7 +93,8 @@ impl<K: AsRef<str>> KeySource for KeyTable<'_, K> {
         }
         // Absence is not remembered: another entry of the table with the same
         // text may intern the key later in the batch.
-        let id = interner.get(self.keys[key as usize].as_ref())?;
+        let k = key as usize;
+        let id = interner.get_hashed(self.keys[k].as_ref(), self.hashes[k])?;
         *slot = BatchKey::Interned(id);
         Some(id)
     }
@@ -83,7 +105,8 @@ impl<K: AsRef<str>> KeySource for KeyTable<'_, K> {
         match *slot {
             BatchKey::Interned(id) => id,
             _ => {
-                let id = interner.intern(self.keys[key as usize].as_ref());
+                let k = key as usize;
+                let id = interner.intern_hashed(self.keys[k].as_ref(), self.hashes[k]);
                 *slot = BatchKey::Interned(id);
                 id
             }

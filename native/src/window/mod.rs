@@ -120,6 +120,7 @@ use crate::sketch::Sketch;
 mod aggregate;
 mod aggregator;
 mod error;
+mod id_table;
 mod interner;
 mod keys;
 mod limits;
