@@ -44,7 +44,7 @@ impl IdTable {
 
     #[inline]
     fn home(&self, hash: u64) -> usize {
-        // Fx's `finish` rotates its well-mixed high bits down (see rustc-hash).
+        // foldhash mixes every bit of its output (see Interner::hash).
         hash as usize & self.mask()
     }
 

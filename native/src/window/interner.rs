@@ -4,8 +4,6 @@ use std::mem::size_of;
 
 use std::hash::BuildHasher;
 
-use rustc_hash::FxBuildHasher;
-
 use super::id_table::IdTable;
 use crate::sketch::prefetch_read;
 
@@ -30,8 +28,11 @@ const COMPACT_MIN_SLOTS: usize = if cfg!(test) { 2 } else { 1024 };
 /// a key released and used again within one batch keeps its id.
 #[derive(Debug, Default, Clone)]
 pub(super) struct Interner {
-    /// Id by key hash ([`key_hash`]); the text is `names[id]`.
+    /// Id by key hash ([`hash`](Self::hash)); the text is `names[id]`.
     ids: IdTable,
+    /// Seeded at random per interner, so that series keys chosen to collide
+    /// (to make every lookup probe a long run) cannot be prepared in advance.
+    hasher: foldhash::fast::RandomState,
     /// Name by id; empty for a free id.
     pub(super) names: Vec<Box<str>>,
     /// Open aggregates by id, or [`FREE`].
@@ -47,20 +48,20 @@ pub(super) struct Interner {
     pinned: usize,
 }
 
-/// The hash the interner files a key under.
-#[inline]
-pub(super) fn key_hash(key: &str) -> u64 {
-    FxBuildHasher.hash_one(key)
-}
-
 impl Interner {
     /// The key's id, interning it (with a count of 0) if needed. The caller
     /// acquires it before the batch ends, or it is never swept.
     pub(super) fn intern(&mut self, key: &str) -> u32 {
-        self.intern_hashed(key, key_hash(key))
+        self.intern_hashed(key, self.hash(key))
     }
 
-    /// [`intern`](Self::intern) of a key whose [`key_hash`] is `hash`.
+    /// The hash the interner files `key` under.
+    #[inline]
+    pub(super) fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// [`intern`](Self::intern) of a key whose [`hash`](Self::hash) is `hash`.
     pub(super) fn intern_hashed(&mut self, key: &str, hash: u64) -> u32 {
         if let Some(id) = self.get_hashed(key, hash) {
             return id;
@@ -89,17 +90,17 @@ impl Interner {
     /// The id of an already interned key, without interning it.
     #[cfg(test)]
     pub(super) fn get(&self, key: &str) -> Option<u32> {
-        self.get_hashed(key, key_hash(key))
+        self.get_hashed(key, self.hash(key))
     }
 
-    /// [`get`](Self::get) of a key whose [`key_hash`] is `hash`.
+    /// [`get`](Self::get) of a key whose [`hash`](Self::hash) is `hash`.
     #[inline]
     pub(super) fn get_hashed(&self, key: &str, hash: u64) -> Option<u32> {
         self.ids.find(hash, |id| *self.names[id as usize] == *key)
     }
 
     /// The id of each of `keys` that is interned ([`get`](Self::get)), given
-    /// their [`key_hash`]es. With many keys each lookup misses the caches
+    /// their [`hash`](Self::hash)es. With many keys each lookup misses the caches
     /// three times in a row (its slot, its name, the name's text); here the
     /// loop starts each step of a lookup some keys ahead, so the misses of
     /// consecutive keys overlap.
@@ -162,7 +163,7 @@ impl Interner {
             let i = id as usize;
             if self.refs[i] == 0 {
                 let name = std::mem::take(&mut self.names[i]);
-                self.ids.remove(key_hash(&name), id);
+                self.ids.remove(self.hasher.hash_one(&*name), id);
                 self.refs[i] = FREE;
                 self.free.push(id);
             }

@@ -1,7 +1,7 @@
 //! How a batch's samples name their series keys: a key table, or pinned ids.
 
 use super::error::Rejection;
-use super::interner::{Interner, key_hash};
+use super::interner::Interner;
 use super::limits::Limits;
 
 #[cfg(doc)]
@@ -36,7 +36,7 @@ pub(super) trait KeySource {
 /// A per-batch table of key strings; samples hold indexes into it.
 pub(super) struct KeyTable<'k, K> {
     keys: &'k [K],
-    /// Each entry's [`key_hash`], computed once.
+    /// Each entry's [`Interner::hash`], computed once.
     hashes: Vec<u64>,
     /// What the batch knows about each entry. Keys already interned are
     /// looked up once, up front; new ones are interned lazily, so keys whose
@@ -54,7 +54,7 @@ impl<'k, K: AsRef<str>> KeyTable<'k, K> {
         let hashes: Vec<u64> = keys
             .iter()
             .zip(&checks)
-            .map(|(key, check)| check.map_or(0, |()| key_hash(key.as_ref())))
+            .map(|(key, check)| check.map_or(0, |()| interner.hash(key.as_ref())))
             .collect();
         // All at once, so the lookups' cache misses overlap (see Interner::resolve);
         // the ids stay valid for the batch (keys are only removed between batches).
