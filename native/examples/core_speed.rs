@@ -24,8 +24,11 @@ fn main() {
     };
     let batch = 10_000usize;
     let quantiles = std::env::var_os("KWA_QUANTILES").is_some();
+    // KWA_CHANGES=1: coalesced change tracking (exactly once), changes taken every 10 batches.
+    let changes = std::env::var_os("KWA_CHANGES").is_some();
     let with_quantiles = |agg: Aggregator| {
         agg.with_quantiles(quantiles.then(|| Quantiles::new(&[0.5, 0.9, 0.99], 0.01).unwrap()))
+            .with_coalesced_changes(changes)
     };
     let mut seed = 42u64;
     let mut rnd = || {
@@ -99,8 +102,11 @@ fn main() {
         let t = Instant::now();
         // KWA_IDS_ONLY=1: only the pinned-id path (for perf).
         if std::env::var_os("KWA_IDS_ONLY").is_none() {
-            for (keys, ki, _, ts, vs, os) in &batches {
+            for (b, (keys, ki, _, ts, vs, os)) in batches.iter().enumerate() {
                 agg.ingest(keys, ki, ts, vs, os, None).unwrap();
+                if changes && b % 10 == 9 {
+                    agg.take_changes();
+                }
             }
         }
         let table = n as f64 / t.elapsed().as_secs_f64() / 1e6;
@@ -117,8 +123,11 @@ fn main() {
             .map(|b| b.2.iter().map(|&k| ids[k as usize]).collect())
             .collect();
         let t = Instant::now();
-        for ((_, _, _, ts, vs, os), kid) in batches.iter().zip(&id_batches) {
+        for (b, ((_, _, _, ts, vs, os), kid)) in batches.iter().zip(&id_batches).enumerate() {
             agg.ingest_ids(kid, ts, vs, os, None).unwrap();
+            if changes && b % 10 == 9 {
+                agg.take_changes();
+            }
         }
         let pinned = n as f64 / t.elapsed().as_secs_f64() / 1e6;
         println!(

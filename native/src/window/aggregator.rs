@@ -3,11 +3,11 @@
 use std::collections::{BTreeMap, btree_map};
 use std::mem::size_of;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 use super::aggregate::Aggregate;
 use super::error::{Error, Rejection};
-use super::interner::{FREE, Interner};
+use super::interner::Interner;
 use super::keys::{KeySource, KeyTable, PinnedIds};
 use super::limits::{Limits, SAFE_LIMIT, SampleChecks, is_safe_whole};
 use super::outcome::{ClosedWindows, IngestOutcome, Stats, WindowStates, WindowStatesView};
@@ -39,9 +39,12 @@ pub struct Aggregator {
     limits: Limits,
     /// Whether [`IngestOutcome::changes`] is reported.
     track_changes: bool,
-    /// Coalesced change tracking: windows touched since the last
-    /// [`Aggregator::take_changes`], as (start, key id); `None` when off.
-    pending_changes: Option<FxHashSet<(i64, u32)>>,
+    /// Whether changes are kept for [`Aggregator::take_changes`] instead.
+    coalesce_changes: bool,
+    /// With either kind of change tracking: the aggregates created or updated
+    /// since changes were last reported, as (window start, row), once each
+    /// (a row's `changed` flag says it is listed, so listing costs no lookup).
+    changed: Vec<(i64, u32)>,
     /// Per-window quantiles; `None`: no sketches.
     quantiles: Option<Quantiles>,
     /// With quantiles: the batch's sketch updates not applied yet, as
@@ -70,7 +73,8 @@ impl Aggregator {
             rejected_by_reason: [0; Rejection::SLOTS],
             limits: Limits::default(),
             track_changes: false,
-            pending_changes: None,
+            coalesce_changes: false,
+            changed: Vec::new(),
             quantiles: None,
             sketch_updates: Vec::new(),
         }
@@ -107,7 +111,7 @@ impl Aggregator {
     /// open, once. A window touched by many batches between two calls is
     /// written to the changelog once (see the module docs).
     pub fn with_coalesced_changes(mut self, on: bool) -> Self {
-        self.pending_changes = on.then(FxHashSet::default);
+        self.coalesce_changes = on;
         self
     }
 
@@ -116,12 +120,10 @@ impl Aggregator {
     /// the order of [`IngestOutcome::changes`]; forgets them. Empty when
     /// coalescing is off.
     pub fn take_changes(&mut self) -> WindowStates {
-        match self.pending_changes.as_mut() {
-            None => WindowStates::default(),
-            Some(pending) => {
-                let touched = std::mem::take(pending);
-                self.touched_states(touched)
-            }
+        if self.coalesce_changes {
+            self.changed_states()
+        } else {
+            WindowStates::default()
         }
     }
 
@@ -278,12 +280,9 @@ impl Aggregator {
         };
 
         let mut out = IngestOutcome::default();
-        // (window start, key id) of every aggregate created or updated, once each.
-        // Coalescing, they accumulate across batches until take_changes.
-        let mut touched: Option<FxHashSet<(i64, u32)>> = match self.pending_changes.as_mut() {
-            Some(pending) => Some(std::mem::take(pending)),
-            None => self.track_changes.then(FxHashSet::default),
-        };
+        // Every aggregate created or updated is listed in `changed`, once; coalescing, they
+        // accumulate across batches until take_changes.
+        let tracking = self.track_changes || self.coalesce_changes;
         // The newest window start of the sample at hand, and of those loaded ahead.
         let [mut pane, mut slot_pane, mut row_pane] = [Pane::default(); 3];
         let samples = key_index.iter().zip(timestamps).zip(values).zip(offsets);
@@ -361,8 +360,12 @@ impl Aggregator {
                     if self.quantiles.is_some() && ts - start < self.spec.advance {
                         defer_sketch_update(&mut self.sketch_updates, start, r as u32, value);
                     }
-                    if let Some(touched) = touched.as_mut() {
-                        touched.insert((start, id));
+                    if tracking {
+                        let row = window.row_mut(r);
+                        if !row.changed {
+                            row.changed = true;
+                            self.changed.push((start, r as u32));
+                        }
                     }
                 }
             }
@@ -377,9 +380,8 @@ impl Aggregator {
         if let Some(stream_time) = self.stream_time {
             self.close_windows(stream_time - self.spec.grace, &mut out.closed);
         }
-        match (&mut self.pending_changes, touched) {
-            (Some(pending), Some(touched)) => *pending = touched,
-            (_, touched) => out.changes = touched.map(|touched| self.touched_states(touched)),
+        if self.track_changes && !self.coalesce_changes {
+            out.changes = Some(self.changed_states());
         }
         self.sweep_keys();
         Ok(out)
@@ -513,28 +515,37 @@ impl Aggregator {
         self.open_count + new <= max_open
     }
 
-    /// States of the `touched` windows that are still open, in output order.
-    fn touched_states(&self, touched: FxHashSet<(i64, u32)>) -> WindowStates {
-        // Closing removes a prefix of the starts, so a touched window is still
-        // open iff its start is not below the oldest open one.
-        let Some(&oldest) = self.windows.keys().next() else {
-            return WindowStates::default();
-        };
-        let mut rows: Vec<(i64, u32)> = touched
-            .into_iter()
-            .filter(|&(start, _)| start >= oldest)
-            .collect();
-        rows.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then_with(|| self.keys.name(a.1).cmp(self.keys.name(b.1)))
-        });
+    /// States of the `changed` aggregates that are still open, in output
+    /// order; clears the list and the rows' flags.
+    fn changed_states(&mut self) -> WindowStates {
+        let mut changed = std::mem::take(&mut self.changed);
+        // Closing removes a prefix of the starts, so a listed aggregate is still
+        // open iff its start is not below the oldest open one (a closed start
+        // never opens again: its samples are late).
+        let oldest = self.windows.keys().next().copied().unwrap_or(i64::MAX);
+        let mut rows: Vec<(i64, u32, u32)> = Vec::with_capacity(changed.len());
+        for group in changed.chunk_by(|a, b| a.0 == b.0) {
+            let start = group[0].0;
+            if start < oldest {
+                continue;
+            }
+            let window = self.windows.get_mut(&start).expect("open");
+            for &(_, r) in group {
+                let row = window.row_mut(r as usize);
+                row.changed = false;
+                rows.push((start, row.id, r));
+            }
+        }
+        changed.clear();
+        self.changed = changed; // its capacity, for the next batches
+        sort_by_start_and_key(&self.keys, &mut rows, |&(start, id, _)| (start, id));
         let mut states = WindowStates::with_capacity(rows.len());
         for group in rows.chunk_by(|a, b| a.0 == b.0) {
             let start = group[0].0;
             let window = &self.windows[&start];
-            for (_, id) in group {
-                let (agg, sketch) = window.get(*id).expect("a touched window holds its key");
-                states.push_with_sketch(self.keys.name(*id), start, agg, self.sketch_of(sketch));
+            for &(_, id, r) in group {
+                let (agg, sketch) = window.at(r as usize);
+                states.push_with_sketch(self.keys.name(id), start, agg, self.sketch_of(sketch));
             }
         }
         states
@@ -551,8 +562,7 @@ impl Aggregator {
     /// The aggregates (and sketches) of one window start, ordered by series key.
     fn by_key_name<'a>(&self, window: &'a Window) -> Vec<(u32, &'a Aggregate, Option<&'a Sketch>)> {
         let mut rows: Vec<_> = window.iter().collect();
-        // Keys are unique within a window, so an unstable sort is deterministic.
-        rows.sort_unstable_by(|a, b| self.keys.name(a.0).cmp(self.keys.name(b.0)));
+        sort_by_start_and_key(&self.keys, &mut rows, |row| (0, row.0));
         rows
     }
 
@@ -693,10 +703,8 @@ impl Aggregator {
         self.first_offsets = first_offsets;
         self.open_count = len;
         self.stream_time = stream_time;
-        if let Some(pending) = self.pending_changes.as_mut() {
-            // What is restored is what the changelog holds already.
-            pending.clear();
-        }
+        // What is restored is what the changelog holds already.
+        self.changed.clear();
         Ok(())
     }
 
@@ -803,16 +811,7 @@ impl Aggregator {
             for window in self.windows.values_mut() {
                 window.remap(&remap);
             }
-            if let Some(pending) = self.pending_changes.as_mut() {
-                // A released key's windows have all closed: its changes are moot.
-                *pending = pending
-                    .drain()
-                    .filter_map(|(start, id)| {
-                        let id = remap[id as usize];
-                        (id != FREE).then_some((start, id))
-                    })
-                    .collect();
-            }
+            // `changed` names rows by position, which renaming keeps.
         }
     }
 
@@ -845,6 +844,32 @@ impl Aggregator {
 }
 
 /// Removes one occurrence of `offset` from the first-offset multiset.
+/// Sorts `rows` by window start, then by series key in code point order
+/// (UTF-8 byte order); `start_and_id` names a row's. Keys are unique per
+/// start, so the unstable sort is deterministic. It compares the keys'
+/// 16-byte prefixes first ([`Interner::name_prefix`]), read once per row:
+/// with many rows, reading two keys' text per comparison would miss the
+/// caches each time.
+fn sort_by_start_and_key<T>(
+    keys: &Interner,
+    rows: &mut Vec<T>,
+    start_and_id: impl Fn(&T) -> (i64, u32),
+) {
+    let mut keyed: Vec<(i64, u128, u32, T)> = rows
+        .drain(..)
+        .map(|row| {
+            let (start, id) = start_and_id(&row);
+            (start, keys.name_prefix(id), id, row)
+        })
+        .collect();
+    keyed.sort_unstable_by(|a, b| {
+        (a.0, a.1)
+            .cmp(&(b.0, b.1))
+            .then_with(|| keys.name(a.2).cmp(keys.name(b.2)))
+    });
+    rows.extend(keyed.into_iter().map(|(_, _, _, row)| row));
+}
+
 fn release_offset(first_offsets: &mut BTreeMap<i64, u32>, offset: i64) {
     if let btree_map::Entry::Occupied(mut count) = first_offsets.entry(offset) {
         *count.get_mut() -= 1;

@@ -131,6 +131,18 @@ impl Interner {
             .collect()
     }
 
+    /// The first 16 bytes of key `id` (zero-padded) as a big-endian number.
+    /// Keys in code point order (UTF-8 byte order) have non-decreasing
+    /// prefixes, so sorting by prefix first leaves only equal prefixes to
+    /// compare by text.
+    pub(super) fn name_prefix(&self, id: u32) -> u128 {
+        let name = self.name(id).as_bytes();
+        let mut prefix = [0u8; 16];
+        let n = name.len().min(16);
+        prefix[..n].copy_from_slice(&name[..n]);
+        u128::from_be_bytes(prefix)
+    }
+
     pub(super) fn name(&self, id: u32) -> &str {
         &self.names[id as usize]
     }

@@ -17,7 +17,10 @@ const CHUNK: usize = 1024;
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Row {
     pub(super) agg: Aggregate,
-    id: u32,
+    pub(super) id: u32,
+    /// Listed in the aggregator's changes since they were last reported (in
+    /// the padding after `id`: no extra memory).
+    pub(super) changed: bool,
 }
 
 /// The open aggregates of one window start. Rows live in chunks of at most
@@ -89,8 +92,7 @@ impl Window {
 
     /// The aggregate of key `id` and its sketch, if any.
     pub(super) fn get(&self, id: u32) -> Option<(&Aggregate, Option<&Sketch>)> {
-        self.find(id)
-            .map(|r| (&self.row(r).agg, self.sketches.get(r)))
+        self.find(id).map(|r| self.at(r))
     }
 
     /// Adds each `(row, value)` to its row's sketch. The sketches of a window
@@ -124,6 +126,11 @@ impl Window {
         &mut self.sketches[r]
     }
 
+    /// Row `r`'s aggregate and sketch, if any.
+    pub(super) fn at(&self, r: usize) -> (&Aggregate, Option<&Sketch>) {
+        (&self.row(r).agg, self.sketches.get(r))
+    }
+
     #[inline]
     fn row(&self, r: usize) -> &Row {
         &self.chunks[r / CHUNK][r % CHUNK]
@@ -138,11 +145,19 @@ impl Window {
     pub(super) fn push(&mut self, id: u32, agg: Aggregate) -> usize {
         let r = self.len;
         match self.chunks.last_mut() {
-            Some(chunk) if chunk.len() < CHUNK => chunk.push(Row { agg, id }),
+            Some(chunk) if chunk.len() < CHUNK => chunk.push(Row {
+                agg,
+                id,
+                changed: false,
+            }),
             _ => {
                 // The first chunk grows as a Vec does, so small windows stay small.
                 let mut chunk = Vec::with_capacity(if r == 0 { 4 } else { CHUNK });
-                chunk.push(Row { agg, id });
+                chunk.push(Row {
+                    agg,
+                    id,
+                    changed: false,
+                });
                 self.chunks.push(chunk);
             }
         }
@@ -193,6 +208,7 @@ impl Window {
         let mut sketches = std::mem::take(&mut self.sketches).into_iter();
         for row in self.chunks.iter().flatten() {
             let r = renamed.push(remap[row.id as usize], row.agg);
+            renamed.row_mut(r).changed = row.changed;
             if let Some(sketch) = sketches.next() {
                 *renamed.sketch_mut(r) = sketch;
             }

@@ -2,6 +2,7 @@
 //! keys; the property tests are in `hostile` and `quantiles`.
 
 use super::*;
+use crate::window::interner::FREE;
 use crate::window::test_support::{limits, spec};
 
 /// Ingests `(key, ts, value)` samples with the key table `keys`.
