@@ -5,7 +5,7 @@
  *
  *   npm run bench:core -- [--samples 10000000] [--samples-1m 1000000] [--batch 10000] [--runs 3]
  *                         [--keys 10000,1000000] [--quantiles-only | --no-quantiles]
- *                         [--steady-samples 10000000 | --no-steady]
+ *                         [--steady-samples 10000000 | --no-steady | --steady-only]
  *
  * --samples is the input for 10k keys; --samples-1m for 1M keys (smaller by default, to keep the
  * run to minutes on a 2-core VM; the quantile rows add about two).
@@ -19,9 +19,23 @@
  * The 1M-key rows of the main table are fills (about one sample per (key, window): each sample
  * opens a row). Steady-state rows follow them: an untimed fill opens every series' window, then
  * --steady-samples (default 10M: 10 per series) land in those open windows, tumbling;
- * --no-steady skips them.
+ * --no-steady skips them. --steady-only runs just those rows (no checks, no other rows).
+ *
+ * The steady-state rows include the service's own path, form 'avro' (native only: the TS
+ * aggregators decode no Avro, so their columns show '–'): the same steady samples as plain Avro
+ * TelemetryBatch values (consumer/codec encodeTelemetryBatch, no Confluent header, as the service
+ * reads by default), AVRO_SAMPLES_PER_MESSAGE (100) samples per message, i.e. per Kafka record,
+ * so 100 messages per batch, and one `ingestAvro` call per batch as consumer/pipeline.ts
+ * ingestNatively makes it (maxEventTime: now + 5 min, the service's default --max-future-skew).
+ * Encoding, and the per-batch locate step (TelemetryDecoder.locate per message, the concatenated
+ * values, bounds, body starts, roots, message offsets), are done before timing; the locate
+ * step's cost is measured then and printed under the table. That aggregator's fill is untimed
+ * through `ingest` (per-batch tables) with the same key names, as the service pins no keys. Each
+ * run checks that every sample was aggregated and no message failed.
  */
 import { parseArgs } from 'node:util'
+import { encodeTelemetryBatch, type Sample } from '../consumer/codec'
+import { TelemetryDecoder } from '../consumer/decode'
 import { type AggregatorConfig, type ClosedWindows, PartitionAggregator } from '../consumer/native'
 import {
   benchEnvironment,
@@ -224,6 +238,123 @@ async function timeRun(
   return seconds
 }
 
+/** Samples per Avro message (one Kafka record value) in the steady 'avro' row. */
+const AVRO_SAMPLES_PER_MESSAGE = 100
+/** The service's default --max-future-skew (5m): its ingest passes now + this as maxEventTime. */
+const MAX_FUTURE_SKEW_MS = 5 * 60_000
+
+/** One batch's `ingestAvro` arguments, as consumer/pipeline.ts ingestNatively builds them. */
+interface AvroBatch {
+  values: Buffer
+  bounds: Uint32Array
+  bodyStarts: Uint32Array
+  roots: Uint32Array
+  offsets: Float64Array
+  samples: number
+}
+
+/**
+ * `batches` as plain Avro TelemetryBatch messages of `perMessage` samples (message offsets from
+ * `firstOffset`, one per message), located and laid out per batch like ingestNatively does.
+ * Returns the encoded bytes and the seconds the locate step (everything after encoding) took.
+ */
+function avroBatches(
+  batches: Batch[],
+  names: string[],
+  decoder: TelemetryDecoder,
+  perMessage: number,
+  firstOffset: number,
+): { batches: AvroBatch[]; messages: number; bytes: number; locateSeconds: number } {
+  const out: AvroBatch[] = []
+  let messages = 0
+  let bytes = 0
+  let locateSeconds = 0
+  for (const b of batches) {
+    const n = b.timestamps.length
+    const encoded: Buffer[] = []
+    for (let start = 0; start < n; start += perMessage) {
+      const samples: Sample[] = []
+      for (let i = start; i < Math.min(n, start + perMessage); i++)
+        samples.push({
+          seriesKey: names[b.keyIds[i]!]!,
+          eventTime: b.timestamps[i]!,
+          value: b.values[i]!,
+        })
+      encoded.push(encodeTelemetryBatch({ sourceId: 'bench-core', samples }))
+    }
+    const t = performance.now()
+    const located = encoded.map((value, i) => {
+      const where = decoder.locate(value)
+      if (!where.ok) throw new Error(`message ${i}: ${where.failure.message}`)
+      return { value, body: where.body, root: where.root, offset: firstOffset + messages + i }
+    })
+    const m = located.length
+    const bounds = new Uint32Array(m + 1)
+    const bodyStarts = new Uint32Array(m)
+    const roots = new Uint32Array(m)
+    const offsets = new Float64Array(m)
+    located.forEach((x, i) => {
+      bounds[i + 1] = bounds[i]! + x.value.length
+      bodyStarts[i] = x.body
+      roots[i] = x.root
+      offsets[i] = x.offset
+    })
+    const values = m === 1 ? located[0]!.value : Buffer.concat(located.map((x) => x.value))
+    locateSeconds += (performance.now() - t) / 1000
+    out.push({ values, bounds, bodyStarts, roots, offsets, samples: n })
+    messages += m
+    bytes += values.length
+  }
+  return { batches: out, messages, bytes, locateSeconds }
+}
+
+/**
+ * The steady 'avro' row, one run: a fresh native aggregator, the fill untimed through `ingest`,
+ * then one timed `ingestAvro` per batch. Throws unless every sample was aggregated.
+ */
+async function timeAvroRun(
+  g: Geometry,
+  fill: Batch[],
+  batches: AvroBatch[],
+  decoder: TelemetryDecoder,
+): Promise<number> {
+  const agg = new PartitionAggregator(g)
+  for (const b of fill) {
+    agg.ingest(b.keys, b.keyIndex, b.timestamps, b.values, b.offsets)
+    await yieldToLoop()
+  }
+  const words = decoder.program.words
+  let seconds = 0
+  let samples = 0
+  let aggregated = 0
+  let failed = 0
+  for (const b of batches) {
+    const maxEventTime = Date.now() + MAX_FUTURE_SKEW_MS
+    const t = performance.now()
+    const out = agg.ingestAvro(
+      words,
+      b.values,
+      b.bounds,
+      b.bodyStarts,
+      b.roots,
+      b.offsets,
+      decoder.maxSamplesPerBatch,
+      maxEventTime,
+    )
+    seconds += (performance.now() - t) / 1000
+    samples += b.samples
+    aggregated += out.result.aggregated
+    failed += out.failedMessages.length
+    await yieldToLoop()
+  }
+  agg.free()
+  if (aggregated !== samples || failed !== 0)
+    throw new Error(
+      `avro steady run: ${aggregated} of ${samples} samples aggregated, ${failed} messages failed`,
+    )
+  return seconds
+}
+
 async function main(): Promise<void> {
   console.log(benchEnvironment())
   const { values } = parseArgs({
@@ -237,21 +368,28 @@ async function main(): Promise<void> {
       'no-quantiles': { type: 'boolean', default: false },
       'steady-samples': { type: 'string', default: '10000000' },
       'no-steady': { type: 'boolean', default: false },
+      'steady-only': { type: 'boolean', default: false },
     },
   })
   const batchSize = Number(values.batch)
   const runs = Number(values.runs)
   const keyCounts = values.keys.split(',').map(Number)
+  const steadyOnly = values['steady-only']
+  if (steadyOnly && (values['no-steady'] || values['quantiles-only']))
+    throw new Error(
+      '--steady-only runs only the steady-state rows: not with --no-steady or --quantiles-only',
+    )
   const withMain = !values['quantiles-only']
-  const withQuantiles = !values['no-quantiles']
-  if (withMain) await verify()
+  const withQuantiles = !values['no-quantiles'] && !steadyOnly
+  if (withMain && !steadyOnly) await verify()
   if (withQuantiles) await verifyQuantiles()
   const geometries: [string, Geometry][] = [
     ['tumbling 60s', { sizeMs: 60_000, advanceMs: 60_000, graceMs: 2_000 }],
     ['hopping 60s/15s', { sizeMs: 60_000, advanceMs: 15_000, graceMs: 2_000 }],
   ]
   const rows: {
-    form: KeyForm
+    /** avro: Avro messages through ingestAvro (native only; the TS rates are NaN). */
+    form: KeyForm | 'avro'
     keys: number
     samples: number
     geometry: string
@@ -259,6 +397,8 @@ async function main(): Promise<void> {
     phase: 'fill' | 'steady'
     rate: Record<Impl, number>
   }[] = []
+  /** The steady 'avro' rows' input, for the note under the table. */
+  const avroNotes: string[] = []
   /** Times every implementation on `batches` (after `warmup`), rotating the order per run. */
   const compare = async (
     g: Geometry,
@@ -292,11 +432,12 @@ async function main(): Promise<void> {
     onRuns: number[]
   }[] = []
   for (const keys of keyCounts) {
+    if (steadyOnly && keys < 1_000_000) continue
     const samples = keys >= 1_000_000 ? Number(values['samples-1m']) : Number(values.samples)
     // 10M samples span 10 minutes of event time (16.7 samples per ms); smaller runs keep the rate.
     const spanMs = samples * 0.06
     const names = keyNames(keys)
-    if (withMain) {
+    if (withMain && !steadyOnly) {
       const batches = makeWorkload({ samples, keys, batchSize, spanMs })
       for (const [geometry, g] of geometries)
         for (const form of ['ids', 'tables'] as const) {
@@ -305,26 +446,44 @@ async function main(): Promise<void> {
           rows.push({ form, keys, samples, geometry, phase, rate })
           console.error(`done: ${keys} keys, ${geometry}, ${form}`)
         }
-      if (keys >= 1_000_000 && !values['no-steady']) {
-        // Steady state: every series' window opened by an untimed fill, then
-        // --steady-samples (10 per series by default) within that window, tumbling.
-        const steadySamples = Number(values['steady-samples'])
-        const fill = fillWorkload(keys, batchSize)
-        // T0 is 20 s into a 60 s window: 30 s of event time stay in it.
-        const steady = makeWorkload({
-          samples: steadySamples,
-          keys,
-          batchSize,
-          spanMs: 30_000,
-          firstOffset: keys,
-        })
-        const [geometry, g] = geometries[0]!
-        for (const form of ['ids', 'tables'] as const) {
-          const rate = await compare(g, steady, form, names, fill)
-          rows.push({ form, keys, samples: steadySamples, geometry, phase: 'steady', rate })
-          console.error(`done: ${keys} keys, ${geometry}, ${form}, steady state`)
-        }
+    }
+    if (withMain && keys >= 1_000_000 && !values['no-steady']) {
+      // Steady state: every series' window opened by an untimed fill, then
+      // --steady-samples (10 per series by default) within that window, tumbling.
+      const steadySamples = Number(values['steady-samples'])
+      const fill = fillWorkload(keys, batchSize)
+      // T0 is 20 s into a 60 s window: 30 s of event time stay in it.
+      const steady = makeWorkload({
+        samples: steadySamples,
+        keys,
+        batchSize,
+        spanMs: 30_000,
+        firstOffset: keys,
+      })
+      const [geometry, g] = geometries[0]!
+      for (const form of ['ids', 'tables'] as const) {
+        const rate = await compare(g, steady, form, names, fill)
+        rows.push({ form, keys, samples: steadySamples, geometry, phase: 'steady', rate })
+        console.error(`done: ${keys} keys, ${geometry}, ${form}, steady state`)
       }
+      // The same samples as the service receives them: Avro messages, one ingestAvro per batch.
+      const decoder = new TelemetryDecoder()
+      const avro = avroBatches(steady, names, decoder, AVRO_SAMPLES_PER_MESSAGE, keys)
+      const secs: number[] = []
+      for (let run = 0; run < runs; run++)
+        secs.push(await timeAvroRun(g, fill, avro.batches, decoder))
+      rows.push({
+        form: 'avro',
+        keys,
+        samples: steadySamples,
+        geometry,
+        phase: 'steady',
+        rate: { native: steadySamples / median(secs), 'map-ts': NaN, 'typed-ts': NaN },
+      })
+      avroNotes.push(
+        `Avro messages: ${fmt(keys)} keys, ${fmt(avro.messages)} plain TelemetryBatch messages of ${AVRO_SAMPLES_PER_MESSAGE} samples (${(avro.bytes / avro.messages).toFixed(0)} bytes each, ${(avro.bytes / steadySamples).toFixed(1)} per sample), ${fmt(avro.batches.length)} ingestAvro calls of ${fmt(avro.messages / avro.batches.length)} messages; timed: ingestAvro only (runs ${secs.map((t) => `${(steadySamples / t / 1e6).toFixed(2)}M`).join(', ')}); untimed: encoding, and the locate step (locate, concatenated values, bounds, bodyStarts, roots, offsets) at ${((avro.locateSeconds * 1e9) / steadySamples).toFixed(1)} ns/sample`,
+      )
+      console.error(`done: ${keys} keys, ${geometry}, avro, steady state`)
     }
     if (withQuantiles) {
       // The same keys and timestamps as above; values spanning four decades.
@@ -361,11 +520,19 @@ async function main(): Promise<void> {
       '| keys cross as | keys | samples | windows | phase | native | map-ts | typed-ts | native / map-ts | native / typed-ts |',
     )
     console.log('|---|---|---|---|---|---|---|---|---|---|')
+    const form = {
+      ids: 'pinned ids',
+      tables: 'per-batch tables',
+      avro: 'Avro messages (ingestAvro)',
+    }
+    const rate = (x: number) => (Number.isNaN(x) ? '–' : fmt(x))
+    const ratio = (x: number) => (Number.isNaN(x) ? '–' : `${x.toFixed(1)}x`)
     for (const r of rows) {
       console.log(
-        `| ${r.form === 'ids' ? 'pinned ids' : 'per-batch tables'} | ${fmt(r.keys)} | ${fmt(r.samples)} | ${r.geometry} | ${r.phase} | ${fmt(r.rate.native)} | ${fmt(r.rate['map-ts'])} | ${fmt(r.rate['typed-ts'])} | ${(r.rate.native / r.rate['map-ts']).toFixed(1)}x | ${(r.rate.native / r.rate['typed-ts']).toFixed(1)}x |`,
+        `| ${form[r.form]} | ${fmt(r.keys)} | ${fmt(r.samples)} | ${r.geometry} | ${r.phase} | ${rate(r.rate.native)} | ${rate(r.rate['map-ts'])} | ${rate(r.rate['typed-ts'])} | ${ratio(r.rate.native / r.rate['map-ts'])} | ${ratio(r.rate.native / r.rate['typed-ts'])} |`,
       )
     }
+    for (const note of avroNotes) console.log(note)
   }
   if (withQuantiles) {
     console.log(
@@ -389,11 +556,12 @@ async function main(): Promise<void> {
       `quantiles: on/off ratio ${slowdown(headQ)} slower (${fmt(headQ.keys)} keys, ${headQ.geometry}; worst ${slowdown(worst)} at ${fmt(worst.keys)} keys, ${worst.geometry}) (target <= 2x: ${worst.off / worst.on <= 2 ? 'met' : 'missed'})`,
     )
   }
-  if (rows.length > 0) {
+  const tsRows = rows.filter((r) => r.form !== 'avro')
+  if (tsRows.length > 0) {
     const head =
-      rows.find(
+      tsRows.find(
         (r) => r.form === 'ids' && r.keys === 10_000 && r.geometry.startsWith('tumbling'),
-      ) ?? rows[0]!
+      ) ?? tsRows[0]!
     console.log(
       `core: native ${Math.round(head.rate.native)} samples/s, ${(head.rate.native / head.rate['map-ts']).toFixed(1)}x map-ts, ${(head.rate.native / head.rate['typed-ts']).toFixed(1)}x typed-ts`,
     )
