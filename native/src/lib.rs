@@ -9,7 +9,6 @@ pub mod window;
 use napi::bindgen_prelude::{Either, Float64Array, Null, Uint8Array, Uint32Array};
 use napi::{Error, Result, Status};
 use napi_derive::napi;
-use rustc_hash::FxHashMap;
 
 use window::{
     Aggregator, ClosedWindows as CoreClosed, IngestOutcome, Limits, Quantiles, WindowSpec,
@@ -533,22 +532,13 @@ impl PartitionAggregator {
                 }
             }
         }
-        // The batch's key table: each distinct key once.
-        let mut table: FxHashMap<&str, u32> = FxHashMap::default();
-        let mut keys: Vec<&str> = Vec::new();
-        let key_index: Vec<u32> = samples
-            .keys
-            .iter()
-            .map(|&key| {
-                *table.entry(key).or_insert_with(|| {
-                    keys.push(key);
-                    keys.len() as u32 - 1
-                })
-            })
-            .collect();
+        // Each sample's key is its own entry of the batch's key table: the core hashes each
+        // once and resolves them all with their lookups overlapped, which costs less than
+        // finding the distinct keys first (with many series, most of a batch's keys are).
+        let key_index: Vec<u32> = (0..samples.keys.len() as u32).collect();
         let outcome = aggregator
             .ingest(
-                &keys,
+                &samples.keys,
                 &key_index,
                 &samples.timestamps,
                 &samples.values,

@@ -19,6 +19,10 @@ use super::spec::{Pane, WindowSpec};
 /// slot; its row follows at half the distance. About a DRAM latency of work
 /// at a few ns per sample (measured in `examples/core_speed.rs`).
 const AHEAD: usize = 16;
+
+/// The open aggregates from which the ingest loop loads ahead: about 4 MB of
+/// rows and index, beyond a core's L2 cache.
+const LOOK_AHEAD_MIN_ROWS: usize = 1 << 16;
 use crate::sketch::{Sketch, SketchSpec};
 
 /// Windowed aggregation state of one partition.
@@ -285,17 +289,21 @@ impl Aggregator {
         let tracking = self.track_changes || self.coalesce_changes;
         // The newest window start of the sample at hand, and of those loaded ahead.
         let [mut pane, mut slot_pane, mut row_pane] = [Pane::default(); 3];
+        // Fewer rows stay in the caches, where loading ahead only costs time.
+        let look_ahead = self.open_count >= LOOK_AHEAD_MIN_ROWS;
         let samples = key_index.iter().zip(timestamps).zip(values).zip(offsets);
         for (i, (((&key, &ts), &value), &offset)) in (0u32..).zip(samples) {
             // Hints only: the loads of samples some way ahead start now, so the cache misses of
             // consecutive samples overlap (with 1M series, each would miss on its row and index).
-            let ahead = i as usize + AHEAD;
-            if let (Some(&key), Some(&ts)) = (key_index.get(ahead), timestamps.get(ahead)) {
-                self.prefetch_slot(source, key, ts, &mut slot_pane);
-            }
-            let ahead = i as usize + AHEAD / 2;
-            if let (Some(&key), Some(&ts)) = (key_index.get(ahead), timestamps.get(ahead)) {
-                self.prefetch_row(source, key, ts, &mut row_pane);
+            if look_ahead {
+                let ahead = i as usize + AHEAD;
+                if let (Some(&key), Some(&ts)) = (key_index.get(ahead), timestamps.get(ahead)) {
+                    self.prefetch_slot(source, key, ts, &mut slot_pane);
+                }
+                let ahead = i as usize + AHEAD / 2;
+                if let (Some(&key), Some(&ts)) = (key_index.get(ahead), timestamps.get(ahead)) {
+                    self.prefetch_row(source, key, ts, &mut row_pane);
+                }
             }
             let checked = checks
                 .value_and_time(ts, value)
