@@ -360,7 +360,10 @@ impl<'a> Walk<'_, 'a, '_> {
             f += f64::from(b & 0x7f) * scale;
             scale *= 128.0;
         }
-        Ok(if f % 2.0 != 0.0 { -(f + 1.0) } else { f } / 2.0)
+        // `f % 2.0 != 0.0` without a call to fmod: below 2^53 `f` is an exact
+        // integer, and every float from 2^53 up is even.
+        let odd = f < 9_007_199_254_740_992.0 && (f as u64) & 1 == 1;
+        Ok(if odd { -(f + 1.0) } else { f } / 2.0)
     }
 
     fn length(&mut self, what: &str) -> Result<usize, Fault> {

@@ -99,7 +99,14 @@ impl Limits {
 
 /// An integer in `[0, 2^53)`: exactly representable as a JS number.
 pub(super) fn is_safe_whole(x: f64) -> bool {
-    x.fract() == 0.0 && (0.0..SAFE_LIMIT).contains(&x)
+    (0.0..SAFE_LIMIT).contains(&x) && is_whole_in_range(x)
+}
+
+/// Whether `x`, known to be in `(-2^63, 2^63)`, is an integer: `x.fract() == 0.0`
+/// without a call to `trunc` (x86-64's baseline has no rounding instruction).
+#[inline]
+fn is_whole_in_range(x: f64) -> bool {
+    (x as i64) as f64 == x
 }
 
 /// The per-batch bounds of the sample checks (codes 1-6).
@@ -118,8 +125,8 @@ impl SampleChecks {
         if !value.is_finite() {
             return Err(Rejection::NonFiniteValue);
         }
-        // NaN and ±Infinity have a NaN fractional part.
-        if !(ts.fract() == 0.0 && ts >= self.min_ts && ts < SAFE_LIMIT) {
+        // NaN fails the range check.
+        if !(ts >= self.min_ts && ts < SAFE_LIMIT && is_whole_in_range(ts)) {
             return Err(Rejection::InvalidTimestamp);
         }
         Ok(ts as i64)
