@@ -105,7 +105,7 @@ impl Interner {
     /// loop starts each step of a lookup some keys ahead, so the misses of
     /// consecutive keys overlap.
     pub(super) fn resolve<K: AsRef<str>>(&self, keys: &[K], hashes: &[u64]) -> Vec<Option<u32>> {
-        const STEP: usize = 8;
+        const STEP: usize = 16;
         let name_of = |i: usize| {
             let id = self.ids.first_id(*hashes.get(i)?)?;
             self.names.get(id as usize)
