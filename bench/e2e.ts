@@ -11,8 +11,44 @@
  * 3. Latency at half the measured load: samples stamped with the wall clock, produced at a steady
  *    rate; for each result, its publish time minus its window's start (the ideal is window size +
  *    grace) and minus its window's close time (end + grace).
+ * 4. 1M series: the throughput measurement of 1 (same clock, same counting) with 1M distinct
+ *    series keys, for each delivery mode, 1 replica, native decoder, 100 samples per message. It
+ *    runs after 1–3 (whose input, conditions and output it leaves as they were), on its own input
+ *    topic, and prints its own table after theirs.
  *
  *   npm run bench:e2e -- [--brokers host:port] [--samples 2000000] [--latency-seconds 15] [--quick]
+ *                        [--samples-1m 10000000] [--no-1m | --only-1m]
+ *
+ * --quick runs 1 at 1000 samples per message and 1 replica only, then 2 and 3, and no 1M rows.
+ * --no-1m skips the 1M rows; --only-1m runs only them (no 10k rows, profile or latency; it starts
+ * the broker and produces only their input).
+ *
+ * The 1M rows' geometry. In the 10k rows each series gets 10 samples per window (event time
+ * advances 100 samples per ms: 100k samples per 1 s window), so nearly every sample updates an
+ * open (series, window) aggregate, and one result is published per 10 samples. With 1M series
+ * the same 1 s windows would give each series a sample every 10 windows: every sample would open
+ * an aggregate, and the row would measure a fill, not the steady state. So the 1M rows use 60 s
+ * tumbling windows with 30 s grace (the 10k rows' grace-to-size ratio), and event time advances
+ * 5 samples per series per window (5M samples per 60 s of event time, ~83 per ms): about 80% of
+ * the samples land in an open aggregate (each (series, window) opens once, at its first of ~5
+ * samples), and 1 result is published per 10 samples, as in the 10k rows. Event time starts on a
+ * window boundary, so the input covers --samples-1m / 5M windows: the default 10M samples (10
+ * per series) cover 2 windows, 120 s of event time, and the first window closes mid-run (its 1M
+ * results are published at 75% of the input; the second stays open at the end, like the 10k
+ * rows' last window). More samples cover more windows at the same density: --samples-1m 20000000
+ * covers 4, of which 3 close. Out-of-order samples (1%, up to 1 s) are never late.
+ *
+ * The 1M rows' output topic is created by the bench, with max.message.bytes 64 MiB, instead of
+ * by the service with the broker's default (1 MiB). A window close publishes every series of the
+ * partition at once (250k results, ~62k per output partition); at least once, the service sends
+ * a batch's results in one sendBatch, i.e. one record batch of ~5 MB per output partition, which
+ * a 1 MiB topic refuses (MESSAGE_TOO_LARGE); exactly once, it splits them into 512 KiB requests
+ * (consumer/transactions.ts chunkBySize). Both modes get the same topic, so they stay comparable.
+ *
+ * Memory: the replica is launched as for the other rows (no heap flags). Its open aggregates are
+ * native memory (~200–270 B each with keys; 1M series × up to 2 open windows while one waits out its
+ * grace, a few hundred MB); the JS heap holds a window close's output (1M records when all four
+ * partitions close), well within Node's default heap limit.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import fs from 'node:fs'
@@ -31,6 +67,17 @@ import { fmt, median, percentile, benchEnvironment } from './lib'
 const partitions = 4
 const keys = 10_000
 const window = { sizeMs: 1_000, graceMs: 500 }
+/** Samples per series per window in the 10k rows (event time: 100 samples per ms). */
+const perSeriesWindow = 10
+/** The 1M rows (see the header): series, window, density, message size, output topic. */
+const oneM = {
+  keys: 1_000_000,
+  window: { sizeMs: 60_000, graceMs: 30_000 },
+  perSeriesWindow: 5,
+  samplesPerMessage: 100,
+  /** The output topic's max.message.bytes (see the header). */
+  maxMessageBytes: 64 * 1024 * 1024,
+}
 const logger = createLogger('error')
 const root = path.join(__dirname, '..')
 const outDir = path.join(root, '.cache', 'bench-e2e')
@@ -38,11 +85,28 @@ const outDir = path.join(root, '.cache', 'bench-e2e')
 type Delivery = 'at-least-once' | 'exactly-once'
 type Engine = 'native' | 'avsc'
 
+interface Window {
+  sizeMs: number
+  graceMs: number
+}
+
 interface Input {
   topic: string
   messages: number
   samplesPerMessage: number
+  /** Distinct series keys. */
+  keys: number
+  /** The replicas' tumbling window. */
+  window: Window
+  /** Samples per series per window: sets how fast event time advances. */
+  perSeriesWindow: number
+  /** Configs of the output topic, then created by the bench (default: the service creates it). */
+  outputConfig?: { name: string; value: string }[]
 }
+
+/** Event time per message: each window gets `perSeriesWindow` samples of every series. */
+const eventMsPerMessage = (input: Input) =>
+  (input.window.sizeMs * input.samplesPerMessage) / (input.keys * input.perSeriesWindow)
 
 async function produceInput(brokers: string, input: Input): Promise<void> {
   const kafka = createKafka({ brokers: [brokers], clientId: 'bench', logger })
@@ -54,7 +118,7 @@ async function produceInput(brokers: string, input: Input): Promise<void> {
   })
   await admin.disconnect()
   const generator = new TelemetryGenerator({
-    keys,
+    keys: input.keys,
     partitions,
     samplesPerBatch: input.samplesPerMessage,
     outOfOrder: 0.01,
@@ -62,9 +126,11 @@ async function produceInput(brokers: string, input: Input): Promise<void> {
   })
   const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner })
   await producer.connect()
-  const t0 = 1_700_000_000_000
-  // Event time advances 100 samples' worth per ms: 1 s windows close steadily.
-  const msPerMessage = input.samplesPerMessage / 100
+  // On a window boundary (for 1 s windows, 1_700_000_000_000 itself).
+  const t0 = 1_700_000_000_000 - (1_700_000_000_000 % input.window.sizeMs)
+  // 10k rows: event time advances 100 samples' worth per ms, so 1 s windows close steadily;
+  // 1M rows: 5M samples per 60 s window (see the header).
+  const msPerMessage = eventMsPerMessage(input)
   // Requests under the broker's 1 MB default: ~20k samples each.
   const perSend = Math.max(1, Math.floor(20_000 / input.samplesPerMessage))
   for (let m = 0; m < input.messages; m += perSend) {
@@ -85,6 +151,7 @@ interface ReplicaOptions {
   outputTopic: string
   delivery: Delivery
   engine: Engine
+  window: Window
   /** Directory for a CPU profile written at exit. */
   profileDir?: string
 }
@@ -107,7 +174,7 @@ function spawnReplica(
       'run',
       ...['--brokers', o.brokers, '--group-id', o.groupId],
       ...['--input-topic', o.topic, '--output-topic', o.outputTopic],
-      ...['--window-size', `${window.sizeMs}ms`, '--grace', `${window.graceMs}ms`],
+      ...['--window-size', `${o.window.sizeMs}ms`, '--grace', `${o.window.graceMs}ms`],
       ...['--delivery', o.delivery, '--decoder', o.engine],
       ...['--http-port', '0'],
       ...['--log-level', 'warn'],
@@ -149,15 +216,25 @@ async function measure(
   await admin.connect()
   const groupId = `bench-${label}-${Date.now()}`
   const total = input.messages * input.samplesPerMessage
+  const outputTopic = `${input.topic}-out-${label}`
+  if (input.outputConfig !== undefined) {
+    await admin.createTopics({
+      waitForLeaders: true,
+      topics: [
+        { topic: outputTopic, numPartitions: partitions, configEntries: input.outputConfig },
+      ],
+    })
+  }
   const procs = Array.from({ length: replicas }, (_, i) =>
     spawnReplica(
       {
         brokers,
         groupId,
         topic: input.topic,
-        outputTopic: `${input.topic}-out-${label}`,
+        outputTopic,
         delivery,
         engine,
+        window: input.window,
         profileDir,
       },
       `${label}-${i}`,
@@ -165,7 +242,9 @@ async function measure(
   )
   try {
     let start: { at: number; done: number } | undefined
-    const deadline = Date.now() + 600_000
+    // 10 min, or longer for a large input (at 20k samples/s).
+    const timeoutMs = Math.max(600_000, total / 20)
+    const deadline = Date.now() + timeoutMs
     for (;;) {
       const done = await progress(admin, groupId, input)
       const at = performance.now()
@@ -180,7 +259,9 @@ async function measure(
         }
       }
       if (Date.now() > deadline)
-        throw new Error(`${label}: ${done} of ${total} samples after 10 min`)
+        throw new Error(
+          `${label}: ${done} of ${total} samples after ${Math.round(timeoutMs / 60_000)} min`,
+        )
       if (procs.some((p) => p.child.exitCode !== null))
         throw new Error(`${label}: a replica exited (see ${outDir})`)
       await new Promise((resolve) => setTimeout(resolve, 20))
@@ -309,7 +390,7 @@ async function measureLatency(
   })
   const groupId = `bench-latency-${delivery}-${Date.now()}`
   const replica = spawnReplica(
-    { brokers, groupId, topic, outputTopic: `${topic}-out`, delivery, engine: 'native' },
+    { brokers, groupId, topic, outputTopic: `${topic}-out`, delivery, engine: 'native', window },
     `latency-${delivery}`,
   )
   const results: { publishedAt: number; windowStart: number }[] = []
@@ -388,6 +469,181 @@ async function measureLatency(
 
 // ---------------------------------------------------------------------------------------------
 
+interface Row {
+  delivery: Delivery
+  engine: Engine
+  spm: number
+  replicas: number
+  t: Throughput
+}
+
+function printRows(rows: Row[]): void {
+  console.log(
+    '| delivery | decoder | samples/message | replicas | samples/s | messages/s | seconds |',
+  )
+  console.log('|---|---|---|---|---|---|---|')
+  for (const r of rows) {
+    console.log(
+      `| ${r.delivery} | ${r.engine} | ${fmt(r.spm)} | ${r.replicas} | ${fmt(r.t.samplesPerSecond)} | ${fmt(r.t.messagesPerSecond)} | ${r.t.seconds.toFixed(2)} |`,
+    )
+  }
+}
+
+/** Sections 1–3 (10k series): throughput rows, CPU profiles, latency; then their tables. */
+async function run10k(
+  brokers: string,
+  totalSamples: number,
+  quick: boolean,
+  latencySeconds: number,
+): Promise<void> {
+  const inputs = new Map<number, Input>()
+  for (const samplesPerMessage of [100, 1_000]) {
+    const input = {
+      topic: `bench-e2e-${samplesPerMessage}-${Date.now()}`,
+      messages: totalSamples / samplesPerMessage,
+      samplesPerMessage,
+      keys,
+      window,
+      perSeriesWindow,
+    }
+    await produceInput(brokers, input)
+    inputs.set(samplesPerMessage, input)
+  }
+  console.error(`input produced: ${fmt(totalSamples)} samples per size`)
+
+  const rows: Row[] = []
+  const configs: [Delivery, Engine, number, number][] = []
+  for (const delivery of ['at-least-once', 'exactly-once'] as const) {
+    for (const spm of [100, 1_000])
+      for (const replicas of [1, 2]) configs.push([delivery, 'native', spm, replicas])
+    configs.push([delivery, 'avsc', 1_000, 1])
+  }
+  for (const [delivery, engine, spm, replicas] of quick
+    ? configs.filter((c) => c[2] === 1_000 && c[3] === 1)
+    : configs) {
+    const label = `${delivery}-${engine}-${spm}-${replicas}`
+    const t = await measure(brokers, inputs.get(spm) as Input, delivery, engine, replicas, label)
+    rows.push({ delivery, engine, spm, replicas, t })
+    console.error(`${label}: ${fmt(t.samplesPerSecond)} samples/s`)
+  }
+
+  const profiles: { delivery: Delivery; split: Record<Stage, number> }[] = []
+  for (const delivery of ['at-least-once', 'exactly-once'] as const) {
+    const dir = path.join(outDir, `profile-${delivery}`)
+    await measure(
+      brokers,
+      inputs.get(1_000) as Input,
+      delivery,
+      'native',
+      1,
+      `profile-${delivery}`,
+      dir,
+    )
+    const file = fs.readdirSync(dir).find((f) => f.endsWith('.cpuprofile'))
+    if (file === undefined) throw new Error(`no CPU profile in ${dir}`)
+    profiles.push({ delivery, split: profileSplit(path.join(dir, file)) })
+  }
+
+  const best = (d: Delivery) =>
+    median(
+      rows
+        .filter(
+          (r) => r.delivery === d && r.engine === 'native' && r.spm === 1_000 && r.replicas === 1,
+        )
+        .map((r) => r.t.samplesPerSecond),
+    )
+  const latencies: { delivery: Delivery; l: Latency }[] = []
+  for (const delivery of ['at-least-once', 'exactly-once'] as const) {
+    latencies.push({
+      delivery,
+      l: await measureLatency(brokers, delivery, best(delivery) / 2, latencySeconds),
+    })
+  }
+
+  console.log(
+    `\n${os.cpus().length} cores, Node ${process.version}; ${fmt(totalSamples)} samples per run, ${partitions} partitions, ${fmt(keys)} series, ${window.sizeMs} ms tumbling windows, grace ${window.graceMs} ms; clock from the group's first commit to its last`,
+  )
+  printRows(rows)
+  console.log(
+    '\nCPU profile of one replica (1000 samples/message, native decoder): time by stage, % of the run after start-up (module loading, shown apart)',
+  )
+  console.log(`| stage | ${profiles.map((p) => p.delivery).join(' | ')} |`)
+  console.log(`|---|${profiles.map(() => '---').join('|')}|`)
+  for (const stage of stages) {
+    const cells = profiles.map((p) => {
+      const startup = p.split['start-up (module loading)']
+      if (stage === 'start-up (module loading)') return `${fmt(startup)} ms`
+      const total = stages.reduce((sum, s) => sum + p.split[s], 0) - startup
+      return `${((100 * p.split[stage]) / total).toFixed(1)}%`
+    })
+    console.log(`| ${stage} | ${cells.join(' | ')} |`)
+  }
+  console.log(
+    '\nLatency at half the load above (1 replica, 1000 samples/message, wall-clock event time), ms',
+  )
+  console.log(
+    '| delivery | samples/s | windows | publish − window start p50 | p99 | publish − window close p50 | p99 | target p99 (2 × (size + grace)) |',
+  )
+  console.log('|---|---|---|---|---|---|---|---|')
+  for (const { delivery, l } of latencies) {
+    console.log(
+      `| ${delivery} | ${fmt(l.rate)} | ${fmt(l.results)} | ${fmt(l.fromStartP50)} | ${fmt(l.fromStartP99)} | ${fmt(l.afterCloseP50)} | ${fmt(l.afterCloseP99)} | ${fmt(2 * (window.sizeMs + window.graceMs))} |`,
+    )
+  }
+  console.log(
+    `e2e: at-least-once ${Math.round(best('at-least-once'))} samples/s, exactly-once ${Math.round(best('exactly-once'))} samples/s`,
+  )
+}
+
+/** Section 4: the 1M-series rows (see the header), then their table. */
+async function run1m(brokers: string, samples: number): Promise<void> {
+  const input: Input = {
+    topic: `bench-e2e-1m-${oneM.samplesPerMessage}-${Date.now()}`,
+    messages: samples / oneM.samplesPerMessage,
+    samplesPerMessage: oneM.samplesPerMessage,
+    keys: oneM.keys,
+    window: oneM.window,
+    perSeriesWindow: oneM.perSeriesWindow,
+    outputConfig: [{ name: 'max.message.bytes', value: String(oneM.maxMessageBytes) }],
+  }
+  const { sizeMs, graceMs } = input.window
+  const spanMs = Math.round(input.messages * eventMsPerMessage(input))
+  // Window k closes once stream time (the latest event time) reaches its end + grace.
+  const lastEventMs = Math.floor((input.messages - 1) * eventMsPerMessage(input))
+  const closing = Math.max(0, Math.floor((lastEventMs - graceMs) / sizeMs))
+  const geometry =
+    `${fmt(oneM.keys)} series, ${fmt(samples)} samples per run (${fmt(samples / oneM.keys, 1)} per series), ` +
+    `${oneM.samplesPerMessage} samples/message, ${partitions} partitions, ` +
+    `${sizeMs / 1000} s tumbling windows, grace ${graceMs / 1000} s; event time over ${spanMs / 1000} s ` +
+    `(${fmt(spanMs / sizeMs, 1)} windows, ${oneM.perSeriesWindow} samples per series per window), ` +
+    `${closing} window${closing === 1 ? '' : 's'} closing during the run (~${fmt(closing * oneM.keys)} results)`
+  if (closing === 0) {
+    console.error(
+      `warning: --samples-1m ${samples}: no window closes during the 1M rows (about ${fmt(((sizeMs + graceMs) / sizeMs) * oneM.keys * oneM.perSeriesWindow)} samples close one)`,
+    )
+  }
+  await produceInput(brokers, input)
+  console.error(`input produced: ${fmt(samples)} samples over ${fmt(oneM.keys)} series`)
+
+  const rows: Row[] = []
+  for (const delivery of ['at-least-once', 'exactly-once'] as const) {
+    const label = `1m-${delivery}-native-${oneM.samplesPerMessage}-1`
+    const t = await measure(brokers, input, delivery, 'native', 1, label)
+    rows.push({ delivery, engine: 'native', spm: oneM.samplesPerMessage, replicas: 1, t })
+    console.error(`${label} (1M series): ${fmt(t.samplesPerSecond)} samples/s`)
+  }
+
+  console.log(
+    `\n1M series, ${os.cpus().length} cores, Node ${process.version}; ${geometry}; output topic created with max.message.bytes ${oneM.maxMessageBytes / 1024 / 1024} MiB (see the header); clock from the group's first commit to its last`,
+  )
+  printRows(rows)
+  const rate = (d: Delivery) =>
+    Math.round(rows.find((r) => r.delivery === d)?.t.samplesPerSecond ?? NaN)
+  console.log(
+    `e2e 1M series: at-least-once ${rate('at-least-once')} samples/s, exactly-once ${rate('exactly-once')} samples/s`,
+  )
+}
+
 async function main(): Promise<void> {
   console.log(benchEnvironment())
   const { values } = parseArgs({
@@ -396,127 +652,34 @@ async function main(): Promise<void> {
       samples: { type: 'string', default: '2000000' },
       'latency-seconds': { type: 'string', default: '15' },
       quick: { type: 'boolean', default: false },
+      'samples-1m': { type: 'string', default: '10000000' },
+      'no-1m': { type: 'boolean', default: false },
+      'only-1m': { type: 'boolean', default: false },
     },
   })
+  if (values['no-1m'] && values['only-1m']) throw new Error('--no-1m and --only-1m: choose one')
+  const samples1m = Number(values['samples-1m'])
+  if (
+    !Number.isSafeInteger(samples1m) ||
+    samples1m <= 0 ||
+    samples1m % oneM.samplesPerMessage !== 0
+  ) {
+    throw new Error(
+      `--samples-1m: expected a positive multiple of ${oneM.samplesPerMessage}, got ${values['samples-1m']}`,
+    )
+  }
+  const with10k = !values['only-1m']
+  const with1m = values['only-1m'] || (!values['no-1m'] && !values.quick)
   const totalSamples = Number(values.samples)
   fs.rmSync(outDir, { recursive: true, force: true })
   fs.mkdirSync(outDir, { recursive: true })
   let broker: LocalBroker | undefined
   const brokers = values.brokers ?? (broker = await startLocalBroker()).brokers
   try {
-    const inputs = new Map<number, Input>()
-    for (const samplesPerMessage of [100, 1_000]) {
-      const input = {
-        topic: `bench-e2e-${samplesPerMessage}-${Date.now()}`,
-        messages: totalSamples / samplesPerMessage,
-        samplesPerMessage,
-      }
-      await produceInput(brokers, input)
-      inputs.set(samplesPerMessage, input)
-    }
-    console.error(`input produced: ${fmt(totalSamples)} samples per size`)
-
-    const rows: {
-      delivery: Delivery
-      engine: Engine
-      spm: number
-      replicas: number
-      t: Throughput
-    }[] = []
-    const configs: [Delivery, Engine, number, number][] = []
-    for (const delivery of ['at-least-once', 'exactly-once'] as const) {
-      for (const spm of [100, 1_000])
-        for (const replicas of [1, 2]) configs.push([delivery, 'native', spm, replicas])
-      configs.push([delivery, 'avsc', 1_000, 1])
-    }
-    for (const [delivery, engine, spm, replicas] of values.quick
-      ? configs.filter((c) => c[2] === 1_000 && c[3] === 1)
-      : configs) {
-      const label = `${delivery}-${engine}-${spm}-${replicas}`
-      const t = await measure(brokers, inputs.get(spm) as Input, delivery, engine, replicas, label)
-      rows.push({ delivery, engine, spm, replicas, t })
-      console.error(`${label}: ${fmt(t.samplesPerSecond)} samples/s`)
-    }
-
-    const profiles: { delivery: Delivery; split: Record<Stage, number> }[] = []
-    for (const delivery of ['at-least-once', 'exactly-once'] as const) {
-      const dir = path.join(outDir, `profile-${delivery}`)
-      await measure(
-        brokers,
-        inputs.get(1_000) as Input,
-        delivery,
-        'native',
-        1,
-        `profile-${delivery}`,
-        dir,
-      )
-      const file = fs.readdirSync(dir).find((f) => f.endsWith('.cpuprofile'))
-      if (file === undefined) throw new Error(`no CPU profile in ${dir}`)
-      profiles.push({ delivery, split: profileSplit(path.join(dir, file)) })
-    }
-
-    const best = (d: Delivery) =>
-      median(
-        rows
-          .filter(
-            (r) => r.delivery === d && r.engine === 'native' && r.spm === 1_000 && r.replicas === 1,
-          )
-          .map((r) => r.t.samplesPerSecond),
-      )
-    const latencies: { delivery: Delivery; l: Latency }[] = []
-    for (const delivery of ['at-least-once', 'exactly-once'] as const) {
-      latencies.push({
-        delivery,
-        l: await measureLatency(
-          brokers,
-          delivery,
-          best(delivery) / 2,
-          Number(values['latency-seconds']),
-        ),
-      })
-    }
-
-    console.log(
-      `\n${os.cpus().length} cores, Node ${process.version}; ${fmt(totalSamples)} samples per run, ${partitions} partitions, ${fmt(keys)} series, ${window.sizeMs} ms tumbling windows, grace ${window.graceMs} ms; clock from the group's first commit to its last`,
-    )
-    console.log(
-      '| delivery | decoder | samples/message | replicas | samples/s | messages/s | seconds |',
-    )
-    console.log('|---|---|---|---|---|---|---|')
-    for (const r of rows) {
-      console.log(
-        `| ${r.delivery} | ${r.engine} | ${fmt(r.spm)} | ${r.replicas} | ${fmt(r.t.samplesPerSecond)} | ${fmt(r.t.messagesPerSecond)} | ${r.t.seconds.toFixed(2)} |`,
-      )
-    }
-    console.log(
-      '\nCPU profile of one replica (1000 samples/message, native decoder): time by stage, % of the run after start-up (module loading, shown apart)',
-    )
-    console.log(`| stage | ${profiles.map((p) => p.delivery).join(' | ')} |`)
-    console.log(`|---|${profiles.map(() => '---').join('|')}|`)
-    for (const stage of stages) {
-      const cells = profiles.map((p) => {
-        const startup = p.split['start-up (module loading)']
-        if (stage === 'start-up (module loading)') return `${fmt(startup)} ms`
-        const total = stages.reduce((sum, s) => sum + p.split[s], 0) - startup
-        return `${((100 * p.split[stage]) / total).toFixed(1)}%`
-      })
-      console.log(`| ${stage} | ${cells.join(' | ')} |`)
-    }
-    console.log(
-      '\nLatency at half the load above (1 replica, 1000 samples/message, wall-clock event time), ms',
-    )
-    console.log(
-      '| delivery | samples/s | windows | publish − window start p50 | p99 | publish − window close p50 | p99 | target p99 (2 × (size + grace)) |',
-    )
-    console.log('|---|---|---|---|---|---|---|---|')
-    for (const { delivery, l } of latencies) {
-      console.log(
-        `| ${delivery} | ${fmt(l.rate)} | ${fmt(l.results)} | ${fmt(l.fromStartP50)} | ${fmt(l.fromStartP99)} | ${fmt(l.afterCloseP50)} | ${fmt(l.afterCloseP99)} | ${fmt(2 * (window.sizeMs + window.graceMs))} |`,
-      )
-    }
-    console.log(
-      `e2e: at-least-once ${Math.round(best('at-least-once'))} samples/s, exactly-once ${Math.round(best('exactly-once'))} samples/s`,
-    )
+    // The 10k tables are printed before the 1M rows start: a failing 1M row loses only the 1M table.
+    if (with10k)
+      await run10k(brokers, totalSamples, values.quick, Number(values['latency-seconds']))
+    if (with1m) await run1m(brokers, samples1m)
   } finally {
     await broker?.cleanup()
   }
