@@ -38,12 +38,9 @@
  * rows' last window). More samples cover more windows at the same density: --samples-1m 20000000
  * covers 4, of which 3 close. Out-of-order samples (1%, up to 1 s) are never late.
  *
- * The 1M rows' output topic is created by the bench, with max.message.bytes 64 MiB, instead of
- * by the service with the broker's default (1 MiB). A window close publishes every series of the
- * partition at once (250k results, ~62k per output partition); at least once, the service sends
- * a batch's results in one sendBatch, i.e. one record batch of ~5 MB per output partition, which
- * a 1 MiB topic refuses (MESSAGE_TOO_LARGE); exactly once, it splits them into 512 KiB requests
- * (consumer/transactions.ts chunkBySize). Both modes get the same topic, so they stay comparable.
+ * A window close publishes every series of the partition at once (250k results, ~62k per output
+ * partition, ~5 MB): both modes split it into requests of at most 512 KiB (consumer/transactions.ts
+ * requestsBySize, chunkBySize), so the topics keep the broker's default max.message.bytes (1 MiB).
  *
  * Memory: the replica is launched as for the other rows (no heap flags). Its open aggregates are
  * native memory (~200–270 B each with keys; 1M series × up to 2 open windows while one waits out its
@@ -75,8 +72,6 @@ const oneM = {
   window: { sizeMs: 60_000, graceMs: 30_000 },
   perSeriesWindow: 5,
   samplesPerMessage: 100,
-  /** The output topic's max.message.bytes (see the header). */
-  maxMessageBytes: 64 * 1024 * 1024,
 }
 const logger = createLogger('error')
 const root = path.join(__dirname, '..')
@@ -100,8 +95,6 @@ interface Input {
   window: Window
   /** Samples per series per window: sets how fast event time advances. */
   perSeriesWindow: number
-  /** Configs of the output topic, then created by the bench (default: the service creates it). */
-  outputConfig?: { name: string; value: string }[]
 }
 
 /** Event time per message: each window gets `perSeriesWindow` samples of every series. */
@@ -217,14 +210,6 @@ async function measure(
   const groupId = `bench-${label}-${Date.now()}`
   const total = input.messages * input.samplesPerMessage
   const outputTopic = `${input.topic}-out-${label}`
-  if (input.outputConfig !== undefined) {
-    await admin.createTopics({
-      waitForLeaders: true,
-      topics: [
-        { topic: outputTopic, numPartitions: partitions, configEntries: input.outputConfig },
-      ],
-    })
-  }
   const procs = Array.from({ length: replicas }, (_, i) =>
     spawnReplica(
       {
@@ -604,7 +589,6 @@ async function run1m(brokers: string, samples: number): Promise<void> {
     keys: oneM.keys,
     window: oneM.window,
     perSeriesWindow: oneM.perSeriesWindow,
-    outputConfig: [{ name: 'max.message.bytes', value: String(oneM.maxMessageBytes) }],
   }
   const { sizeMs, graceMs } = input.window
   const spanMs = Math.round(input.messages * eventMsPerMessage(input))
@@ -634,7 +618,7 @@ async function run1m(brokers: string, samples: number): Promise<void> {
   }
 
   console.log(
-    `\n1M series, ${os.cpus().length} cores, Node ${process.version}; ${geometry}; output topic created with max.message.bytes ${oneM.maxMessageBytes / 1024 / 1024} MiB (see the header); clock from the group's first commit to its last`,
+    `\n1M series, ${os.cpus().length} cores, Node ${process.version}; ${geometry}; clock from the group's first commit to its last`,
   )
   printRows(rows)
   const rate = (d: Delivery) =>

@@ -21,7 +21,12 @@ import {
   type WindowConfig,
 } from './pipeline'
 import { isBrokerRetriesExhausted, retryWithBackoff, START_RETRY_BOUND_MS } from './retry'
-import { FencedError, PartitionTransactor, type TransactionTimings } from './transactions'
+import {
+  FencedError,
+  PartitionTransactor,
+  requestsBySize,
+  type TransactionTimings,
+} from './transactions'
 import { StallWatchdog } from './watchdog'
 
 export type Delivery = 'exactly-once' | 'at-least-once'
@@ -989,8 +994,8 @@ export class AggregatorService {
 
   /** At least once: publish (acks=all), then commit the checkpointed offset. */
   private async publishThenCommit(partition: number, outcome: BatchOutcome): Promise<void> {
-    const topicMessages = this.records(outcome)
-    if (topicMessages.length > 0) await this.producer.sendBatch({ acks: -1, topicMessages })
+    for (const topicMessages of requestsBySize(this.records(outcome)))
+      await this.producer.sendBatch({ acks: -1, topicMessages })
     const stopTimer = this.metrics.commitDuration.startTimer()
     await this.consumer.commitOffsets([
       { topic: this.config.inputTopic, partition, ...outcome.commit },

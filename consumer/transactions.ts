@@ -1,4 +1,4 @@
-import { Partitioners, type Kafka, type Message, type Producer } from 'kafkajs'
+import { Partitioners, type Kafka, type Message, type Producer, type TopicMessages } from 'kafkajs'
 import { KwaError } from './errors'
 import type { Logger } from './logger'
 
@@ -50,7 +50,7 @@ export function chunkBySize(messages: readonly Message[]): Message[][] {
   let chunk: Message[] = []
   let bytes = 0
   for (const message of messages) {
-    const size = 64 + byteLength(message.key) + byteLength(message.value)
+    const size = messageBytes(message)
     if (chunk.length > 0 && bytes + size > MAX_REQUEST_BYTES) {
       chunks.push(chunk)
       chunk = []
@@ -62,6 +62,39 @@ export function chunkBySize(messages: readonly Message[]): Message[][] {
   if (chunk.length > 0) chunks.push(chunk)
   return chunks
 }
+
+/**
+ * `topicMessages` as `sendBatch` requests of at most MAX_REQUEST_BYTES each (a message larger
+ * than that alone), in order: when a window closes for many series at once, its results would
+ * not fit one record batch (kafkajs sends one per partition per request).
+ */
+export function requestsBySize(topicMessages: readonly TopicMessages[]): TopicMessages[][] {
+  const requests: TopicMessages[][] = []
+  let request: TopicMessages[] = []
+  let bytes = 0
+  for (const { topic, messages } of topicMessages) {
+    let run: Message[] = []
+    for (const message of messages) {
+      const size = messageBytes(message)
+      if (bytes > 0 && bytes + size > MAX_REQUEST_BYTES) {
+        if (run.length > 0) request.push({ topic, messages: run })
+        requests.push(request)
+        request = []
+        run = []
+        bytes = 0
+      }
+      run.push(message)
+      bytes += size
+    }
+    if (run.length > 0) request.push({ topic, messages: run })
+  }
+  if (request.length > 0) requests.push(request)
+  return requests
+}
+
+/** A message's bytes in a request: key, value and a bound on its framing. */
+const messageBytes = (message: Message): number =>
+  64 + byteLength(message.key) + byteLength(message.value)
 
 const byteLength = (data: Message['key'] | Message['value']): number =>
   data === null || data === undefined ? 0 : Buffer.byteLength(data)

@@ -1,7 +1,12 @@
 import type { Kafka } from 'kafkajs'
 import { describe, expect, it } from 'vitest'
 import { createLogger } from '../consumer/logger'
-import { FencedError, PartitionTransactor, type TransactionContent } from '../consumer/transactions'
+import {
+  FencedError,
+  PartitionTransactor,
+  requestsBySize,
+  type TransactionContent,
+} from '../consumer/transactions'
 
 /** A kafkajs error as the protocol layer throws it. */
 const protocolError = (type: string) => Object.assign(new Error(type), { type })
@@ -84,5 +89,53 @@ describe('PartitionTransactor', () => {
       await expect(transactor.commit(content)).rejects.toBeInstanceOf(FencedError)
       expect(fake.producers()).toBe(1)
     }
+  })
+})
+
+describe('requestsBySize', () => {
+  const message = (i: number, bytes: number) => ({ key: `k${i}`, value: Buffer.alloc(bytes) })
+  const size = (m: { key: string; value: Buffer }) => 64 + Buffer.byteLength(m.key) + m.value.length
+
+  it('packs small topics into one request, in order', () => {
+    const topics = [
+      { topic: 'out', messages: [message(1, 10), message(2, 10)] },
+      { topic: 'late', messages: [] },
+      { topic: 'dlq', messages: [message(3, 10)] },
+    ]
+    expect(requestsBySize(topics)).toEqual([
+      [
+        { topic: 'out', messages: [message(1, 10), message(2, 10)] },
+        { topic: 'dlq', messages: [message(3, 10)] },
+      ],
+    ])
+    expect(requestsBySize([{ topic: 'out', messages: [] }])).toEqual([])
+  })
+
+  it('splits a window close for many series into requests of at most 512 KiB', () => {
+    // 250k results of ~40 bytes: about 25 MB, as a 1M-series close publishes per partition.
+    const results = Array.from({ length: 250_000 }, (_, i) => message(i, 40))
+    const late = [message(-1, 100)]
+    const requests = requestsBySize([
+      { topic: 'out', messages: results },
+      { topic: 'late', messages: late },
+    ])
+    expect(requests.length).toBeGreaterThan(40)
+    for (const request of requests) {
+      const bytes = request.flatMap((t) => t.messages).reduce((n, m) => n + size(m as never), 0)
+      expect(bytes).toBeLessThanOrEqual(512 * 1024)
+    }
+    // Every message once, in order, under its topic.
+    const sent = (topic: string) =>
+      requests.flatMap((r) => r.filter((t) => t.topic === topic).flatMap((t) => t.messages))
+    expect(sent('out')).toEqual(results)
+    expect(sent('late')).toEqual(late)
+  })
+
+  it('sends a message larger than the bound alone', () => {
+    const big = message(0, 600 * 1024)
+    const requests = requestsBySize([
+      { topic: 'out', messages: [message(1, 1), big, message(2, 1)] },
+    ])
+    expect(requests.map((r) => r.flatMap((t) => t.messages).length)).toEqual([1, 1, 1])
   })
 })
