@@ -24,7 +24,7 @@ import { isBrokerRetriesExhausted, retryWithBackoff, START_RETRY_BOUND_MS } from
 import {
   FencedError,
   PartitionTransactor,
-  requestsBySize,
+  sendResults,
   type TransactionTimings,
 } from './transactions'
 import { StallWatchdog } from './watchdog'
@@ -994,8 +994,12 @@ export class AggregatorService {
 
   /** At least once: publish (acks=all), then commit the checkpointed offset. */
   private async publishThenCommit(partition: number, outcome: BatchOutcome): Promise<void> {
-    for (const topicMessages of requestsBySize(this.records(outcome)))
-      await this.producer.sendBatch({ acks: -1, topicMessages })
+    await sendResults(this.producer, this.records(outcome), (records) =>
+      this.log.warn(
+        { records },
+        'results over the broker message size limit: sending them in smaller requests',
+      ),
+    )
     const stopTimer = this.metrics.commitDuration.startTimer()
     await this.consumer.commitOffsets([
       { topic: this.config.inputTopic, partition, ...outcome.commit },

@@ -92,6 +92,41 @@ export function requestsBySize(topicMessages: readonly TopicMessages[]): TopicMe
   return requests
 }
 
+/**
+ * At least once: `topicMessages` in one request, as a rule. A window closing for many series at
+ * once can make a partition's record batch larger than the broker takes (`max.message.bytes`,
+ * 1 MiB by default: 250k results per partition at 1M series); refused as such, they go again in
+ * requests of at most 512 KiB, in order (`onSplit` is told how many records). Splitting always
+ * would cost a round trip per 512 KiB.
+ */
+export async function sendResults(
+  producer: Producer,
+  topicMessages: TopicMessages[],
+  onSplit: (records: number) => void,
+): Promise<void> {
+  if (!topicMessages.some((t) => t.messages.length > 0)) return
+  try {
+    await producer.sendBatch({ acks: -1, topicMessages })
+  } catch (error) {
+    if (!isTooLarge(error)) throw error
+    onSplit(topicMessages.reduce((n, t) => n + t.messages.length, 0))
+    for (const request of requestsBySize(topicMessages))
+      await producer.sendBatch({ acks: -1, topicMessages: request })
+  }
+}
+
+/** Broker answers to a record batch over `max.message.bytes` (kafkajs wraps them in `cause`). */
+const tooLargeTypes = new Set(['MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE'])
+
+/** Whether `error` (or one of its causes) is the broker refusing a record batch as too large. */
+export function isTooLarge(error: unknown): boolean {
+  for (let e = error, depth = 0; e instanceof Error && depth < 8; depth++) {
+    if (tooLargeTypes.has((e as { type?: unknown }).type as string)) return true
+    e = e.cause
+  }
+  return false
+}
+
 /** A message's bytes in a request: key, value and a bound on its framing. */
 const messageBytes = (message: Message): number =>
   64 + byteLength(message.key) + byteLength(message.value)

@@ -4,6 +4,7 @@ import { createLogger } from '../consumer/logger'
 import {
   FencedError,
   PartitionTransactor,
+  isTooLarge,
   requestsBySize,
   type TransactionContent,
 } from '../consumer/transactions'
@@ -137,5 +138,22 @@ describe('requestsBySize', () => {
       { topic: 'out', messages: [message(1, 1), big, message(2, 1)] },
     ])
     expect(requests.map((r) => r.flatMap((t) => t.messages).length)).toEqual([1, 1, 1])
+  })
+})
+
+describe('isTooLarge', () => {
+  it('finds the broker refusing a record batch as too large, through kafkajs causes', () => {
+    const protocol = Object.assign(new Error('The request included a message larger than...'), {
+      type: 'MESSAGE_TOO_LARGE',
+    })
+    // kafkajs' retrier wraps a non-retriable error: KafkaJSNonRetriableError { cause }.
+    const wrapped = new Error('wrapped', { cause: protocol })
+    expect(isTooLarge(protocol)).toBe(true)
+    expect(isTooLarge(wrapped)).toBe(true)
+    expect(isTooLarge(Object.assign(new Error('x'), { type: 'RECORD_LIST_TOO_LARGE' }))).toBe(true)
+    expect(isTooLarge(new Error('x', { cause: protocolError('NOT_LEADER_FOR_PARTITION') }))).toBe(
+      false,
+    )
+    expect(isTooLarge('MESSAGE_TOO_LARGE')).toBe(false)
   })
 })
