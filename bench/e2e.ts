@@ -14,13 +14,13 @@
  * 4. 1M series: the throughput measurement of 1 (same clock, same counting) with 1M distinct
  *    series keys, for each delivery mode, 1 replica, native decoder, 100 samples per message. It
  *    runs after 1–3 (whose input, conditions and output it leaves as they were), on its own input
- *    topic, and prints its own table after theirs.
+ *    topic, and prints its own table after theirs, then a CPU profile of each row (as 2).
  *
  *   npm run bench:e2e -- [--brokers host:port] [--samples 2000000] [--latency-seconds 15] [--quick]
  *                        [--samples-1m 10000000] [--no-1m | --only-1m]
  *
  * --quick runs 1 at 1000 samples per message and 1 replica only, then 2 and 3, and no 1M rows.
- * --no-1m skips the 1M rows; --only-1m runs only them (no 10k rows, profile or latency; it starts
+ * --no-1m skips the 1M rows; --only-1m runs only them (no 10k rows, their profile or latency; it starts
  * the broker and produces only their input).
  *
  * The 1M rows' geometry. In the 10k rows each series gets 10 samples per window (event time
@@ -512,22 +512,7 @@ async function run10k(
     console.error(`${label}: ${fmt(t.samplesPerSecond)} samples/s`)
   }
 
-  const profiles: { delivery: Delivery; split: Record<Stage, number> }[] = []
-  for (const delivery of ['at-least-once', 'exactly-once'] as const) {
-    const dir = path.join(outDir, `profile-${delivery}`)
-    await measure(
-      brokers,
-      inputs.get(1_000) as Input,
-      delivery,
-      'native',
-      1,
-      `profile-${delivery}`,
-      dir,
-    )
-    const file = fs.readdirSync(dir).find((f) => f.endsWith('.cpuprofile'))
-    if (file === undefined) throw new Error(`no CPU profile in ${dir}`)
-    profiles.push({ delivery, split: profileSplit(path.join(dir, file)) })
-  }
+  const profiles = await profileReplicas(brokers, inputs.get(1_000) as Input, 'profile')
 
   const best = (d: Delivery) =>
     median(
@@ -549,20 +534,7 @@ async function run10k(
     `\n${os.cpus().length} cores, Node ${process.version}; ${fmt(totalSamples)} samples per run, ${partitions} partitions, ${fmt(keys)} series, ${window.sizeMs} ms tumbling windows, grace ${window.graceMs} ms; clock from the group's first commit to its last`,
   )
   printRows(rows)
-  console.log(
-    '\nCPU profile of one replica (1000 samples/message, native decoder): time by stage, % of the run after start-up (module loading, shown apart)',
-  )
-  console.log(`| stage | ${profiles.map((p) => p.delivery).join(' | ')} |`)
-  console.log(`|---|${profiles.map(() => '---').join('|')}|`)
-  for (const stage of stages) {
-    const cells = profiles.map((p) => {
-      const startup = p.split['start-up (module loading)']
-      if (stage === 'start-up (module loading)') return `${fmt(startup)} ms`
-      const total = stages.reduce((sum, s) => sum + p.split[s], 0) - startup
-      return `${((100 * p.split[stage]) / total).toFixed(1)}%`
-    })
-    console.log(`| ${stage} | ${cells.join(' | ')} |`)
-  }
+  printProfiles('1000 samples/message', profiles)
   console.log(
     '\nLatency at half the load above (1 replica, 1000 samples/message, wall-clock event time), ms',
   )
@@ -580,7 +552,42 @@ async function run10k(
   )
 }
 
-/** Section 4: the 1M-series rows (see the header), then their table. */
+interface Profile {
+  delivery: Delivery
+  split: Record<Stage, number>
+}
+
+/** One replica per delivery mode, run again on `input` with `--cpu-prof`: its time by stage. */
+async function profileReplicas(brokers: string, input: Input, prefix: string): Promise<Profile[]> {
+  const profiles: Profile[] = []
+  for (const delivery of ['at-least-once', 'exactly-once'] as const) {
+    const dir = path.join(outDir, `${prefix}-${delivery}`)
+    await measure(brokers, input, delivery, 'native', 1, `${prefix}-${delivery}`, dir)
+    const file = fs.readdirSync(dir).find((f) => f.endsWith('.cpuprofile'))
+    if (file === undefined) throw new Error(`no CPU profile in ${dir}`)
+    profiles.push({ delivery, split: profileSplit(path.join(dir, file)) })
+  }
+  return profiles
+}
+
+function printProfiles(input: string, profiles: Profile[]): void {
+  console.log(
+    `\nCPU profile of one replica (${input}, native decoder): time by stage, % of the run after start-up (module loading, shown apart)`,
+  )
+  console.log(`| stage | ${profiles.map((p) => p.delivery).join(' | ')} |`)
+  console.log(`|---|${profiles.map(() => '---').join('|')}|`)
+  for (const stage of stages) {
+    const cells = profiles.map((p) => {
+      const startup = p.split['start-up (module loading)']
+      if (stage === 'start-up (module loading)') return `${fmt(startup)} ms`
+      const total = stages.reduce((sum, s) => sum + p.split[s], 0) - startup
+      return `${((100 * p.split[stage]) / total).toFixed(1)}%`
+    })
+    console.log(`| ${stage} | ${cells.join(' | ')} |`)
+  }
+}
+
+/** Section 4: the 1M-series rows (see the header), their table and a CPU profile of each. */
 async function run1m(brokers: string, samples: number): Promise<void> {
   const input: Input = {
     topic: `bench-e2e-1m-${oneM.samplesPerMessage}-${Date.now()}`,
@@ -621,6 +628,7 @@ async function run1m(brokers: string, samples: number): Promise<void> {
     `\n1M series, ${os.cpus().length} cores, Node ${process.version}; ${geometry}; clock from the group's first commit to its last`,
   )
   printRows(rows)
+  printProfiles('1M series', await profileReplicas(brokers, input, 'profile-1m'))
   const rate = (d: Delivery) =>
     Math.round(rows.find((r) => r.delivery === d)?.t.samplesPerSecond ?? NaN)
   console.log(
