@@ -44,24 +44,28 @@ export interface TransactionTimings {
  */
 const MAX_REQUEST_BYTES = 512 * 1024
 
-/** Splits messages into runs of at most MAX_REQUEST_BYTES of keys and values (at least one). */
-export function chunkBySize(messages: readonly Message[]): Message[][] {
-  const chunks: Message[][] = []
-  let chunk: Message[] = []
-  let bytes = 0
-  for (const message of messages) {
-    const size = messageBytes(message)
-    if (chunk.length > 0 && bytes + size > MAX_REQUEST_BYTES) {
-      chunks.push(chunk)
-      chunk = []
-      bytes = 0
+/** Splits items into runs of at most MAX_REQUEST_BYTES by `bytes` (at least one item each). */
+function splitBySize<T>(items: Iterable<T>, bytes: (item: T) => number): T[][] {
+  const runs: T[][] = []
+  let run: T[] = []
+  let total = 0
+  for (const item of items) {
+    const size = bytes(item)
+    if (run.length > 0 && total + size > MAX_REQUEST_BYTES) {
+      runs.push(run)
+      run = []
+      total = 0
     }
-    chunk.push(message)
-    bytes += size
+    run.push(item)
+    total += size
   }
-  if (chunk.length > 0) chunks.push(chunk)
-  return chunks
+  if (run.length > 0) runs.push(run)
+  return runs
 }
+
+/** Splits messages into runs of at most MAX_REQUEST_BYTES of keys and values (at least one). */
+export const chunkBySize = (messages: readonly Message[]): Message[][] =>
+  splitBySize(messages, messageBytes)
 
 /**
  * `topicMessages` as `sendBatch` requests of at most MAX_REQUEST_BYTES each (a message larger
@@ -69,27 +73,19 @@ export function chunkBySize(messages: readonly Message[]): Message[][] {
  * not fit one record batch (kafkajs sends one per partition per request).
  */
 export function requestsBySize(topicMessages: readonly TopicMessages[]): TopicMessages[][] {
-  const requests: TopicMessages[][] = []
-  let request: TopicMessages[] = []
-  let bytes = 0
-  for (const { topic, messages } of topicMessages) {
-    let run: Message[] = []
-    for (const message of messages) {
-      const size = messageBytes(message)
-      if (bytes > 0 && bytes + size > MAX_REQUEST_BYTES) {
-        if (run.length > 0) request.push({ topic, messages: run })
-        requests.push(request)
-        request = []
-        run = []
-        bytes = 0
-      }
-      run.push(message)
-      bytes += size
+  const addressed = topicMessages.flatMap(({ topic, messages }) =>
+    messages.map((message) => ({ topic, message })),
+  )
+  return splitBySize(addressed, ({ message }) => messageBytes(message)).map((run) => {
+    // Consecutive messages of one topic, as one entry.
+    const request: TopicMessages[] = []
+    for (const { topic, message } of run) {
+      const last = request.at(-1)
+      if (last?.topic === topic) last.messages.push(message)
+      else request.push({ topic, messages: [message] })
     }
-    if (run.length > 0) request.push({ topic, messages: run })
-  }
-  if (request.length > 0) requests.push(request)
-  return requests
+    return request
+  })
 }
 
 /**
