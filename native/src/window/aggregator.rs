@@ -9,7 +9,7 @@ use super::aggregate::Aggregate;
 use super::error::{Error, Rejection};
 use super::interner::Interner;
 use super::keys::{KeySource, KeyTable, PinnedIds};
-use super::limits::{Limits, SAFE_LIMIT, SampleChecks, is_safe_whole};
+use super::limits::{Limits, SAFE_LIMIT, SampleChecks, all_safe_whole, is_safe_whole};
 use super::outcome::{ClosedWindows, IngestOutcome, Stats, WindowStates, WindowStatesView};
 use super::quantiles::{Quantiles, SketchUpdates, defer_sketch_update, window_panes};
 use super::rows::Window;
@@ -24,6 +24,15 @@ const AHEAD: usize = 16;
 /// rows and index, beyond a core's L2 cache.
 const LOOK_AHEAD_MIN_ROWS: usize = 1 << 16;
 use crate::sketch::{Sketch, SketchSpec};
+
+/// A batch's sample columns (sample `i` is row `i` of each).
+#[derive(Clone, Copy)]
+struct Columns<'a> {
+    key_index: &'a [u32],
+    timestamps: &'a [f64],
+    values: &'a [f64],
+    offsets: &'a [f64],
+}
 
 /// Windowed aggregation state of one partition.
 #[derive(Debug)]
@@ -55,6 +64,9 @@ pub struct Aggregator {
     /// (window start, [(row, value)]) buckets (a bucket whose start is `None`
     /// is free); see [`Aggregator::apply_sketch_updates`].
     sketch_updates: Vec<SketchUpdates>,
+    /// Tests only: every batch takes the general loop, to compare the two.
+    #[cfg(test)]
+    general_loop_only: bool,
 }
 
 impl Aggregator {
@@ -81,6 +93,8 @@ impl Aggregator {
             changed: Vec::new(),
             quantiles: None,
             sketch_updates: Vec::new(),
+            #[cfg(test)]
+            general_loop_only: false,
         }
     }
 
@@ -258,7 +272,9 @@ impl Aggregator {
                 offsets.len()
             )));
         }
-        if let Some(bad) = offsets.iter().find(|&&o| !is_safe_whole(o)) {
+        if !all_safe_whole(offsets)
+            && let Some(bad) = offsets.iter().find(|&&o| !is_safe_whole(o))
+        {
             return Err(Error::InvalidInput(format!(
                 "offsets must be integers in [0, 2^53) (got {bad})"
             )));
@@ -284,6 +300,173 @@ impl Aggregator {
         };
 
         let mut out = IngestOutcome::default();
+        let columns = Columns {
+            key_index,
+            timestamps,
+            values,
+            offsets,
+        };
+        if self.is_plain_tumbling(len) {
+            self.ingest_tumbling(source, &checks, &columns, &mut out);
+        } else {
+            self.ingest_general(source, &checks, &columns, &mut out);
+        }
+
+        self.aggregated_total += u64::from(out.aggregated);
+        self.late_total += out.late_indexes.len() as u64;
+        for &code in &out.rejected_reasons {
+            self.rejected_by_reason[usize::from(code)] += 1;
+        }
+        if let Some(stream_time) = self.stream_time {
+            self.close_windows(stream_time - self.spec.grace, &mut out.closed);
+        }
+        if self.track_changes && !self.coalesce_changes {
+            out.changes = Some(self.changed_states());
+        }
+        self.sweep_keys();
+        Ok(out)
+    }
+
+    /// Whether a batch of `len` samples can take [`ingest_tumbling`](Self::ingest_tumbling):
+    /// tumbling windows without quantiles, and a window limit (if any) that the batch cannot
+    /// reach even if each of its samples opened an aggregate. Then no window closes before the
+    /// batch ends, which is what lets that loop keep its window at hand.
+    fn is_plain_tumbling(&self, len: usize) -> bool {
+        #[cfg(test)]
+        if self.general_loop_only {
+            return false;
+        }
+        self.spec.advance == self.spec.size
+            && self.quantiles.is_none()
+            && self
+                .limits
+                .max_open_windows
+                .is_none_or(|max_open| self.open_count + len <= max_open)
+    }
+
+    /// [`ingest_general`](Self::ingest_general) for the common case ([`is_plain_tumbling`](
+    /// Self::is_plain_tumbling)): the same decisions in the same order, made without the
+    /// general loop's per-sample work. A sample has one window, and nothing closes during the
+    /// batch, so the window of the previous sample stays at hand (no map lookup per sample)
+    /// and the rows of samples some way ahead are loaded from it.
+    fn ingest_tumbling<S: KeySource>(
+        &mut self,
+        source: &mut S,
+        checks: &SampleChecks,
+        columns: &Columns,
+        out: &mut IngestOutcome,
+    ) {
+        let Self {
+            spec,
+            keys,
+            windows,
+            first_offsets,
+            open_count,
+            stream_time,
+            changed,
+            track_changes,
+            coalesce_changes,
+            ..
+        } = self;
+        let tracking = *track_changes || *coalesce_changes;
+        let look_ahead = *open_count >= LOOK_AHEAD_MIN_ROWS;
+        let size = spec.size;
+        let Columns {
+            key_index,
+            timestamps,
+            values,
+            offsets,
+        } = *columns;
+        // Stream time as a plain number (no sample is valid at i64::MIN).
+        let mut newest_time = stream_time.unwrap_or(i64::MIN);
+        let mut pane = Pane::default();
+        // The window of the last sample aggregated, by start.
+        let mut current: Option<(i64, &mut Window)> = None;
+        let samples = key_index.iter().zip(timestamps).zip(values).zip(offsets);
+        for (i, (((&key, &ts), &value), &offset)) in (0u32..).zip(samples) {
+            // Hints only, as in ingest_general, for samples in the current window.
+            if let Some((start, window)) = &current {
+                let in_window = |ts: f64| (ts - *start as f64) < size as f64 && ts >= *start as f64;
+                if look_ahead
+                    && let (Some(&key), Some(&ts)) = (
+                        key_index.get(i as usize + AHEAD),
+                        timestamps.get(i as usize + AHEAD),
+                    )
+                {
+                    source.prefetch(key, keys);
+                    if let Some(id) = source.known(key).filter(|_| in_window(ts)) {
+                        window.prefetch_slot(id);
+                    }
+                }
+                let ahead = i as usize + AHEAD / 2;
+                if look_ahead
+                    && let (Some(&key), Some(&ts)) = (key_index.get(ahead), timestamps.get(ahead))
+                    && let Some(id) = source.known(key).filter(|_| in_window(ts))
+                {
+                    window.prefetch_row(id);
+                }
+            }
+            let checked = checks
+                .value_and_time(ts, value)
+                .and_then(|ts| source.check(key, keys).map(|()| ts))
+                .and_then(|ts| checks.not_future(ts));
+            let ts = match checked {
+                Ok(ts) => ts,
+                Err(reason) => {
+                    out.rejected_indexes.push(i);
+                    out.rejected_reasons.push(reason.code());
+                    continue;
+                }
+            };
+            newest_time = newest_time.max(ts);
+            let start = pane.newest_start(spec, ts);
+            if start + size <= newest_time - spec.grace {
+                out.late_indexes.push(i);
+                continue;
+            }
+            if current.as_ref().is_none_or(|&(at, _)| at != start) {
+                current = Some((start, windows.entry(start).or_default()));
+            }
+            let Some((_, window)) = current.as_mut() else {
+                unreachable!("set just above");
+            };
+            let id = source.intern(key, keys);
+            let r = match window.find(id) {
+                Some(r) => {
+                    window.row_mut(r).agg.add(value);
+                    r
+                }
+                None => {
+                    let offset = offset as i64;
+                    let r = window.push(id, Aggregate::new(value, offset));
+                    keys.acquire(id);
+                    *open_count += 1;
+                    *first_offsets.entry(offset).or_default() += 1;
+                    r
+                }
+            };
+            if tracking {
+                let row = window.row_mut(r);
+                if !row.changed {
+                    row.changed = true;
+                    changed.push((start, r as u32));
+                }
+            }
+            out.aggregated += 1;
+        }
+        if newest_time > i64::MIN {
+            *stream_time = Some(newest_time);
+        }
+    }
+
+    /// The ingest loop for any window geometry, quantiles and window limit.
+    fn ingest_general<S: KeySource>(
+        &mut self,
+        source: &mut S,
+        checks: &SampleChecks,
+        columns: &Columns,
+        out: &mut IngestOutcome,
+    ) {
         // Every aggregate created or updated is listed in `changed`, once; coalescing, they
         // accumulate across batches until take_changes.
         let tracking = self.track_changes || self.coalesce_changes;
@@ -291,6 +474,12 @@ impl Aggregator {
         let [mut pane, mut slot_pane, mut row_pane] = [Pane::default(); 3];
         // Fewer rows stay in the caches, where loading ahead only costs time.
         let look_ahead = self.open_count >= LOOK_AHEAD_MIN_ROWS;
+        let Columns {
+            key_index,
+            timestamps,
+            values,
+            offsets,
+        } = *columns;
         let samples = key_index.iter().zip(timestamps).zip(values).zip(offsets);
         for (i, (((&key, &ts), &value), &offset)) in (0u32..).zip(samples) {
             // Hints only: the loads of samples some way ahead start now, so the cache misses of
@@ -326,7 +515,7 @@ impl Aggregator {
                 continue;
             }
             if let Some(max_open) = self.limits.max_open_windows
-                && !self.has_room(source, key, ts, close_time, max_open, &mut out)
+                && !self.has_room(source, key, ts, close_time, max_open, out)
             {
                 out.rejected_indexes.push(i);
                 out.rejected_reasons.push(Rejection::WindowLimit.code());
@@ -379,20 +568,6 @@ impl Aggregator {
             }
             out.aggregated += 1;
         }
-
-        self.aggregated_total += u64::from(out.aggregated);
-        self.late_total += out.late_indexes.len() as u64;
-        for &code in &out.rejected_reasons {
-            self.rejected_by_reason[usize::from(code)] += 1;
-        }
-        if let Some(stream_time) = self.stream_time {
-            self.close_windows(stream_time - self.spec.grace, &mut out.closed);
-        }
-        if self.track_changes && !self.coalesce_changes {
-            out.changes = Some(self.changed_states());
-        }
-        self.sweep_keys();
-        Ok(out)
     }
 
     /// Hints what sample `(key, ts)` reads first: its key's check and its

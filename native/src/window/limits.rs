@@ -102,6 +102,18 @@ pub(super) fn is_safe_whole(x: f64) -> bool {
     (0.0..SAFE_LIMIT).contains(&x) && is_whole_in_range(x)
 }
 
+/// Whether every `x` is [`is_safe_whole`], in a loop the compiler vectorizes (no early exit,
+/// no conversion to integer): offsets are checked for a whole batch before its samples.
+#[allow(clippy::manual_range_contains)] // `contains` short-circuits: a branch per value
+pub(super) fn all_safe_whole(xs: &[f64]) -> bool {
+    // Below 2^52, adding and removing 2^52 rounds to a whole number (round to nearest), so only
+    // whole numbers come back unchanged; from 2^52 on, every f64 is whole.
+    const TWO_52: f64 = 4_503_599_627_370_496.0;
+    xs.iter().fold(true, |ok, &x| {
+        ok & (x >= 0.0) & (x < SAFE_LIMIT) & ((x >= TWO_52) | ((x + TWO_52) - TWO_52 == x))
+    })
+}
+
 /// Whether `x`, known to be in `(-2^63, 2^63)`, is an integer: `x.fract() == 0.0`
 /// without a call to `trunc` (x86-64's baseline has no rounding instruction).
 #[inline]
@@ -147,6 +159,54 @@ impl SampleChecks {
 mod tests {
     use super::*;
     use crate::window::test_support::{limits, spec};
+    use proptest::prelude::*;
+
+    /// `all_safe_whole` agrees with `is_safe_whole` on each value alone.
+    fn agrees(x: f64) {
+        assert_eq!(all_safe_whole(&[x]), is_safe_whole(x), "{x:e}");
+        assert_eq!(all_safe_whole(&[1.0, x, 2.0]), is_safe_whole(x), "{x:e}");
+    }
+
+    #[test]
+    fn all_safe_whole_agrees_at_the_edges() {
+        let two_52 = 4_503_599_627_370_496.0;
+        for x in [
+            0.0,
+            -0.0,
+            0.5,
+            1.0,
+            -1.0,
+            1.5,
+            2.5,
+            two_52 - 1.0,
+            two_52 - 0.5,
+            two_52,
+            two_52 + 1.0,
+            SAFE_LIMIT - 1.0,
+            SAFE_LIMIT,
+            SAFE_LIMIT + 2.0,
+            f64::MIN_POSITIVE,
+            f64::EPSILON,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MAX,
+            1e300,
+            -1e-300,
+        ] {
+            agrees(x);
+        }
+        assert!(all_safe_whole(&[]));
+    }
+
+    proptest! {
+        #[test]
+        fn all_safe_whole_agrees_with_is_safe_whole(x in proptest::num::f64::ANY, y in 0.0..SAFE_LIMIT) {
+            agrees(x);
+            agrees(y);
+            agrees(y.trunc());
+        }
+    }
 
     #[test]
     fn limits_default_and_validate_naming_the_field() {

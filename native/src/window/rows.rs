@@ -71,7 +71,7 @@ impl Window {
 
     /// Hints both cache lines of key `id`'s row, if it has one; reads its
     /// index slot (hinted by [`prefetch_slot`](Self::prefetch_slot) before).
-    #[inline]
+    #[inline(always)]
     pub(super) fn prefetch_row(&self, id: u32) {
         if let Some(r) = self.find(id) {
             prefetch_lines(self.row(r));
