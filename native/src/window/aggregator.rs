@@ -64,6 +64,9 @@ pub struct Aggregator {
     /// (window start, [(row, value)]) buckets (a bucket whose start is `None`
     /// is free); see [`Aggregator::apply_sketch_updates`].
     sketch_updates: Vec<SketchUpdates>,
+    /// Scratch of [`Aggregator::ingest_tumbling`]: (row, value) additions to
+    /// the current window's rows, empty between batches.
+    additions: Vec<(u32, f64)>,
     /// Tests only: every batch takes the general loop, to compare the two.
     #[cfg(test)]
     general_loop_only: bool,
@@ -93,6 +96,7 @@ impl Aggregator {
             changed: Vec::new(),
             quantiles: None,
             sketch_updates: Vec::new(),
+            additions: Vec::new(),
             #[cfg(test)]
             general_loop_only: false,
         }
@@ -366,6 +370,7 @@ impl Aggregator {
             changed,
             track_changes,
             coalesce_changes,
+            additions: scratch,
             ..
         } = self;
         let tracking = *track_changes || *coalesce_changes;
@@ -380,30 +385,24 @@ impl Aggregator {
         // Stream time as a plain number (no sample is valid at i64::MIN).
         let mut newest_time = stream_time.unwrap_or(i64::MIN);
         let mut pane = Pane::default();
-        // The window of the last sample aggregated, by start.
+        // The window of the last sample aggregated, by start, and the additions to its existing
+        // rows not applied yet (see `add_to_rows`).
         let mut current: Option<(i64, &mut Window)> = None;
+        let mut additions = std::mem::take(scratch);
         let samples = key_index.iter().zip(timestamps).zip(values).zip(offsets);
         for (i, (((&key, &ts), &value), &offset)) in (0u32..).zip(samples) {
-            // Hints only, as in ingest_general, for samples in the current window.
-            if let Some((start, window)) = &current {
-                let in_window = |ts: f64| (ts - *start as f64) < size as f64 && ts >= *start as f64;
-                if look_ahead
-                    && let (Some(&key), Some(&ts)) = (
-                        key_index.get(i as usize + AHEAD),
-                        timestamps.get(i as usize + AHEAD),
-                    )
-                {
-                    source.prefetch(key, keys);
-                    if let Some(id) = source.known(key).filter(|_| in_window(ts)) {
-                        window.prefetch_slot(id);
-                    }
-                }
-                let ahead = i as usize + AHEAD / 2;
-                if look_ahead
-                    && let (Some(&key), Some(&ts)) = (key_index.get(ahead), timestamps.get(ahead))
-                    && let Some(id) = source.known(key).filter(|_| in_window(ts))
-                {
-                    window.prefetch_row(id);
+            // A hint only, as in ingest_general, for samples in the current window.
+            if look_ahead
+                && let Some((start, window)) = &current
+                && let (Some(&key), Some(&ts)) = (
+                    key_index.get(i as usize + AHEAD),
+                    timestamps.get(i as usize + AHEAD),
+                )
+            {
+                source.prefetch(key, keys);
+                let in_window = ts >= *start as f64 && ts - (*start as f64) < size as f64;
+                if let Some(id) = source.known(key).filter(|_| in_window) {
+                    window.prefetch_slot(id);
                 }
             }
             let checked = checks
@@ -425,35 +424,40 @@ impl Aggregator {
                 continue;
             }
             if current.as_ref().is_none_or(|&(at, _)| at != start) {
+                if let Some((at, window)) = current.take() {
+                    add_to_rows(
+                        window,
+                        at,
+                        &mut additions,
+                        tracking.then_some(&mut *changed),
+                    );
+                }
                 current = Some((start, windows.entry(start).or_default()));
             }
             let Some((_, window)) = current.as_mut() else {
                 unreachable!("set just above");
             };
             let id = source.intern(key, keys);
-            let r = match window.find(id) {
-                Some(r) => {
-                    window.row_mut(r).agg.add(value);
-                    r
-                }
+            match window.find(id) {
+                Some(r) => additions.push((r as u32, value)),
                 None => {
                     let offset = offset as i64;
                     let r = window.push(id, Aggregate::new(value, offset));
                     keys.acquire(id);
                     *open_count += 1;
                     *first_offsets.entry(offset).or_default() += 1;
-                    r
-                }
-            };
-            if tracking {
-                let row = window.row_mut(r);
-                if !row.changed {
-                    row.changed = true;
-                    changed.push((start, r as u32));
+                    if tracking {
+                        window.row_mut(r).changed = true;
+                        changed.push((start, r as u32));
+                    }
                 }
             }
             out.aggregated += 1;
         }
+        if let Some((at, window)) = current {
+            add_to_rows(window, at, &mut additions, tracking.then_some(changed));
+        }
+        *scratch = additions; // its capacity, for the next batches
         if newest_time > i64::MIN {
             *stream_time = Some(newest_time);
         }
@@ -1024,6 +1028,34 @@ impl Aggregator {
         let offsets = self.first_offsets.len() * size_of::<(i64, u32)>();
         size_of::<Self>() + self.keys.bytes_held() + windows + offsets
     }
+}
+
+/// Applies `additions` (row, value) to `window` (start `start`) in their order, and empties
+/// it; lists each row changed in `changed`, if given, once. The ingest loop only records them:
+/// with many keys a row is seldom in the L1/L2 caches, and here the loop has nothing else to
+/// do, so it loads each row [`AHEAD`] additions early and the misses of consecutive additions
+/// overlap. A row's additions keep their order, so its sums are bit for bit those of adding
+/// each value at once.
+fn add_to_rows(
+    window: &mut Window,
+    start: i64,
+    additions: &mut Vec<(u32, f64)>,
+    mut changed: Option<&mut Vec<(i64, u32)>>,
+) {
+    for (j, &(r, value)) in additions.iter().enumerate() {
+        if let Some(&(ahead, _)) = additions.get(j + AHEAD) {
+            window.prefetch_row_at(ahead as usize);
+        }
+        let row = window.row_mut(r as usize);
+        row.agg.add(value);
+        if let Some(changed) = changed.as_deref_mut()
+            && !row.changed
+        {
+            row.changed = true;
+            changed.push((start, r));
+        }
+    }
+    additions.clear();
 }
 
 /// Removes one occurrence of `offset` from the first-offset multiset.

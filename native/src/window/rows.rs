@@ -78,6 +78,12 @@ impl Window {
         }
     }
 
+    /// Hints both cache lines of row `r`.
+    #[inline(always)]
+    pub(super) fn prefetch_row_at(&self, r: usize) {
+        prefetch_lines(self.row(r));
+    }
+
     /// The row holding key `id`.
     #[inline]
     pub(super) fn find(&self, id: u32) -> Option<usize> {

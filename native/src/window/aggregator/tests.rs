@@ -1331,6 +1331,7 @@ fn restore_may_exceed_the_window_limit() {
 
 /// Property test of [`Aggregator::ingest`] on hostile input.
 mod hostile;
+mod tumbling;
 
 #[test]
 fn offsets_must_be_whole_and_match_the_columns() {

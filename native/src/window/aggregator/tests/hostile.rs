@@ -179,7 +179,7 @@ fn classify(out: &IngestOutcome, len: usize) -> Vec<Class> {
 }
 
 /// Closed windows, every number as its bits (NaN compares equal to itself).
-fn closed_bits(closed: &ClosedWindows) -> Vec<(String, [u64; 7])> {
+pub(super) fn closed_bits(closed: &ClosedWindows) -> Vec<(String, [u64; 7])> {
     (0..closed.len())
         .map(|i| {
             let row = [
