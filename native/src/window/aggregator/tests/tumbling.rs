@@ -5,13 +5,15 @@ use super::hostile::closed_bits;
 use super::*;
 use proptest::prelude::*;
 
+/// A batch: (key, event time, value) samples and its `max_event_time`.
+type Batch = (Vec<(u32, f64, f64)>, Option<f64>);
+
 #[derive(Debug, Clone)]
 struct Case {
     size: i64,
     grace: i64,
     tracking: Tracking,
-    /// Per batch: (key, event time, value) samples and the batch's `max_event_time`.
-    batches: Vec<(Vec<(u32, f64, f64)>, Option<f64>)>,
+    batches: Vec<Batch>,
 }
 
 #[derive(Debug, Clone, Copy)]
