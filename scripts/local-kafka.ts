@@ -22,6 +22,7 @@ export {
   type LocalSaslUser,
 } from './local-kafka/sasl'
 export type { LocalBroker, LocalBrokerOptions, ProcessExit } from './local-kafka/types'
+export type { LocalTlsFiles, LocalTlsOptions } from './local-kafka/tls'
 export { DEFAULT_KAFKA_VERSION, defaultKafkaVersion, kafkaCacheDir } from './local-kafka/versions'
 
 if (typeof require !== 'undefined' && typeof module !== 'undefined' && require.main === module) {

@@ -7,6 +7,7 @@ import { type BrokerLayout, layoutFor, writeBrokerConfig } from './config'
 import { fetchKafka } from './fetch'
 import { assertSaslUsers } from './sasl'
 import { formatStorage } from './storage'
+import { generateTlsFiles } from './tls'
 import type { LocalBroker, LocalBrokerOptions } from './types'
 import { freePort } from './util'
 import { defaultKafkaVersion } from './versions'
@@ -29,7 +30,21 @@ export async function startLocalBroker(options: LocalBrokerOptions = {}): Promis
     const saslPort = options.sasl.port ?? (await freePort([port, controllerPort]))
     sasl = { port: saslPort, users: options.sasl.users }
   }
-  const layout = layoutFor(version, dataDir, port, controllerPort, sasl)
+  let tls: BrokerLayout['tls']
+  if (options.tls !== undefined) {
+    const taken = [port, controllerPort, ...(sasl ? [sasl.port] : [])]
+    const pick = async (given: number | undefined) => {
+      const chosen = given ?? (await freePort(taken))
+      taken.push(chosen)
+      return chosen
+    }
+    const sslPort = await pick(options.tls.sslPort)
+    const mtlsPort = await pick(options.tls.mtlsPort)
+    const saslSslPort = sasl ? await pick(options.tls.saslSslPort) : undefined
+    const generated = await generateTlsFiles(path.join(dataDir, 'tls'))
+    tls = { sslPort, mtlsPort, saslSslPort, ...generated }
+  }
+  const layout = layoutFor(version, dataDir, port, controllerPort, sasl, tls)
   const runner = new BrokerProcess(layout, libsDir, options)
   try {
     await writeBrokerConfig(layout)
@@ -42,6 +57,12 @@ export async function startLocalBroker(options: LocalBrokerOptions = {}): Promis
   return {
     brokers: `127.0.0.1:${port}`,
     saslBrokers: sasl ? `127.0.0.1:${sasl.port}` : undefined,
+    tls: tls && {
+      sslBrokers: `127.0.0.1:${tls.sslPort}`,
+      mtlsBrokers: `127.0.0.1:${tls.mtlsPort}`,
+      saslSslBrokers: tls.saslSslPort === undefined ? undefined : `127.0.0.1:${tls.saslSslPort}`,
+      files: tls.files,
+    },
     version,
     port,
     controllerPort,

@@ -2,6 +2,7 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { type LocalSaslUser, saslProperties } from './sasl'
+import { type BrokerTls, tlsListeners, tlsProperties } from './tls'
 import { isKafka4OrLater } from './versions'
 
 export interface BrokerLayout {
@@ -10,6 +11,7 @@ export interface BrokerLayout {
   port: number
   controllerPort: number
   sasl?: { port: number; users: LocalSaslUser[] }
+  tls?: BrokerTls
   propertiesFile: string
   loggingConfigFile: string
   logFile: string
@@ -22,6 +24,7 @@ export function layoutFor(
   port: number,
   controllerPort: number,
   sasl?: { port: number; users: LocalSaslUser[] },
+  tls?: BrokerTls,
 ): BrokerLayout {
   return {
     version,
@@ -29,6 +32,7 @@ export function layoutFor(
     port,
     controllerPort,
     sasl,
+    tls,
     propertiesFile: path.join(dataDir, 'server.properties'),
     loggingConfigFile: path.join(
       dataDir,
@@ -40,18 +44,30 @@ export function layoutFor(
 }
 
 function serverProperties(layout: BrokerLayout): string {
-  const sasl = layout.sasl
-  const saslListener = sasl ? `,SASL_PLAINTEXT://127.0.0.1:${sasl.port}` : ''
+  const { sasl, tls } = layout
+  const tlsParts = tls ? tlsListeners(tls) : { listeners: [], protocols: [] }
+  const advertised = [
+    `PLAINTEXT://127.0.0.1:${layout.port}`,
+    ...(sasl ? [`SASL_PLAINTEXT://127.0.0.1:${sasl.port}`] : []),
+    ...tlsParts.listeners,
+  ]
+  const protocols = [
+    'CONTROLLER:PLAINTEXT',
+    'PLAINTEXT:PLAINTEXT',
+    ...(sasl ? ['SASL_PLAINTEXT:SASL_PLAINTEXT'] : []),
+    ...tlsParts.protocols,
+  ]
   const lines = [
     'process.roles=broker,controller',
     'node.id=1',
     `controller.quorum.voters=1@127.0.0.1:${layout.controllerPort}`,
-    `listeners=PLAINTEXT://127.0.0.1:${layout.port}${saslListener},CONTROLLER://127.0.0.1:${layout.controllerPort}`,
-    `advertised.listeners=PLAINTEXT://127.0.0.1:${layout.port}${saslListener}`,
+    `listeners=${[...advertised, `CONTROLLER://127.0.0.1:${layout.controllerPort}`].join(',')}`,
+    `advertised.listeners=${advertised.join(',')}`,
     'inter.broker.listener.name=PLAINTEXT',
     'controller.listener.names=CONTROLLER',
-    `listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT${sasl ? ',SASL_PLAINTEXT:SASL_PLAINTEXT' : ''}`,
+    `listener.security.protocol.map=${protocols.join(',')}`,
     ...(sasl ? saslProperties(sasl.users) : []),
+    ...(tls ? tlsProperties(tls, propertiesPath) : []),
     `log.dirs=${propertiesPath(layout.kraftDir)}`,
     // Tests create their topics explicitly; a typo must fail rather than create a topic.
     'auto.create.topics.enable=false',

@@ -1,5 +1,6 @@
 // Public types of the local broker: startLocalBroker options, the returned handle, JVM exit info.
 import type { LocalSaslOptions } from './sasl'
+import type { LocalTlsFiles, LocalTlsOptions } from './tls'
 
 export interface LocalBrokerOptions {
   /** Kafka version on Maven Central, e.g. 3.9.2 or 4.1.1. Default: $KWA_KAFKA_VERSION or 3.9.2. */
@@ -25,6 +26,13 @@ export interface LocalBrokerOptions {
    * --add-scram`), so they exist before the broker first starts; PLAIN users live in the JAAS config.
    */
   sasl?: LocalSaslOptions
+  /**
+   * Adds TLS listeners on 127.0.0.1, with certificates generated at start by openssl (a throwaway
+   * CA; the broker's for 127.0.0.1 and localhost) under `<dataDir>/tls`: SSL (server
+   * authentication), MTLS (SSL requiring a client certificate signed by the CA) and, with `sasl`,
+   * SASL_SSL (SCRAM-SHA-512).
+   */
+  tls?: LocalTlsOptions
 }
 
 export interface LocalBroker {
@@ -32,6 +40,14 @@ export interface LocalBroker {
   brokers: string
   /** Bootstrap string of the SASL_PLAINTEXT listener, when `sasl` was given. */
   saslBrokers?: string
+  /** With `tls`: the TLS listeners' bootstrap strings and the PEM files clients need. */
+  tls?: {
+    sslBrokers: string
+    mtlsBrokers: string
+    /** With `sasl` too. */
+    saslSslBrokers?: string
+    files: LocalTlsFiles
+  }
   version: string
   port: number
   controllerPort: number
