@@ -4,6 +4,7 @@ import { applyConfigFile, commanderOption, parseConfig, type OptionName } from '
 import { ConfigError, isConfigError, isKwaError } from './errors'
 import { ConfluentSchemaRegistrySource, type WriterSchemaSource } from './decode'
 import { createKafka, kafkaSecurity, securityOptions } from './kafka'
+import { checkTls } from './tls'
 import { createLogger, type Logger } from './logger'
 import { produceTelemetry } from './produce'
 import { AggregatorService, defaultChangelogTopic, defaultDeadLetterTopic } from './service'
@@ -308,6 +309,7 @@ export function buildProgram(): Command {
     const security = kafkaSecurity(c)
     const logger = createLogger(c.logLevel)
     const kafka = createKafka({ brokers: c.brokers, clientId: c.clientId, security, logger })
+    await checkTls(c.brokers, security.ssl, c.clientId)
     const admin = kafka.admin()
     await admin.connect()
     try {

@@ -124,6 +124,12 @@ export function createKafka(options: {
   if (sasl?.mechanism === 'plain' && (ssl === undefined || ssl === false)) {
     kafkaLogger.warn('SASL PLAIN without --ssl: the password crosses the network in clear text')
   }
+  if (typeof ssl === 'object' && ssl.rejectUnauthorized === false) {
+    kafkaLogger.warn(
+      '--ssl-reject-unauthorized false: broker certificates are not verified, so anyone on the ' +
+        'network path can pose as the broker (and read a SASL password)',
+    )
+  }
   return new Kafka({
     clientId: options.clientId,
     brokers: options.brokers,

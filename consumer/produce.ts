@@ -1,6 +1,7 @@
 import type { Logger } from './logger'
 import { namespace } from './logger'
 import { createKafka, type KafkaSecurity } from './kafka'
+import { checkTls } from './tls'
 import { Partitioners } from 'kafkajs'
 import { encodeTelemetryBatch, type Sample, type TelemetryBatch } from './schemas'
 
@@ -78,6 +79,7 @@ export async function produceTelemetry(
     security: config.security,
     logger,
   })
+  await checkTls(config.brokers, config.security?.ssl, config.clientId)
   const admin = kafka.admin()
   const producer = kafka.producer({
     allowAutoTopicCreation: false,

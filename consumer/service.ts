@@ -10,6 +10,7 @@ import { reasonLabel, ServiceMetrics } from './metrics'
 import { provisionTopics } from './topics'
 import { decodeCheckpoint, type Checkpoint } from './checkpoint'
 import { createKafka, type KafkaSecurity } from './kafka'
+import { checkTls } from './tls'
 import { namespace, type Logger } from './logger'
 import {
   addCounts,
@@ -432,6 +433,7 @@ export class AggregatorService {
         namespace(this.log, 'Http'),
       )
     }
+    await checkTls(this.config.brokers, this.config.security?.ssl, this.config.clientId)
     await retryWithBackoff(
       () => Promise.all([this.producer.connect(), this.admin.connect(), this.consumer.connect()]),
       { what: 'connecting to the brokers', boundMs: this.bounds.startRetryMs, log: this.log },

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { createKafka, type KafkaSecurity } from './kafka'
+import { checkTls } from './tls'
 import type { Logger } from './logger'
 import { decodeWindowAggregate, type WindowAggregate } from './schemas'
 
@@ -37,6 +38,7 @@ export async function tailAggregates(
     security: config.security,
     logger,
   })
+  await checkTls(config.brokers, config.security?.ssl, config.clientId)
   // A throwaway group: tail reads, never commits, and never steals partitions from others.
   const consumer = kafka.consumer({ groupId: `kwa-tail-${randomUUID()}` })
   await consumer.connect()

@@ -1,10 +1,12 @@
 import { spawnSync } from 'node:child_process'
+import net from 'node:net'
 import { describe, expect, it } from 'vitest'
 import { buildProgram } from '../consumer/cli'
 import { parseConfig } from '../consumer/config'
 import { ConfigError } from '../consumer/errors'
 import { kafkaSecurity, securityOptions } from '../consumer/kafka'
 import { packageRoot } from '../consumer/paths'
+import { checkTls, TlsError, tlsFailure } from '../consumer/tls'
 
 /** The security options as a command would parse them from flags or environment variables. */
 const parse = (raw: Record<string, unknown>) => parseConfig(securityOptions, raw)
@@ -181,5 +183,64 @@ describe('kwa CLI security errors', () => {
     })
     expect(result.status, result.stderr).toBe(2)
     expect(result.stderr).toContain('invalid --ssl-ca (KWA_SSL_CA): needs --ssl (KWA_SSL)')
+  })
+})
+
+describe('the TLS check before connecting', () => {
+  const broker = '127.0.0.1:9093'
+  const coded = (code: string, message = code) => Object.assign(new Error(message), { code })
+
+  it.each([
+    ['SELF_SIGNED_CERT_IN_CHAIN', /not signed by a CA we trust.*check --ssl-ca/],
+    ['UNABLE_TO_VERIFY_LEAF_SIGNATURE', /not signed by a CA we trust.*check --ssl-ca/],
+    ['CERT_HAS_EXPIRED', /out of date/],
+    ['ERR_TLS_CERT_ALTNAME_INVALID', /does not name the host.*--brokers/],
+    ['ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED', /refused our client certificate.*--ssl-cert/],
+    ['ERR_SSL_TLSV1_ALERT_UNKNOWN_CA', /refused our client certificate.*--ssl-cert/],
+    ['ERR_SSL_WRONG_VERSION_NUMBER', /does not speak TLS.*--ssl/],
+  ])('names the cause of %s and the option to check', (code, expected) => {
+    const failure = tlsFailure(coded(code), broker)
+    expect(failure).toMatch(expected)
+    expect(failure).toContain(broker)
+  })
+
+  it.each(['ECONNREFUSED', 'ETIMEDOUT', 'ENOTFOUND'])('leaves %s to the clients', (code) => {
+    expect(tlsFailure(coded(code), broker)).toBeUndefined()
+    expect(tlsFailure(new Error('no code'), broker)).toBeUndefined()
+  })
+
+  it('does nothing without TLS, and resolves when nothing listens (the clients retry that)', async () => {
+    await expect(checkTls([broker], undefined, 'kwa')).resolves.toBeUndefined()
+    await expect(checkTls([broker], false, 'kwa')).resolves.toBeUndefined()
+    const server = net.createServer()
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    const { port } = server.address() as net.AddressInfo
+    await new Promise<void>((resolve) => server.close(() => resolve()))
+    await expect(checkTls([`127.0.0.1:${port}`], true, 'kwa', 5_000)).resolves.toBeUndefined()
+  })
+
+  it('fails fast on a plaintext port, naming it', async () => {
+    // A plaintext server answers the TLS hello with bytes that are not TLS.
+    const sockets: net.Socket[] = []
+    const server = net.createServer((socket) => {
+      sockets.push(socket)
+      socket.end('HTTP/1.1 400 Bad Request\r\n\r\n')
+    })
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    const { port } = server.address() as net.AddressInfo
+    try {
+      const error = await checkTls([`127.0.0.1:${port}`], true, 'kwa', 5_000).catch(
+        (e: unknown) => e,
+      )
+      expect(error).toBeInstanceOf(TlsError)
+      expect((error as TlsError).retriable).toBe(false)
+      expect((error as TlsError).message).toMatch(
+        /^TLS: broker 127\.0\.0\.1:\d+ does not speak TLS/,
+      )
+      expect((error as TlsError).message).not.toContain('\n')
+    } finally {
+      for (const socket of sockets) socket.destroy()
+      await new Promise<void>((resolve) => server.close(() => resolve()))
+    }
   })
 })
