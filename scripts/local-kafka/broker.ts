@@ -41,8 +41,10 @@ export async function startLocalBroker(options: LocalBrokerOptions = {}): Promis
     const sslPort = await pick(options.tls.sslPort)
     const mtlsPort = await pick(options.tls.mtlsPort)
     const saslSslPort = sasl ? await pick(options.tls.saslSslPort) : undefined
+    const expiredPort = await pick(options.tls.expiredPort)
+    const wrongHostPort = await pick(options.tls.wrongHostPort)
     const generated = await generateTlsFiles(path.join(dataDir, 'tls'))
-    tls = { sslPort, mtlsPort, saslSslPort, ...generated }
+    tls = { sslPort, mtlsPort, saslSslPort, expiredPort, wrongHostPort, ...generated }
   }
   const layout = layoutFor(version, dataDir, port, controllerPort, sasl, tls)
   const runner = new BrokerProcess(layout, libsDir, options)
@@ -61,6 +63,8 @@ export async function startLocalBroker(options: LocalBrokerOptions = {}): Promis
       sslBrokers: `127.0.0.1:${tls.sslPort}`,
       mtlsBrokers: `127.0.0.1:${tls.mtlsPort}`,
       saslSslBrokers: tls.saslSslPort === undefined ? undefined : `127.0.0.1:${tls.saslSslPort}`,
+      expiredBrokers: `127.0.0.1:${tls.expiredPort}`,
+      wrongHostBrokers: `127.0.0.1:${tls.wrongHostPort}`,
       files: tls.files,
     },
     version,

@@ -13,6 +13,10 @@ export interface LocalTlsOptions {
   mtlsPort?: number
   /** Port of the SASL_SSL listener (SCRAM; only with `sasl`). Default: a free port. */
   saslSslPort?: number
+  /** Port of an SSL listener whose certificate expired in 2020. Default: a free port. */
+  expiredPort?: number
+  /** Port of an SSL listener whose certificate names only another host. Default: a free port. */
+  wrongHostPort?: number
 }
 
 /** PEM files for clients of the TLS listeners. */
@@ -34,7 +38,12 @@ export interface BrokerTls {
   sslPort: number
   mtlsPort: number
   saslSslPort?: number
+  expiredPort: number
+  wrongHostPort: number
   keystore: string
+  /** Keystores of the EXPIRED and WRONGHOST listeners. */
+  expiredKeystore: string
+  wrongHostKeystore: string
   truststore: string
   files: LocalTlsFiles
 }
@@ -95,11 +104,70 @@ async function makeLeaf(dir: string, name: string, ca: string, ext: string[]): P
 }
 
 /**
+ * A certificate `<name>.pem` (and `<name>.key`) signed by CA `ca` that expired on 2020-01-02:
+ * `openssl x509` cannot backdate, `openssl ca` can.
+ */
+async function makeExpiredLeaf(
+  dir: string,
+  name: string,
+  ca: string,
+  ext: string[],
+): Promise<void> {
+  await openssl(
+    ['req', '-newkey', 'rsa:2048', '-nodes'].concat([
+      '-keyout',
+      `${name}.key`,
+      '-out',
+      `${name}.csr`,
+      '-subj',
+      `/CN=${name}`,
+    ]),
+    dir,
+  )
+  await fs.writeFile(path.join(dir, `${name}.ext`), `${ext.join('\n')}\n`)
+  const config = [
+    '[ca]',
+    'default_ca = throwaway',
+    '[throwaway]',
+    `database = ${name}.index`,
+    'new_certs_dir = .',
+    `certificate = ${ca}.pem`,
+    `private_key = ${ca}.key`,
+    `serial = ${name}.serial`,
+    'default_md = sha256',
+    'policy = any',
+    '[any]',
+    'commonName = supplied',
+  ]
+  await fs.writeFile(path.join(dir, `${name}.cnf`), `${config.join('\n')}\n`)
+  await fs.writeFile(path.join(dir, `${name}.index`), '')
+  await fs.writeFile(path.join(dir, `${name}.serial`), '01\n')
+  await openssl(
+    ['ca', '-batch', '-notext', '-config', `${name}.cnf`, '-in', `${name}.csr`]
+      .concat(['-startdate', '20200101000000Z', '-enddate', '20200102000000Z'])
+      .concat(['-extfile', `${name}.ext`, '-out', `${name}.pem`]),
+    dir,
+  )
+}
+
+/** Kafka's PEM keystore: the (unencrypted PKCS#8) key and the certificate chain in one file. */
+async function writeKeystore(dir: string, name: string, ca: string): Promise<string> {
+  const keystore = path.join(dir, `${name}-keystore.pem`)
+  const parts = await Promise.all(
+    [`${name}.key`, `${name}.pem`, `${ca}.pem`].map((f) => fs.readFile(path.join(dir, f), 'utf8')),
+  )
+  await fs.writeFile(keystore, parts.join(''), { mode: 0o600 })
+  return keystore
+}
+
+/**
  * Generates the CAs and certificates into `dir`: the broker's for 127.0.0.1 and localhost, a
  * client's, and a stranger's signed by another CA.
  */
 export async function generateTlsFiles(dir: string): Promise<{
   keystore: string
+  expiredKeystore: string
+  wrongHostKeystore: string
   truststore: string
   files: LocalTlsFiles
 }> {
@@ -110,17 +178,21 @@ export async function generateTlsFiles(dir: string): Promise<{
     'subjectAltName=IP:127.0.0.1,DNS:localhost',
     'extendedKeyUsage=serverAuth',
   ])
+  await makeExpiredLeaf(dir, 'expired', 'kwa-test-ca', [
+    'subjectAltName=IP:127.0.0.1,DNS:localhost',
+    'extendedKeyUsage=serverAuth',
+  ])
+  await makeLeaf(dir, 'elsewhere', 'kwa-test-ca', [
+    'subjectAltName=DNS:elsewhere.invalid',
+    'extendedKeyUsage=serverAuth',
+  ])
   await makeLeaf(dir, 'kwa-client', 'kwa-test-ca', ['extendedKeyUsage=clientAuth'])
   await makeLeaf(dir, 'kwa-stranger', 'kwa-other-ca', ['extendedKeyUsage=clientAuth'])
   const file = (name: string) => path.join(dir, name)
-  // Kafka's PEM keystore: the (unencrypted PKCS#8) key and the certificate chain in one file.
-  const keystore = file('broker-keystore.pem')
-  const parts = await Promise.all(
-    ['localhost.key', 'localhost.pem', 'kwa-test-ca.pem'].map((f) => fs.readFile(file(f), 'utf8')),
-  )
-  await fs.writeFile(keystore, parts.join(''), { mode: 0o600 })
   return {
-    keystore,
+    keystore: await writeKeystore(dir, 'localhost', 'kwa-test-ca'),
+    expiredKeystore: await writeKeystore(dir, 'expired', 'kwa-test-ca'),
+    wrongHostKeystore: await writeKeystore(dir, 'elsewhere', 'kwa-test-ca'),
     truststore: file('kwa-test-ca.pem'),
     files: {
       ca: file('kwa-test-ca.pem'),
@@ -134,8 +206,9 @@ export async function generateTlsFiles(dir: string): Promise<{
 }
 
 /**
- * The TLS listeners' properties: one PEM keystore and truststore for all; the MTLS listener (an
- * SSL listener of its own name) requires a client certificate; SASL_SSL enables SCRAM-SHA-512.
+ * The TLS listeners' properties: one PEM keystore and truststore for all but EXPIRED and WRONGHOST
+ * (SSL listeners with their own certificates); the MTLS listener (an SSL listener of its own
+ * name) requires a client certificate; SASL_SSL enables SCRAM-SHA-512.
  */
 export function tlsProperties(tls: BrokerTls, path: (p: string) => string): string[] {
   return [
@@ -144,6 +217,10 @@ export function tlsProperties(tls: BrokerTls, path: (p: string) => string): stri
     'ssl.truststore.type=PEM',
     `ssl.truststore.location=${path(tls.truststore)}`,
     'listener.name.mtls.ssl.client.auth=required',
+    'listener.name.expired.ssl.keystore.type=PEM',
+    `listener.name.expired.ssl.keystore.location=${path(tls.expiredKeystore)}`,
+    'listener.name.wronghost.ssl.keystore.type=PEM',
+    `listener.name.wronghost.ssl.keystore.location=${path(tls.wrongHostKeystore)}`,
     ...(tls.saslSslPort === undefined
       ? []
       : [
@@ -156,8 +233,13 @@ export function tlsProperties(tls: BrokerTls, path: (p: string) => string): stri
 
 /** `listeners` entries and protocol-map entries of the TLS listeners. */
 export function tlsListeners(tls: BrokerTls): { listeners: string[]; protocols: string[] } {
-  const listeners = [`SSL://127.0.0.1:${tls.sslPort}`, `MTLS://127.0.0.1:${tls.mtlsPort}`]
-  const protocols = ['SSL:SSL', 'MTLS:SSL']
+  const listeners = [
+    `SSL://127.0.0.1:${tls.sslPort}`,
+    `MTLS://127.0.0.1:${tls.mtlsPort}`,
+    `EXPIRED://127.0.0.1:${tls.expiredPort}`,
+    `WRONGHOST://127.0.0.1:${tls.wrongHostPort}`,
+  ]
+  const protocols = ['SSL:SSL', 'MTLS:SSL', 'EXPIRED:SSL', 'WRONGHOST:SSL']
   if (tls.saslSslPort !== undefined) {
     listeners.push(`SASL_SSL://127.0.0.1:${tls.saslSslPort}`)
     protocols.push('SASL_SSL:SASL_SSL')

@@ -30,7 +30,8 @@ export interface LocalBrokerOptions {
    * Adds TLS listeners on 127.0.0.1, with certificates generated at start by openssl (a throwaway
    * CA; the broker's for 127.0.0.1 and localhost) under `<dataDir>/tls`: SSL (server
    * authentication), MTLS (SSL requiring a client certificate signed by the CA) and, with `sasl`,
-   * SASL_SSL (SCRAM-SHA-512).
+   * SASL_SSL (SCRAM-SHA-512); and, for failure tests, SSL listeners whose certificate expired
+   * in 2020 (EXPIRED) or names only elsewhere.invalid (WRONGHOST).
    */
   tls?: LocalTlsOptions
 }
@@ -46,6 +47,9 @@ export interface LocalBroker {
     mtlsBrokers: string
     /** With `sasl` too. */
     saslSslBrokers?: string
+    /** SSL listeners whose certificate expired in 2020, or names only elsewhere.invalid. */
+    expiredBrokers: string
+    wrongHostBrokers: string
     files: LocalTlsFiles
   }
   version: string

@@ -3,8 +3,9 @@
  * jar broker: SSL with `--ssl --ssl-ca`, mutual TLS with `--ssl-cert/--ssl-key`, and SASL_SSL
  * (SCRAM-SHA-512). `kwa topics` and `kwa produce` are CLI processes; the replica runs in-process.
  * Its results are read back by librdkafka (read_committed) and checked against a recomputation
- * from the input. A CA that did not sign the broker's certificate, a mutual-TLS listener without
- * a client certificate or with one of another CA, each fail fast with a message naming the cause
+ * from the input. A CA that did not sign the broker's certificate, an expired broker certificate,
+ * one for another host, a mutual-TLS listener without a client certificate or with one of another
+ * CA, and a wrong SASL_SSL password, each fail fast with a message naming the cause
  * and a non-zero exit; `--ssl-reject-unauthorized false` logs a warning.
  *
  *   npx vitest run --project integration test/integration/tls.test.ts
@@ -242,6 +243,42 @@ describe('TLS', () => {
     expect(cli.status, cli.stderr).toBe(1)
     expect(cli.stderr).toMatch(/^kwa: TLS: .*certificate.*--ssl-ca/m)
     expect(cli.stderr).not.toMatch(/\n\s+at /) // one clear line, no stack trace
+    expect(cli.ms).toBeLessThan(20_000)
+  })
+
+  it('an expired broker certificate, and one for another host, fail fast, naming the cause', async () => {
+    const tls = await tlsOf()
+    for (const [what, brokers, expected] of [
+      ['expired', tls.expiredBrokers, /^kwa: TLS: .*certificate.*out of date/m],
+      ['wrong host', tls.wrongHostBrokers, /^kwa: TLS: .*does not name the host.*--brokers/m],
+    ] as const) {
+      const cli = await kwa(['topics', '--input-topic', uniqueTopic('tls-bad-cert')], {
+        KAFKA_BROKERS: brokers,
+        KWA_SSL: 'true',
+        KWA_SSL_CA: tls.files.ca,
+      })
+      expect(cli.status, `${what}: ${cli.stderr}`).toBe(1)
+      expect(cli.stderr, what).toMatch(expected)
+      expect(cli.stderr, what).not.toMatch(/\n\s+at /)
+      expect(cli.ms, what).toBeLessThan(20_000)
+    }
+  })
+
+  it('a wrong password over SASL_SSL fails fast, and never shows it', async () => {
+    const tls = await tlsOf()
+    const wrong = 'not-the-tls-password-5e1'
+    const cli = await kwa(['topics', '--input-topic', uniqueTopic('tls-wrong-password')], {
+      KAFKA_BROKERS: tls.saslSslBrokers ?? '',
+      KWA_SSL: 'true',
+      KWA_SSL_CA: tls.files.ca,
+      KWA_SASL_MECHANISM: 'scram-sha-512',
+      KWA_SASL_USERNAME: USER,
+      KWA_SASL_PASSWORD: wrong,
+    })
+    expect(cli.status, cli.stderr).toBe(1)
+    expect(cli.stderr).toMatch(/^kwa: Kafka authentication failed \(SASL SCRAM SHA512/m)
+    expect(cli.stderr).not.toMatch(/\n\s+at /)
+    expect(cli.stderr + cli.stdout).not.toContain(wrong)
     expect(cli.ms).toBeLessThan(20_000)
   })
 
