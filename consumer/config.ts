@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs'
+import { readFileSync, statSync } from 'node:fs'
 import { Option, type Command } from 'commander'
 import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
@@ -619,7 +619,12 @@ export interface ConfigFile {
   values: Partial<Record<OptionName, string | boolean>>
   /** Where each value was read, e.g. `"input-topic" in kwa.yaml`. */
   origins: Partial<Record<OptionName, string>>
+  /** What the operator should fix, e.g. a password in a file every user can read. */
+  warnings: string[]
 }
+
+/** Options whose value is a secret itself (not the path of one). */
+const secretOptions: readonly OptionName[] = ['saslPassword']
 
 /**
  * Reads a config file: JSON when named `*.json`, else YAML (which reads JSON too). Keys are option names, camelCase
@@ -641,7 +646,7 @@ export function readConfigFile(file: string, keys: readonly OptionName[]): Confi
     const reason = ((error as Error).message.split('\n')[0] ?? '').trim()
     throw new ConfigError(configFileLabel, `cannot parse config file "${file}": ${reason}`)
   }
-  if (document === null || document === undefined) return { values: {}, origins: {} }
+  if (document === null || document === undefined) return { values: {}, origins: {}, warnings: [] }
   if (typeof document !== 'object' || Array.isArray(document)) {
     throw new ConfigError(
       configFileLabel,
@@ -654,7 +659,7 @@ export function readConfigFile(file: string, keys: readonly OptionName[]): Confi
     byName.set(key, key)
     byName.set(flagName(key), key)
   }
-  const result: ConfigFile = { values: {}, origins: {} }
+  const result: ConfigFile = { values: {}, origins: {}, warnings: [] }
   for (const [name, raw] of Object.entries(document)) {
     const key = byName.get(name)
     if (key === undefined) {
@@ -682,6 +687,15 @@ export function readConfigFile(file: string, keys: readonly OptionName[]): Confi
     result.values[key] = value
     result.origins[key] = origin
   }
+  const secrets = secretOptions.filter((key) => result.values[key] !== undefined)
+  const mode = secrets.length > 0 ? statSync(file).mode : 0
+  if ((mode & 0o004) !== 0) {
+    result.warnings.push(
+      `config file "${file}" holds ${secrets.map(flagName).join(', ')} and every user can read ` +
+        `it (mode ${(mode & 0o777).toString(8)}): chmod 600 it, or pass the password in ` +
+        'KWA_SASL_PASSWORD from a secret',
+    )
+  }
   return result
 }
 
@@ -695,10 +709,14 @@ export function mergeConfigFile<K extends OptionName>(
   keys: readonly K[],
   raw: Record<string, unknown>,
   sourceOf: (key: K) => string | undefined,
-): { raw: Record<string, unknown>; origins: Partial<Record<OptionName, string>> } {
+): {
+  raw: Record<string, unknown>
+  origins: Partial<Record<OptionName, string>>
+  warnings: string[]
+} {
   const file = typeof raw['config'] === 'string' ? raw['config'].trim() : ''
-  if (file === '') return { raw, origins: {} }
-  const { values, origins } = readConfigFile(file, keys)
+  if (file === '') return { raw, origins: {}, warnings: [] }
+  const { values, origins, warnings } = readConfigFile(file, keys)
   const merged: Record<string, unknown> = { ...raw }
   const used: Partial<Record<OptionName, string>> = {}
   for (const key of keys) {
@@ -707,7 +725,7 @@ export function mergeConfigFile<K extends OptionName>(
     merged[key] = values[key]
     used[key] = origins[key]
   }
-  return { raw: merged, origins: used }
+  return { raw: merged, origins: used, warnings }
 }
 
 /** The validated options of a command from flags, environment, `--config` file and defaults. */
@@ -730,6 +748,8 @@ export function applyConfigFile(command: Command): void {
     .map((o) => o.attributeName())
     .filter((k): k is OptionName => k in optionSpecs)
   const merged = mergeConfigFile(keys, command.opts(), (key) => command.getOptionValueSource(key))
+  // Before any logger exists (the log level may come from the file): plain lines on stderr.
+  for (const warning of merged.warnings) process.stderr.write(`kwa: warning: ${warning}\n`)
   const fromFile = Object.keys(merged.origins) as OptionName[]
   parseConfig(fromFile, merged.raw, merged.origins)
   for (const key of fromFile) command.setOptionValueWithSource(key, merged.raw[key], 'config')

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { Command } from 'commander'
@@ -13,6 +13,7 @@ import {
   parseDuration,
   resolveConfig,
   type OptionName,
+  readConfigFile,
 } from '../consumer/config'
 import { ConfigError } from '../consumer/errors'
 import { packageRoot } from '../consumer/paths'
@@ -665,6 +666,38 @@ describe('config file (--config)', () => {
     expect(fileError(file).message).toBe(
       `invalid ${labels.config}: cannot read config file "${file}" (ENOENT)`,
     )
+  })
+
+  it('warns when a config file holding the SASL password is readable by every user', () => {
+    const secret = 'file-held-secret-31a'
+    const file = write(`saslPassword: ${secret}\n`)
+    const topics = () =>
+      spawnSync(
+        process.execPath,
+        ['--import', 'tsx', 'consumer/cli.ts', 'topics', '--config', file],
+        {
+          cwd: packageRoot,
+          env: { PATH: process.env.PATH ?? '' },
+          encoding: 'utf8',
+          timeout: 30_000,
+        },
+      )
+    chmodSync(file, 0o644)
+    const open = topics()
+    // The missing SASL options stop it next (exit 2), after the warning.
+    expect(open.status, open.stderr).toBe(2)
+    expect(open.stderr).toContain(
+      `kwa: warning: config file "${file}" holds sasl-password and every user can read it (mode 644)`,
+    )
+    expect(open.stderr).not.toContain(secret)
+    chmodSync(file, 0o600)
+    const closed = topics()
+    expect(closed.status, closed.stderr).toBe(2)
+    expect(closed.stderr).not.toContain('warning')
+    // No password, no warning, whatever the mode.
+    const plain = write('inputTopic: in\n')
+    chmodSync(plain, 0o644)
+    expect(readConfigFile(plain, ['inputTopic']).warnings).toEqual([])
   })
 
   it('kwa run exits 2 with one line for a bad config file', () => {
