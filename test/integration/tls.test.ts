@@ -15,6 +15,8 @@
  * without java, mvn or openssl.
  */
 import { spawn } from 'node:child_process'
+import { readFile } from 'node:fs/promises'
+import net from 'node:net'
 import { afterAll, describe, expect, it } from 'vitest'
 import { parseConfig } from '../../consumer/config'
 import { kafkaSecurity, securityOptions, type KafkaSecurity } from '../../consumer/kafka'
@@ -139,6 +141,15 @@ function kwa(args: string[], env: Record<string, string>, timeoutMs = 60_000): P
       resolve({ status, stdout, stderr, ms: Date.now() - started })
     })
   })
+}
+
+/** A port nothing listens on now (for a replica's /metrics). */
+async function freePort(): Promise<number> {
+  const server = net.createServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as net.AddressInfo
+  await new Promise<void>((resolve) => server.close(() => resolve()))
+  return port
 }
 
 async function eventually(what: string, done: () => Promise<boolean>, timeoutMs = 90_000) {
@@ -301,6 +312,66 @@ describe('TLS', () => {
       expect(cli.stderr, what).toMatch(/^kwa: TLS: .*client certificate.*--ssl-cert/m)
       expect(cli.stderr, what).not.toMatch(/\n\s+at /)
       expect(cli.ms, what).toBeLessThan(20_000)
+    }
+  })
+
+  it('kwa run at debug level: the password and the client key stay out of logs and /metrics', async () => {
+    const tls = await tlsOf()
+    const keyLines = (await readFile(tls.files.clientKey, 'utf8'))
+      .split('\n')
+      .filter((line) => line.length > 40) // the key's base64 body, line by line
+    expect(keyLines.length).toBeGreaterThan(10)
+    for (const listener of await listeners()) {
+      if (listener.name === 'SSL') continue // no secret in play
+      const port = await freePort()
+      const tag = listener.name.replace(/\W+/g, '-').toLowerCase()
+      const input = uniqueTopic(`tls-debug-${tag}-in`)
+      const topics = await kwa(['topics', '--input-topic', input, '--partitions', '1'], {
+        KAFKA_BROKERS: listener.brokers,
+        ...listener.env,
+      })
+      expect(topics.status, topics.stderr).toBe(0)
+      const replica = spawn(process.execPath, ['--import', 'tsx', 'consumer/cli.ts', 'run'], {
+        cwd: packageRoot,
+        env: {
+          PATH: process.env.PATH ?? '',
+          KAFKA_BROKERS: listener.brokers,
+          ...listener.env,
+          KWA_LOG_LEVEL: 'debug',
+          KWA_HTTP_PORT: String(port),
+          KWA_INPUT_TOPIC: input,
+          KWA_OUTPUT_TOPIC: uniqueTopic(`tls-debug-${tag}-out`),
+          KWA_GROUP_ID: uniqueTopic(`tls-debug-${tag}-group`),
+        },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      })
+      let output = ''
+      replica.stdout.setEncoding('utf8').on('data', (chunk: string) => (output += chunk))
+      replica.stderr.setEncoding('utf8').on('data', (chunk: string) => (output += chunk))
+      const exited = new Promise<number | null>((resolve) => replica.once('exit', resolve))
+      let metrics = ''
+      try {
+        await eventually(
+          `${listener.name}: the replica to be ready`,
+          async () => {
+            const ready = await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => undefined)
+            return ready?.status === 200
+          },
+          30_000,
+        )
+        metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text()
+      } catch (error) {
+        throw new Error(`${String(error)}; replica output:\n${output.slice(-3000)}`)
+      } finally {
+        replica.kill('SIGTERM')
+      }
+      expect(await exited, output).toBe(0)
+      expect(metrics).toContain('kwa_')
+      expect(output).toMatch(/"msg":"configuration"/)
+      const everything = output + metrics
+      expect(everything, listener.name).not.toContain(PASSWORD)
+      for (const line of keyLines) expect(everything, listener.name).not.toContain(line)
+      if (listener.name === 'SASL_SSL') expect(output).toContain('"saslPassword":"[redacted]"')
     }
   })
 
