@@ -17,6 +17,8 @@ interface Service {
   volumes?: string[]
   ports?: string[]
   stop_grace_period?: string
+  read_only?: boolean
+  tmpfs?: string[]
 }
 
 interface ScrapeConfig {
@@ -197,6 +199,17 @@ describe('Dockerfile', () => {
     expect(user).toBeDefined()
     expect(['root', '0']).not.toContain(user)
     expect(runtime).toMatch(/ENTRYPOINT \["node", "dist\/consumer\/cli\.js"\]/)
+  })
+
+  it('runs every kwa container with a read-only root filesystem and a tmpfs /tmp', () => {
+    expect(kwaServices.length).toBeGreaterThanOrEqual(4)
+    for (const [name, service] of kwaServices) {
+      expect(service.read_only, name).toBe(true)
+      expect(
+        service.tmpfs?.some((mount) => mount.startsWith('/tmp')),
+        name,
+      ).toBe(true)
+    }
   })
 
   it('checks health with node (no curl in slim images) on /healthz of the kwa HTTP port', () => {
