@@ -405,17 +405,9 @@ impl Aggregator {
                     window.prefetch_slot(id);
                 }
             }
-            let checked = checks
-                .value_and_time(ts, value)
-                .and_then(|ts| source.check(key, keys).map(|()| ts))
-                .and_then(|ts| checks.not_future(ts));
-            let ts = match checked {
-                Ok(ts) => ts,
-                Err(reason) => {
-                    out.rejected_indexes.push(i);
-                    out.rejected_reasons.push(reason.code());
-                    continue;
-                }
+            let checked = check_sample(checks, source, keys, key, ts, value);
+            let Ok(ts) = checked.map_err(|reason| reject(out, i, reason)) else {
+                continue;
             };
             newest_time = newest_time.max(ts);
             let start = pane.newest_start(spec, ts);
@@ -498,17 +490,9 @@ impl Aggregator {
                     self.prefetch_row(source, key, ts, &mut row_pane);
                 }
             }
-            let checked = checks
-                .value_and_time(ts, value)
-                .and_then(|ts| source.check(key, &self.keys).map(|()| ts))
-                .and_then(|ts| checks.not_future(ts));
-            let ts = match checked {
-                Ok(ts) => ts,
-                Err(reason) => {
-                    out.rejected_indexes.push(i);
-                    out.rejected_reasons.push(reason.code());
-                    continue;
-                }
+            let checked = check_sample(checks, source, &self.keys, key, ts, value);
+            let Ok(ts) = checked.map_err(|reason| reject(out, i, reason)) else {
+                continue;
             };
             let stream_time = self.stream_time.map_or(ts, |st| st.max(ts));
             self.stream_time = Some(stream_time);
@@ -521,8 +505,7 @@ impl Aggregator {
             if let Some(max_open) = self.limits.max_open_windows
                 && !self.has_room(source, key, ts, close_time, max_open, out)
             {
-                out.rejected_indexes.push(i);
-                out.rejected_reasons.push(Rejection::WindowLimit.code());
+                reject(out, i, Rejection::WindowLimit);
                 continue;
             }
             let size = self.spec.size;
@@ -1028,6 +1011,29 @@ impl Aggregator {
         let offsets = self.first_offsets.len() * size_of::<(i64, u32)>();
         size_of::<Self>() + self.keys.bytes_held() + windows + offsets
     }
+}
+
+/// Codes 1-6 of sample `(key, ts, value)`, in their order; its timestamp as whole milliseconds.
+#[inline]
+fn check_sample<S: KeySource>(
+    checks: &SampleChecks,
+    source: &S,
+    keys: &Interner,
+    key: u32,
+    ts: f64,
+    value: f64,
+) -> Result<i64, Rejection> {
+    checks
+        .value_and_time(ts, value)
+        .and_then(|ts| source.check(key, keys).map(|()| ts))
+        .and_then(|ts| checks.not_future(ts))
+}
+
+/// Lists sample `i` as rejected for `reason`.
+#[inline]
+fn reject(out: &mut IngestOutcome, i: u32, reason: Rejection) {
+    out.rejected_indexes.push(i);
+    out.rejected_reasons.push(reason.code());
 }
 
 /// Applies `additions` (row, value) to `window` (start `start`) in their order, and empties
