@@ -62,69 +62,31 @@ async function openssl(args: string[], cwd: string): Promise<void> {
 
 /** A self-signed CA valid for a week: `<name>.pem` and `<name>.key`. */
 async function makeCa(dir: string, name: string): Promise<void> {
-  await openssl(
-    ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '7'].concat([
-      '-keyout',
-      `${name}.key`,
-      '-out',
-      `${name}.pem`,
-      '-subj',
-      `/CN=${name}`,
-    ]),
-    dir,
-  )
+  const out = ['-keyout', `${name}.key`, '-out', `${name}.pem`, '-subj', `/CN=${name}`]
+  await openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '7', ...out], dir)
+}
+
+/** A key `<name>.key`, a signing request `<name>.csr` (CN=name) and extensions `<name>.ext`. */
+async function makeRequest(dir: string, name: string, ext: string[]): Promise<void> {
+  const out = ['-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`]
+  await openssl(['req', '-newkey', 'rsa:2048', '-nodes', ...out], dir)
+  await fs.writeFile(path.join(dir, `${name}.ext`), `${ext.join('\n')}\n`)
 }
 
 /** A certificate `<name>.pem` (and `<name>.key`) signed by CA `ca`, with these extensions. */
 async function makeLeaf(dir: string, name: string, ca: string, ext: string[]): Promise<void> {
-  await openssl(
-    ['req', '-newkey', 'rsa:2048', '-nodes'].concat([
-      '-keyout',
-      `${name}.key`,
-      '-out',
-      `${name}.csr`,
-      '-subj',
-      `/CN=${name}`,
-    ]),
-    dir,
-  )
-  await fs.writeFile(path.join(dir, `${name}.ext`), `${ext.join('\n')}\n`)
-  await openssl(
-    ['x509', '-req', '-in', `${name}.csr`, '-CA', `${ca}.pem`, '-CAkey', `${ca}.key`].concat([
-      '-CAcreateserial',
-      '-days',
-      '7',
-      '-extfile',
-      `${name}.ext`,
-      '-out',
-      `${name}.pem`,
-    ]),
-    dir,
-  )
+  await makeRequest(dir, name, ext)
+  const signer = ['-CA', `${ca}.pem`, '-CAkey', `${ca}.key`, '-CAcreateserial', '-days', '7']
+  const io = ['-in', `${name}.csr`, '-extfile', `${name}.ext`, '-out', `${name}.pem`]
+  await openssl(['x509', '-req', ...signer, ...io], dir)
 }
 
 /**
  * A certificate `<name>.pem` (and `<name>.key`) signed by CA `ca` that expired on 2020-01-02:
  * `openssl x509` cannot backdate, `openssl ca` can.
  */
-async function makeExpiredLeaf(
-  dir: string,
-  name: string,
-  ca: string,
-  ext: string[],
-): Promise<void> {
-  await openssl(
-    ['req', '-newkey', 'rsa:2048', '-nodes'].concat([
-      '-keyout',
-      `${name}.key`,
-      '-out',
-      `${name}.csr`,
-      '-subj',
-      `/CN=${name}`,
-    ]),
-    dir,
-  )
-  await fs.writeFile(path.join(dir, `${name}.ext`), `${ext.join('\n')}\n`)
+async function makeExpiredLeaf(dir: string, name: string, ca: string, ext: string[]) {
+  await makeRequest(dir, name, ext)
   const config = [
     '[ca]',
     'default_ca = throwaway',

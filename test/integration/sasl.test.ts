@@ -8,15 +8,14 @@
  * Always starts its own jar broker (scripts/local-kafka.ts with `sasl`), even when KAFKA_BROKERS
  * names another one: that one may not have SCRAM users. Fails, never skips, without java + mvn.
  */
-import { spawn } from 'node:child_process'
 import { afterAll, describe, expect, it } from 'vitest'
 import { parseConfig } from '../../consumer/config'
 import { kafkaSecurity, securityOptions, type KafkaSecurity } from '../../consumer/kafka'
 import { createLogger } from '../../consumer/logger'
-import { packageRoot } from '../../consumer/paths'
 import { decodeTelemetryBatch, decodeWindowAggregate } from '../../consumer/schemas'
 import { AggregatorService, defaultChangelogTopic } from '../../consumer/service'
 import { startLocalBroker, type LocalBroker } from '../../scripts/local-kafka'
+import { eventually, kwa } from '../helpers/cli'
 import { readAll, uniqueTopic } from '../helpers/kafka'
 import { referenceRun, windowId } from '../reference'
 
@@ -58,52 +57,12 @@ const security = (mechanism: string, password = PASSWORD): KafkaSecurity =>
     }),
   )
 
-interface CliResult {
-  status: number | null
-  stdout: string
-  stderr: string
-  ms: number
-}
-
-/** Runs `kwa` from source with only these environment variables (plus PATH). */
-function kwa(args: string[], env: Record<string, string>, timeoutMs = 60_000): Promise<CliResult> {
-  const started = Date.now()
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'consumer/cli.ts', ...args], {
-      cwd: packageRoot,
-      env: { PATH: process.env.PATH ?? '', KWA_LOG_LEVEL: 'warn', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL')
-      reject(new Error(`kwa ${args.join(' ')} still running after ${timeoutMs} ms:\n${stderr}`))
-    }, timeoutMs)
-    child.once('error', reject)
-    child.once('exit', (status) => {
-      clearTimeout(timer)
-      resolve({ status, stdout, stderr, ms: Date.now() - started })
-    })
-  })
-}
-
 const saslEnv = async (mechanism: string, password = PASSWORD) => ({
   KAFKA_BROKERS: await saslBrokers(),
   KWA_SASL_MECHANISM: mechanism,
   KWA_SASL_USERNAME: USER,
   KWA_SASL_PASSWORD: password,
 })
-
-async function eventually(what: string, done: () => Promise<boolean>, timeoutMs = 90_000) {
-  const deadline = Date.now() + timeoutMs
-  while (!(await done())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 500))
-  }
-}
 
 describe('SASL/SCRAM', () => {
   it('kwa topics, kwa produce and a replica authenticate; results read with SCRAM-SHA-256 and -512', async () => {

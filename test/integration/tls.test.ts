@@ -26,6 +26,7 @@ import { decodeTelemetryBatch, decodeWindowAggregate } from '../../consumer/sche
 import { AggregatorService } from '../../consumer/service'
 import { startLocalBroker, type LocalBroker, type LocalTlsFiles } from '../../scripts/local-kafka'
 import { readCommittedWithLibrdkafka } from '../chaos/librdkafka-reader'
+import { eventually, kwa } from '../helpers/cli'
 import { readAll, uniqueTopic } from '../helpers/kafka'
 import { referenceRun, windowId } from '../reference'
 
@@ -111,38 +112,6 @@ function securityFrom(env: Record<string, string>): KafkaSecurity {
   return kafkaSecurity(parseConfig(securityOptions, given))
 }
 
-interface CliResult {
-  status: number | null
-  stdout: string
-  stderr: string
-  ms: number
-}
-
-/** Runs `kwa` from source with only these environment variables (plus PATH). */
-function kwa(args: string[], env: Record<string, string>, timeoutMs = 60_000): Promise<CliResult> {
-  const started = Date.now()
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'consumer/cli.ts', ...args], {
-      cwd: packageRoot,
-      env: { PATH: process.env.PATH ?? '', KWA_LOG_LEVEL: 'warn', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL')
-      reject(new Error(`kwa ${args.join(' ')} still running after ${timeoutMs} ms:\n${stderr}`))
-    }, timeoutMs)
-    child.once('error', reject)
-    child.once('exit', (status) => {
-      clearTimeout(timer)
-      resolve({ status, stdout, stderr, ms: Date.now() - started })
-    })
-  })
-}
-
 /** A port nothing listens on now (for a replica's /metrics). */
 async function freePort(): Promise<number> {
   const server = net.createServer()
@@ -150,14 +119,6 @@ async function freePort(): Promise<number> {
   const { port } = server.address() as net.AddressInfo
   await new Promise<void>((resolve) => server.close(() => resolve()))
   return port
-}
-
-async function eventually(what: string, done: () => Promise<boolean>, timeoutMs = 90_000) {
-  const deadline = Date.now() + timeoutMs
-  while (!(await done())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 500))
-  }
 }
 
 /** Topics, input, an exactly-once replica and its results, all over `listener`. */
