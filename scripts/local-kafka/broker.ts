@@ -46,7 +46,7 @@ export async function startLocalBroker(options: LocalBrokerOptions = {}): Promis
     const generated = await generateTlsFiles(path.join(dataDir, 'tls'))
     tls = { sslPort, mtlsPort, saslSslPort, expiredPort, wrongHostPort, ...generated }
   }
-  const layout = layoutFor(version, dataDir, port, controllerPort, sasl, tls)
+  const layout = layoutFor(version, dataDir, port, controllerPort, sasl, tls, options.authorizer)
   const runner = new BrokerProcess(layout, libsDir, options)
   try {
     await writeBrokerConfig(layout)

@@ -12,6 +12,7 @@ export interface BrokerLayout {
   controllerPort: number
   sasl?: { port: number; users: LocalSaslUser[] }
   tls?: BrokerTls
+  authorizer?: boolean
   propertiesFile: string
   loggingConfigFile: string
   logFile: string
@@ -25,6 +26,7 @@ export function layoutFor(
   controllerPort: number,
   sasl?: { port: number; users: LocalSaslUser[] },
   tls?: BrokerTls,
+  authorizer?: boolean,
 ): BrokerLayout {
   return {
     version,
@@ -33,6 +35,7 @@ export function layoutFor(
     controllerPort,
     sasl,
     tls,
+    authorizer,
     propertiesFile: path.join(dataDir, 'server.properties'),
     loggingConfigFile: path.join(
       dataDir,
@@ -68,6 +71,13 @@ function serverProperties(layout: BrokerLayout): string {
     `listener.security.protocol.map=${protocols.join(',')}`,
     ...(sasl ? saslProperties(sasl.users) : []),
     ...(tls ? tlsProperties(tls, propertiesPath) : []),
+    ...(layout.authorizer
+      ? [
+          'authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer',
+          // PLAINTEXT (the harness, inter-broker and controller traffic) is unauthenticated.
+          'super.users=User:ANONYMOUS',
+        ]
+      : []),
     `log.dirs=${propertiesPath(layout.kraftDir)}`,
     // Tests create their topics explicitly; a typo must fail rather than create a topic.
     'auto.create.topics.enable=false',

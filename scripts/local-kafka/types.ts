@@ -34,6 +34,12 @@ export interface LocalBrokerOptions {
    * in 2020 (EXPIRED) or names only elsewhere.invalid (WRONGHOST).
    */
   tls?: LocalTlsOptions
+  /**
+   * Enforces ACLs (KRaft's StandardAuthorizer). The PLAINTEXT listener's principal (ANONYMOUS:
+   * the harness, inter-broker and controller traffic) is a super user; SASL users may do only
+   * what ACLs allow them.
+   */
+  authorizer?: boolean
 }
 
 export interface LocalBroker {
