@@ -17,21 +17,21 @@ import {
   ResourcePatternTypes,
   type AclEntry,
 } from 'kafkajs'
-import { afterAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { parseConfig } from '../../consumer/config'
 import { createKafka, kafkaSecurity, securityOptions } from '../../consumer/kafka'
 import { createLogger } from '../../consumer/logger'
-import { decodeTelemetryBatch, decodeWindowAggregate } from '../../consumer/schemas'
+import { decodeWindowAggregate } from '../../consumer/schemas'
 import {
   AggregatorService,
   defaultChangelogTopic,
   defaultDeadLetterTopic,
 } from '../../consumer/service'
-import { startLocalBroker, type LocalBroker } from '../../scripts/local-kafka'
 import { readCommittedWithLibrdkafka } from '../chaos/librdkafka-reader'
 import { eventually, kwa } from '../helpers/cli'
+import { expectMatchesReference, referenceOfInput } from '../helpers/expected'
 import { readAll, uniqueTopic } from '../helpers/kafka'
-import { referenceRun, windowId } from '../reference'
+import { ownBroker } from '../helpers/own-broker'
 
 const USER = 'kwa-acl-user'
 const PASSWORD = 'kwa-acl-secret-8c3d'
@@ -40,17 +40,11 @@ const PARTITIONS = 2
 const WINDOW = { sizeMs: 1_000, advanceMs: 1_000, graceMs: 0 }
 const logger = createLogger((process.env['KWA_TEST_LOG_LEVEL'] as 'info' | undefined) ?? 'silent')
 
-let broker: Promise<LocalBroker> | undefined
-const aclBroker = (): Promise<LocalBroker> =>
-  (broker ??= startLocalBroker({
-    heapMb: 512,
-    sasl: { users: [{ username: USER, password: PASSWORD }] },
-    authorizer: true,
-  }))
-
-afterAll(async () => {
-  await (await broker?.catch(() => undefined))?.cleanup()
-}, 60_000)
+const aclBroker = ownBroker({
+  heapMb: 512,
+  sasl: { users: [{ username: USER, password: PASSWORD }] },
+  authorizer: true,
+})
 
 const security = () =>
   kafkaSecurity(
@@ -167,12 +161,7 @@ describe('ACLs', () => {
     )
     expect(produced.status, produced.stderr).toBe(0)
     const inputMessages = await readAll(started.brokers, names.input)
-    const samplesByPartition = Array.from({ length: PARTITIONS }, (_, p) =>
-      inputMessages
-        .filter((m) => m.partition === p)
-        .flatMap((m) => decodeTelemetryBatch(m.value as Buffer).samples),
-    )
-    const reference = referenceRun(samplesByPartition, WINDOW)
+    const { reference, samples } = referenceOfInput(inputMessages, PARTITIONS, WINDOW)
     expect(reference.closed.size).toBeGreaterThan(6)
 
     const replica = new AggregatorService(
@@ -194,7 +183,7 @@ describe('ACLs', () => {
     try {
       await replica.start()
       await eventually('the replica to aggregate every input sample', () =>
-        Promise.resolve(replica.totals.samples === samplesByPartition.flat().length),
+        Promise.resolve(replica.totals.samples === samples),
       )
       await eventually(`${reference.closed.size} results committed`, async () => {
         const committed = await readCommittedWithLibrdkafka(started.brokers, names.output, 30_000)
@@ -206,12 +195,6 @@ describe('ACLs', () => {
     const results = (await readCommittedWithLibrdkafka(started.brokers, names.output, 30_000)).map(
       (r) => decodeWindowAggregate(Buffer.from(r.value ?? '', 'hex')),
     )
-    expect(results).toHaveLength(reference.closed.size)
-    for (const result of results) {
-      const want = reference.closed.get(windowId(result.seriesKey, result.windowStart))
-      expect(want, `window ${result.seriesKey}@${result.windowStart}`).toBeDefined()
-      expect([result.count, result.min, result.max]).toEqual([want?.count, want?.min, want?.max])
-      expect(result.sum).toBeCloseTo(want?.sum ?? NaN, 6)
-    }
+    expectMatchesReference(results, reference, 'documented ACLs')
   })
 })

@@ -8,16 +8,16 @@
  * Always starts its own jar broker (scripts/local-kafka.ts with `sasl`), even when KAFKA_BROKERS
  * names another one: that one may not have SCRAM users. Fails, never skips, without java + mvn.
  */
-import { afterAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { parseConfig } from '../../consumer/config'
 import { kafkaSecurity, securityOptions, type KafkaSecurity } from '../../consumer/kafka'
 import { createLogger } from '../../consumer/logger'
-import { decodeTelemetryBatch, decodeWindowAggregate } from '../../consumer/schemas'
+import { decodeWindowAggregate } from '../../consumer/schemas'
 import { AggregatorService, defaultChangelogTopic } from '../../consumer/service'
-import { startLocalBroker, type LocalBroker } from '../../scripts/local-kafka'
 import { eventually, kwa } from '../helpers/cli'
+import { expectMatchesReference, referenceOfInput } from '../helpers/expected'
 import { readAll, uniqueTopic } from '../helpers/kafka'
-import { referenceRun, windowId } from '../reference'
+import { ownBroker } from '../helpers/own-broker'
 
 const USER = 'kwa-user'
 const PASSWORD = 'kwa-secret-7d1f'
@@ -25,20 +25,10 @@ const PARTITIONS = 2
 const WINDOW = { sizeMs: 1_000, advanceMs: 1_000, graceMs: 0 }
 const logger = createLogger((process.env['KWA_TEST_LOG_LEVEL'] as 'info' | undefined) ?? 'silent')
 
-/**
- * Started by the first test that needs it, not in beforeAll: a broker that cannot start then
- * fails each test (vitest would report the tests of a failed beforeAll as skipped).
- */
-let broker: Promise<LocalBroker> | undefined
-const scramBroker = (): Promise<LocalBroker> =>
-  (broker ??= startLocalBroker({
-    heapMb: 512,
-    sasl: { users: [{ username: USER, password: PASSWORD }] },
-  }))
-
-afterAll(async () => {
-  await (await broker?.catch(() => undefined))?.cleanup()
-}, 60_000)
+const scramBroker = ownBroker({
+  heapMb: 512,
+  sasl: { users: [{ username: USER, password: PASSWORD }] },
+})
 
 /** Bootstrap string of the SASL_PLAINTEXT listener, starting the broker if needed. */
 async function saslBrokers(): Promise<string> {
@@ -110,12 +100,7 @@ describe('SASL/SCRAM', () => {
     const inputMessages = await readAll(brokers, input, {
       security: security('scram-sha-512'),
     })
-    const samplesByPartition = Array.from({ length: PARTITIONS }, (_, p) =>
-      inputMessages
-        .filter((m) => m.partition === p)
-        .flatMap((m) => decodeTelemetryBatch(m.value as Buffer).samples),
-    )
-    const reference = referenceRun(samplesByPartition, WINDOW)
+    const { reference, samples } = referenceOfInput(inputMessages, PARTITIONS, WINDOW)
     expect(reference.closed.size).toBeGreaterThan(6)
 
     const replica = new AggregatorService(
@@ -136,7 +121,7 @@ describe('SASL/SCRAM', () => {
     try {
       await replica.start()
       await eventually('the replica to aggregate every input sample', () =>
-        Promise.resolve(replica.totals.samples === samplesByPartition.flat().length),
+        Promise.resolve(replica.totals.samples === samples),
       )
     } finally {
       await replica.stop()
@@ -150,16 +135,7 @@ describe('SASL/SCRAM', () => {
           security: security(mechanism),
         })
       ).map((m) => decodeWindowAggregate(m.value as Buffer))
-      expect(results, mechanism).toHaveLength(reference.closed.size)
-      for (const result of results) {
-        const want = reference.closed.get(windowId(result.seriesKey, result.windowStart))
-        expect(
-          want,
-          `${mechanism}: unexpected window ${result.seriesKey}@${result.windowStart}`,
-        ).toBeDefined()
-        expect([result.count, result.min, result.max]).toEqual([want?.count, want?.min, want?.max])
-        expect(result.sum).toBeCloseTo(want?.sum ?? NaN, 6)
-      }
+      expectMatchesReference(results, reference, mechanism)
     }
   })
 

@@ -17,18 +17,19 @@
 import { spawn } from 'node:child_process'
 import { readFile } from 'node:fs/promises'
 import net from 'node:net'
-import { afterAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { parseConfig } from '../../consumer/config'
 import { kafkaSecurity, securityOptions, type KafkaSecurity } from '../../consumer/kafka'
 import { createLogger } from '../../consumer/logger'
 import { packageRoot } from '../../consumer/paths'
-import { decodeTelemetryBatch, decodeWindowAggregate } from '../../consumer/schemas'
+import { decodeWindowAggregate } from '../../consumer/schemas'
 import { AggregatorService } from '../../consumer/service'
-import { startLocalBroker, type LocalBroker, type LocalTlsFiles } from '../../scripts/local-kafka'
+import type { LocalBroker, LocalTlsFiles } from '../../scripts/local-kafka'
 import { readCommittedWithLibrdkafka } from '../chaos/librdkafka-reader'
 import { eventually, kwa } from '../helpers/cli'
+import { expectMatchesReference, referenceOfInput } from '../helpers/expected'
 import { readAll, uniqueTopic } from '../helpers/kafka'
-import { referenceRun, windowId } from '../reference'
+import { ownBroker } from '../helpers/own-broker'
 
 const USER = 'kwa-tls-user'
 const PASSWORD = 'kwa-tls-secret-4b2e'
@@ -36,21 +37,11 @@ const PARTITIONS = 2
 const WINDOW = { sizeMs: 1_000, advanceMs: 1_000, graceMs: 0 }
 const logger = createLogger((process.env['KWA_TEST_LOG_LEVEL'] as 'info' | undefined) ?? 'silent')
 
-/**
- * Started by the first test that needs it, not in beforeAll: a broker that cannot start then
- * fails each test (vitest would report the tests of a failed beforeAll as skipped).
- */
-let broker: Promise<LocalBroker> | undefined
-const tlsBroker = (): Promise<LocalBroker> =>
-  (broker ??= startLocalBroker({
-    heapMb: 512,
-    sasl: { users: [{ username: USER, password: PASSWORD }] },
-    tls: {},
-  }))
-
-afterAll(async () => {
-  await (await broker?.catch(() => undefined))?.cleanup()
-}, 60_000)
+const tlsBroker = ownBroker({
+  heapMb: 512,
+  sasl: { users: [{ username: USER, password: PASSWORD }] },
+  tls: {},
+})
 
 async function tlsOf(): Promise<NonNullable<LocalBroker['tls']> & { plaintext: string }> {
   const started = await tlsBroker()
@@ -149,12 +140,7 @@ async function pipelineOver(listener: Listener, plaintext: string): Promise<void
   // The expected windows, from what really is in the input topic (read over the same listener).
   const security = securityFrom(listener.env)
   const inputMessages = await readAll(listener.brokers, input, { security })
-  const samplesByPartition = Array.from({ length: PARTITIONS }, (_, p) =>
-    inputMessages
-      .filter((m) => m.partition === p)
-      .flatMap((m) => decodeTelemetryBatch(m.value as Buffer).samples),
-  )
-  const reference = referenceRun(samplesByPartition, WINDOW)
+  const { reference, samples } = referenceOfInput(inputMessages, PARTITIONS, WINDOW)
   expect(reference.closed.size).toBeGreaterThan(6)
 
   const replica = new AggregatorService(
@@ -176,7 +162,7 @@ async function pipelineOver(listener: Listener, plaintext: string): Promise<void
   try {
     await replica.start()
     await eventually(`${listener.name}: the replica to aggregate every input sample`, () =>
-      Promise.resolve(replica.totals.samples === samplesByPartition.flat().length),
+      Promise.resolve(replica.totals.samples === samples),
     )
     // Every window closed by the input is published (committed) before the replica stops.
     await eventually(`${listener.name}: ${reference.closed.size} results committed`, async () => {
@@ -190,13 +176,7 @@ async function pipelineOver(listener: Listener, plaintext: string): Promise<void
   // librdkafka, read_committed: shares no code with kafkajs or ours.
   const committed = await readCommittedWithLibrdkafka(plaintext, output, 30_000)
   const results = committed.map((r) => decodeWindowAggregate(Buffer.from(r.value ?? '', 'hex')))
-  expect(results, listener.name).toHaveLength(reference.closed.size)
-  for (const result of results) {
-    const want = reference.closed.get(windowId(result.seriesKey, result.windowStart))
-    expect(want, `${listener.name}: window ${result.seriesKey}@${result.windowStart}`).toBeDefined()
-    expect([result.count, result.min, result.max]).toEqual([want?.count, want?.min, want?.max])
-    expect(result.sum).toBeCloseTo(want?.sum ?? NaN, 6)
-  }
+  expectMatchesReference(results, reference, listener.name)
 }
 
 describe('TLS', () => {
