@@ -1,6 +1,6 @@
 import type { Admin, Consumer, Kafka } from 'kafkajs'
 import { randomUUID } from 'node:crypto'
-import { KwaError } from './errors'
+import { aclResource, asAuthorizationError, KwaError } from './errors'
 import type { Logger } from './logger'
 import { retryWithBackoff } from './retry'
 import type { ClosedWindows, WindowStates } from './native'
@@ -334,13 +334,13 @@ export class ChangelogReader {
   private readonly admin: Admin
   private readonly groupId: string
   private readonly pending = new Map<number, PendingRestore>()
-  private dead: ChangelogReaderCrashedError | undefined
-  private onDeath: ((error: ChangelogReaderCrashedError) => void) | undefined
+  private dead: KwaError | undefined
+  private onDeath: ((error: KwaError) => void) | undefined
   /**
    * Settles when the reader's consumer crashed and kafkajs will not restart it: no restore can
    * succeed any more.
    */
-  readonly died: Promise<ChangelogReaderCrashedError>
+  readonly died: Promise<KwaError>
 
   constructor(
     kafka: Kafka,
@@ -420,13 +420,17 @@ export class ChangelogReader {
    * A crash ends every restore in progress at once rather than at its timeout: kafkajs' restart
    * (if any) starts a new consumer group session, which forgets the restores' seeks.
    */
-  private crashed(cause: Error, restart: boolean): ChangelogReaderCrashedError {
-    const error = new ChangelogReaderCrashedError(
-      `changelog reader (group ${this.groupId}) crashed` +
-        `${restart ? '; kafkajs restarts it' : ' and kafkajs will not restart it'}: ${cause.message}`,
-      // No cause: kafkajs (through a failed batch) would judge the cause instead.
-      { retriable: restart },
-    )
+  private crashed(cause: Error, restart: boolean): KwaError {
+    const refused = this.refused(cause, 'read the changelog')
+    if (refused !== undefined) restart = false
+    const error =
+      refused ??
+      new ChangelogReaderCrashedError(
+        `changelog reader (group ${this.groupId}) crashed` +
+          `${restart ? '; kafkajs restarts it' : ' and kafkajs will not restart it'}: ${cause.message}`,
+        // No cause: kafkajs (through a failed batch) would judge the cause instead.
+        { retriable: restart },
+      )
     const restoring = [...this.pending.keys()]
     this.log[restart ? 'warn' : 'error'](
       { topic: this.topic, partitions: restoring, restart, err: cause },
@@ -456,7 +460,11 @@ export class ChangelogReader {
 
   /** A changelog partition's log start and end offsets (retried within the fetch bound). */
   async offsets(partition: number): Promise<{ low: bigint; high: bigint }> {
-    const offsets = await retryWithBackoff(() => this.admin.fetchTopicOffsets(this.topic), {
+    const fetch = () =>
+      this.admin.fetchTopicOffsets(this.topic).catch((error: unknown) => {
+        throw this.refused(error, `fetch the offsets of changelog ${this.topic}`) ?? error
+      })
+    const offsets = await retryWithBackoff(fetch, {
       what: `fetching the end offsets of changelog ${this.topic}`,
       boundMs: this.options.fetchRetryBoundMs ?? RESTORE_FETCH_RETRY_BOUND_MS,
       log: this.log,
@@ -549,6 +557,14 @@ export class ChangelogReader {
       this.pauseQuietly(partition)
     }
     return state
+  }
+
+  /** A refusal of what restores take (Read on the changelog and on the reader's group), named. */
+  private refused(error: unknown, doing: string) {
+    return asAuthorizationError(error, doing, {
+      topic: { operation: 'Read', resource: aclResource.topic(this.topic) },
+      group: { operation: 'Read', resource: aclResource.group(this.groupId) },
+    })
   }
 
   private throwIfDead(): void {

@@ -3,7 +3,13 @@ import { PartitionAssigners, Partitioners } from 'kafkajs'
 import { stickyAssigner } from './assigner'
 import { ChangelogReader, RESTORE_READ_TIMEOUT_MS, type ChangelogRecord } from './changelog'
 import { TelemetryDecoder, type TelemetryDecoderOptions } from './decode'
-import { isPoisonMessageError, KwaError } from './errors'
+import {
+  aclResource,
+  asAuthorizationError,
+  isAuthorizationError,
+  isPoisonMessageError,
+  KwaError,
+} from './errors'
 import { rejectionReason, rejectionReasons } from './dead-letter'
 import { OpsServer, type Health } from './http'
 import { reasonLabel, ServiceMetrics } from './metrics'
@@ -480,8 +486,9 @@ export class AggregatorService {
         return
       }
       // kafkajs gave up: exit (and let the orchestrator restart us) rather than idle silently.
-      this.log.fatal({ err: payload.error }, 'consumer crashed and will not restart')
-      this.fail(payload.error)
+      const error = this.refusedInput(payload.error, 'consume the input') ?? payload.error
+      this.log.fatal({ err: error }, 'consumer crashed and will not restart')
+      this.fail(error)
     })
     await this.consumer.subscribe({ topic: this.config.inputTopic, fromBeginning: true })
     // Watching from before the first join: a join that never completes is a stall too.
@@ -681,10 +688,10 @@ export class AggregatorService {
           await this.exclusive(partition, () => this.ownedPartition(partition, undefined))
         } catch (error) {
           if (this.stopping !== undefined) return
-          if (isBrokerRetriesExhausted(error)) {
+          if (isFatal(error)) {
             this.log.fatal(
               { topic: this.config.inputTopic, partition, err: error },
-              'restore after join gave up on the broker; failing',
+              'restore after join failed for good; failing',
             )
             this.fail(error)
             return
@@ -786,9 +793,10 @@ export class AggregatorService {
       this.consumer.pause([{ topic: this.config.inputTopic }])
       this.fail(error)
       return false
-    } else if (isBrokerRetriesExhausted(error) || this.failedWith !== undefined) {
-      // Gave up on the broker, or failed meanwhile (e.g. the changelog reader died): the CLI
-      // stops the replica; kafkajs must not judge (and log) the error as a crash of its own.
+    } else if (isFatal(error) || this.failedWith !== undefined) {
+      // Gave up on the broker, refused for want of an ACL, or failed meanwhile (e.g. the
+      // changelog reader died): the CLI stops the replica; kafkajs must not judge (and log) the
+      // error as a crash of its own.
       this.log.fatal({ ...where, err: error }, 'batch failed for good; stopping')
       this.consumer.pause([{ topic: this.config.inputTopic }])
       this.fail(error instanceof Error ? error : new KwaError(String(error)))
@@ -1003,9 +1011,13 @@ export class AggregatorService {
       ),
     )
     const stopTimer = this.metrics.commitDuration.startTimer()
-    await this.consumer.commitOffsets([
-      { topic: this.config.inputTopic, partition, ...outcome.commit },
-    ])
+    await this.consumer
+      .commitOffsets([{ topic: this.config.inputTopic, partition, ...outcome.commit }])
+      .catch((error: unknown) => {
+        throw (
+          this.refusedInput(error, `commit the offsets of group ${this.config.groupId}`) ?? error
+        )
+      })
     stopTimer()
   }
 
@@ -1155,7 +1167,7 @@ export class AggregatorService {
           return false
       }
     } catch (error) {
-      if (isBrokerRetriesExhausted(error)) throw error
+      if (isFatal(error)) throw error
       this.log.info({ ...where, err: error }, 'could not prove the state current; restoring')
       return false
     } finally {
@@ -1307,7 +1319,16 @@ export class AggregatorService {
   ): Promise<{ offset: string; metadata: string; checkpoint: Checkpoint | null } | undefined> {
     const [topic] = await retryWithBackoff(
       () =>
-        this.admin.fetchOffsets({ groupId: this.config.groupId, topics: [this.config.inputTopic] }),
+        this.admin
+          .fetchOffsets({ groupId: this.config.groupId, topics: [this.config.inputTopic] })
+          .catch((error: unknown) => {
+            throw (
+              this.refusedInput(
+                error,
+                `fetch the committed offsets of group ${this.config.groupId}`,
+              ) ?? error
+            )
+          }),
       {
         what: `fetching the committed offsets of group ${this.config.groupId}`,
         boundMs: this.bounds.restoreRetryMs,
@@ -1329,6 +1350,14 @@ export class AggregatorService {
       }
     }
     return { offset: entry.offset, metadata: entry.metadata ?? '', checkpoint }
+  }
+
+  /** A refusal of what consuming takes (Read on the input and on the group), named. */
+  private refusedInput(error: unknown, doing: string) {
+    return asAuthorizationError(error, doing, {
+      topic: { operation: 'Read', resource: aclResource.topic(this.config.inputTopic) },
+      group: { operation: 'Read', resource: aclResource.group(this.config.groupId) },
+    })
   }
 
   /** Frees a partition's native state now; its producer disconnects in the background. */
@@ -1364,3 +1393,7 @@ export class AggregatorService {
     this.log.info({ ...this.totals, openWindows, bytesHeld, partitions: this.assigned }, 'stats')
   }
 }
+
+/** Errors after which the replica stops rather than restores and retries: they would recur. */
+const isFatal = (error: unknown): error is KwaError =>
+  isBrokerRetriesExhausted(error) || isAuthorizationError(error)

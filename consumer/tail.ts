@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto'
+import { aclResource, asAuthorizationError } from './errors'
 import { createKafka, type KafkaSecurity } from './kafka'
 import { checkTls } from './tls'
 import type { Logger } from './logger'
@@ -13,6 +14,9 @@ export interface TailConfig {
   fromBeginning: boolean
   format: 'text' | 'json'
 }
+
+/** Tail's throwaway consumer groups start with this (ACLs: Read on groups with this prefix). */
+export const TAIL_GROUP_PREFIX = 'kwa-tail-'
 
 const time = (ms: number) => new Date(ms).toISOString().slice(11, 23)
 
@@ -40,26 +44,45 @@ export async function tailAggregates(
   })
   await checkTls(config.brokers, config.security?.ssl, config.clientId)
   // A throwaway group: tail reads, never commits, and never steals partitions from others.
-  const consumer = kafka.consumer({ groupId: `kwa-tail-${randomUUID()}` })
-  await consumer.connect()
-  await consumer.subscribe({ topic: config.topic, fromBeginning: config.fromBeginning })
-  await consumer.run({
-    autoCommit: false,
-    eachMessage: ({ message, partition }) => {
-      if (message.value === null) return Promise.resolve()
-      try {
-        print(formatAggregate(decodeWindowAggregate(message.value), config.format))
-      } catch (err) {
-        logger.warn(
-          { topic: config.topic, partition, offset: message.offset, err },
-          'not a WindowAggregate',
-        )
-      }
-      return Promise.resolve()
-    },
-  })
-  await new Promise<void>((resolve) =>
-    signal.addEventListener('abort', () => resolve(), { once: true }),
+  const groupId = `${TAIL_GROUP_PREFIX}${randomUUID()}`
+  const consumer = kafka.consumer({ groupId })
+  const refused = (error: unknown) =>
+    asAuthorizationError(error, `read topic ${config.topic}`, {
+      topic: { operation: 'Read', resource: aclResource.topic(config.topic) },
+      group: { operation: 'Read', resource: aclResource.group(TAIL_GROUP_PREFIX, true) },
+    })
+  // kafkajs gives up (a missing ACL, a broker gone for good): fail rather than wait silently.
+  const crashed = new Promise<never>((_resolve, reject) =>
+    consumer.on(consumer.events.CRASH, ({ payload }) => {
+      if (!payload.restart) reject(refused(payload.error) ?? payload.error)
+    }),
   )
-  await consumer.disconnect()
+  crashed.catch(() => undefined)
+  try {
+    await consumer.connect()
+    await consumer.subscribe({ topic: config.topic, fromBeginning: config.fromBeginning })
+    await consumer.run({
+      autoCommit: false,
+      eachMessage: ({ message, partition }) => {
+        if (message.value === null) return Promise.resolve()
+        try {
+          print(formatAggregate(decodeWindowAggregate(message.value), config.format))
+        } catch (err) {
+          logger.warn(
+            { topic: config.topic, partition, offset: message.offset, err },
+            'not a WindowAggregate',
+          )
+        }
+        return Promise.resolve()
+      },
+    })
+    const aborted = new Promise<void>((resolve) =>
+      signal.addEventListener('abort', () => resolve(), { once: true }),
+    )
+    await Promise.race([aborted, crashed])
+  } catch (error) {
+    throw refused(error) ?? error
+  } finally {
+    await consumer.disconnect()
+  }
 }

@@ -1,5 +1,5 @@
 import type { Admin, ITopicConfig } from 'kafkajs'
-import { KwaError } from './errors'
+import { aclResource, asAuthorizationError, KwaError, type AclNeed } from './errors'
 import type { Logger } from './logger'
 import { isTransientBrokerError, retryWithBackoff, START_RETRY_BOUND_MS } from './retry'
 
@@ -139,6 +139,7 @@ async function provisionOnce(
   created: Set<string>,
 ): Promise<TopicStatus[]> {
   const existing = new Set(await admin.listTopics())
+  if (!existing.has(plan.input)) await checkVisible(admin, [[plan.input, 'input']], options)
 
   if (!existing.has(plan.input)) {
     if (!options.create || options.inputPartitions === undefined) {
@@ -174,6 +175,7 @@ async function provisionOnce(
   }
 
   const missing = [...wanted].filter(([topic]) => !existing.has(topic))
+  await checkVisible(admin, missing, options)
   if (missing.length > 0 && !options.create) {
     throw new TopicError(
       missing[0]?.[0] ?? '',
@@ -240,6 +242,41 @@ async function provisionOnce(
   return statuses
 }
 
+/** What a replica does with a topic of each role, and the ACL operations that takes. */
+const roleAccess: Record<TopicRole, { doing: string; operation: string }> = {
+  input: { doing: 'read', operation: 'Read' },
+  output: { doing: 'write to', operation: 'Write' },
+  'dead-letter': { doing: 'write to', operation: 'Write' },
+  late: { doing: 'write to', operation: 'Write' },
+  changelog: { doing: 'read and write', operation: 'Read, Write and DescribeConfigs' },
+}
+
+/**
+ * A topic listTopics leaves out may be missing, or there but hidden from this principal: the
+ * broker lists only the topics it may Describe (which Read and Write include). Asked by name, it
+ * answers TOPIC_AUTHORIZATION_FAILED for those (whether they exist or not), UNKNOWN_TOPIC for the
+ * missing ones. A refusal is thrown naming the ACL the topic's role needs (a replica's access, or
+ * Describe for `kwa topics`, which only creates and describes).
+ */
+async function checkVisible(
+  admin: Admin,
+  topics: [string, TopicRole][],
+  options: ProvisionOptions,
+): Promise<void> {
+  for (const [topic, role] of topics) {
+    const error: unknown = await admin.fetchTopicMetadata({ topics: [topic] }).then(
+      () => undefined,
+      (e: unknown) => e,
+    )
+    const { doing, operation } =
+      options.report === true ? { doing: 'describe', operation: 'Describe' } : roleAccess[role]
+    const refused = asAuthorizationError(error, `${doing} the ${role} topic ${topic}`, {
+      topic: { operation, resource: aclResource.topic(topic) },
+    })
+    if (refused !== undefined) throw refused
+  }
+}
+
 const hasRetention = (role: TopicRole) =>
   role === 'output' || role === 'dead-letter' || role === 'late'
 
@@ -282,6 +319,15 @@ async function createTopics(admin: Admin, topics: ITopicConfig[]): Promise<void>
       (e) => (e as { type?: unknown } | null)?.type !== 'TOPIC_ALREADY_EXISTS',
     )
     if (failures.length === 0) return
+    for (const failure of failures) {
+      const { topic } = (failure ?? {}) as { topic?: unknown }
+      const name = typeof topic === 'string' ? topic : topics.map((t) => t.topic).join(', ')
+      const refused = asAuthorizationError(failure, `create topic ${name}`, {
+        topic: createNeed(name),
+        cluster: createNeed(name),
+      })
+      if (refused !== undefined) throw refused
+    }
     if (failures.every(isTransientBrokerError)) {
       throw new KwaError(`creating topics failed: ${failures.map(describeFailure).join('; ')}`, {
         retriable: true,
@@ -291,6 +337,12 @@ async function createTopics(admin: Admin, topics: ITopicConfig[]): Promise<void>
     throw error
   }
 }
+
+/** Creating a topic takes Create on it (least privilege) or on the whole cluster. */
+const createNeed = (topic: string): AclNeed => ({
+  operation: 'Create',
+  resource: `${aclResource.topic(topic)} (or on the cluster)`,
+})
 
 const describeFailure = (error: unknown): string => {
   const { topic, message } = (error ?? {}) as { topic?: unknown; message?: unknown }
@@ -306,23 +358,30 @@ async function partitionCount(admin: Admin, topic: string): Promise<number> {
   return metadata.topics.find((t) => t.name === topic)?.partitions.length ?? 0
 }
 
+/** One request per topic: the broker's refusal does not say which topic it is about. */
 async function describeTopicConfigs(
   admin: Admin,
   topics: string[],
 ): Promise<Map<string, Record<string, string>>> {
-  const described = await admin.describeConfigs({
-    includeSynonyms: false,
-    resources: [...new Set(topics)].map((name) => ({
-      type: TOPIC_RESOURCE,
-      name,
-      configNames: CHECKED_CONFIGS,
-    })),
-  })
   const byTopic = new Map<string, Record<string, string>>()
-  for (const resource of described.resources) {
-    const configs: Record<string, string> = {}
-    for (const entry of resource.configEntries) configs[entry.configName] = entry.configValue
-    byTopic.set(resource.resourceName, configs)
+  for (const name of new Set(topics)) {
+    const described = await admin
+      .describeConfigs({
+        includeSynonyms: false,
+        resources: [{ type: TOPIC_RESOURCE, name, configNames: CHECKED_CONFIGS }],
+      })
+      .catch((error: unknown) => {
+        throw (
+          asAuthorizationError(error, `read the configuration of topic ${name}`, {
+            topic: { operation: 'DescribeConfigs', resource: aclResource.topic(name) },
+          }) ?? error
+        )
+      })
+    for (const resource of described.resources) {
+      const configs: Record<string, string> = {}
+      for (const entry of resource.configEntries) configs[entry.configName] = entry.configValue
+      byTopic.set(resource.resourceName, configs)
+    }
   }
   return byTopic
 }

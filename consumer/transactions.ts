@@ -1,5 +1,5 @@
 import { Partitioners, type Kafka, type Message, type Producer, type TopicMessages } from 'kafkajs'
-import { KwaError } from './errors'
+import { aclResource, asAuthorizationError, authorizationFailure, KwaError } from './errors'
 import type { Logger } from './logger'
 
 /** What one batch commits atomically. */
@@ -104,11 +104,40 @@ export async function sendResults(
   try {
     await producer.sendBatch({ acks: -1, topicMessages })
   } catch (error) {
+    if (authorizationFailure(error) !== undefined)
+      throw await refusedTopic(producer, topicMessages, error)
     if (!isTooLarge(error)) throw error
     onSplit(topicMessages.reduce((n, t) => n + t.messages.length, 0))
     for (const request of requestsBySize(topicMessages))
       await producer.sendBatch({ acks: -1, topicMessages: request })
   }
+}
+
+/**
+ * The broker refused a request to several topics without saying which: one topic at a time
+ * finds it (at least once, a record sent twice is allowed; the batch fails either way).
+ */
+async function refusedTopic(
+  producer: Producer,
+  topicMessages: TopicMessages[],
+  error: unknown,
+): Promise<unknown> {
+  const sent = topicMessages.filter((t) => t.messages.length > 0)
+  for (const request of sent) {
+    const failure: unknown =
+      sent.length === 1
+        ? error
+        : await producer.sendBatch({ acks: -1, topicMessages: [request] }).then(
+            () => undefined,
+            (e: unknown) => e,
+          )
+    const refused = asAuthorizationError(failure, `write to topic ${request.topic}`, {
+      topic: { operation: 'Write', resource: aclResource.topic(request.topic) },
+      cluster: { operation: 'IdempotentWrite', resource: aclResource.cluster },
+    })
+    if (refused !== undefined) return refused
+  }
+  return error
 }
 
 /** Broker answers to a record batch over `max.message.bytes` (kafkajs wraps them in `cause`). */
@@ -144,11 +173,7 @@ const transientTypes = new Set([
   'NETWORK_EXCEPTION',
 ])
 /** Another producer with our transactional id took over: this replica is a zombie. */
-const fencedTypes = new Set([
-  'INVALID_PRODUCER_EPOCH',
-  'PRODUCER_FENCED',
-  'TRANSACTIONAL_ID_AUTHORIZATION_FAILED',
-])
+const fencedTypes = new Set(['INVALID_PRODUCER_EPOCH', 'PRODUCER_FENCED'])
 
 const errorType = (error: unknown): string | undefined => {
   const type = (error as { type?: unknown } | null)?.type
@@ -200,9 +225,33 @@ export class PartitionTransactor {
    * empty transaction, which kafkajs ends without a request.
    */
   async connect(): Promise<void> {
-    await this.producer.connect()
-    const transaction = await this.producer.transaction()
-    await transaction.abort()
+    try {
+      await this.producer.connect()
+      const transaction = await this.producer.transaction()
+      await transaction.abort()
+    } catch (error) {
+      throw (
+        this.refused(error, `initialise the transactional producer ${this.transactionalId}`) ??
+        error
+      )
+    }
+  }
+
+  /** `error` as an AuthorizationError naming what `doing` needs, if it is a refusal. */
+  private refused(error: unknown, doing: string, topic?: string, group?: string) {
+    return asAuthorizationError(error, doing, {
+      transactionalId: {
+        operation: 'Write',
+        resource: aclResource.transactionalId(this.transactionalId),
+      },
+      cluster: { operation: 'IdempotentWrite', resource: aclResource.cluster },
+      ...(topic !== undefined && {
+        topic: { operation: 'Write', resource: aclResource.topic(topic) },
+      }),
+      ...(group !== undefined && {
+        group: { operation: 'Read', resource: aclResource.group(group) },
+      }),
+    })
   }
 
   async disconnect(): Promise<void> {
@@ -219,9 +268,11 @@ export class PartitionTransactor {
     for (let attempt = 1; ; attempt++) {
       const transaction = await this.producer.transaction()
       let committing = false
+      let step: { doing: string; topic?: string; group?: string } = { doing: 'begin a transaction' }
       let firstTracked: bigint | undefined
       let lastTracked: bigint | undefined
       const send = async (topic: string, chunk: Message[]) => {
+        step = { doing: `write to topic ${topic} in a transaction`, topic }
         const written = await transaction.send({ topic, messages: chunk })
         const track = content.track
         if (track === undefined || track.topic !== topic) return
@@ -239,12 +290,17 @@ export class PartitionTransactor {
           await send(content.track.topic, [content.last(firstTracked)])
         const { consumerGroupId, topic, partition, offset } = content.offsets
         const commitStarted = process.hrtime.bigint()
+        step = {
+          doing: `commit the offsets of group ${consumerGroupId} in a transaction`,
+          group: consumerGroupId,
+        }
         await transaction.sendOffsets({
           consumerGroupId,
           topics: [{ topic, partitions: [{ partition, offset }] }],
         })
         content.beforeCommit?.()
         committing = true
+        step = { doing: `commit transaction ${this.transactionalId}` }
         await transaction.commit()
         return {
           attempts: attempt,
@@ -254,6 +310,11 @@ export class PartitionTransactor {
         }
       } catch (error) {
         content.onAbort?.()
+        const refused = this.refused(error, step.doing, step.topic, step.group)
+        if (refused !== undefined) {
+          await this.producer.disconnect().catch(() => undefined)
+          throw refused
+        }
         if (isFenced(error)) {
           // Retriable, and without the kafkajs cause (which kafkajs would judge instead): the
           // consumer must rejoin the group and learn what it owns now, not crash.

@@ -12,33 +12,83 @@ export interface CliResult {
   ms: number
 }
 
-/** Runs `kwa` from source with only these environment variables (plus PATH). */
-export function kwa(
+/** A `kwa` process from source with only these environment variables (plus PATH). */
+function spawnKwa(args: string[], env: Record<string, string>) {
+  const started = Date.now()
+  const child = spawn(process.execPath, ['--import', 'tsx', 'consumer/cli.ts', ...args], {
+    cwd: packageRoot,
+    env: { PATH: process.env.PATH ?? '', KWA_LOG_LEVEL: 'warn', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  const output = { stdout: '', stderr: '' }
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (output.stdout += chunk))
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (output.stderr += chunk))
+  const exited = new Promise<CliResult>((resolve, reject) => {
+    child.once('error', reject)
+    child.once('exit', (status) => resolve({ status, ...output, ms: Date.now() - started }))
+  })
+  return { child, output, exited }
+}
+
+/** Runs `kwa` to its exit; throws (after killing it) if it still runs after `timeoutMs`. */
+export async function kwa(
   args: string[],
   env: Record<string, string>,
   timeoutMs = 60_000,
 ): Promise<CliResult> {
-  const started = Date.now()
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'consumer/cli.ts', ...args], {
-      cwd: packageRoot,
-      env: { PATH: process.env.PATH ?? '', KWA_LOG_LEVEL: 'warn', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk))
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL')
-      reject(new Error(`kwa ${args.join(' ')} still running after ${timeoutMs} ms:\n${stderr}`))
-    }, timeoutMs)
-    child.once('error', reject)
-    child.once('exit', (status) => {
-      clearTimeout(timer)
-      resolve({ status, stdout, stderr, ms: Date.now() - started })
-    })
-  })
+  const { child, output, exited } = spawnKwa(args, env)
+  let timedOut = false
+  const timer = setTimeout(() => {
+    timedOut = true
+    child.kill('SIGKILL')
+  }, timeoutMs)
+  try {
+    const result = await exited
+    if (timedOut)
+      throw new Error(
+        `kwa ${args.join(' ')} still running after ${timeoutMs} ms:\n${output.stderr}`,
+      )
+    return result
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/** A long-running `kwa` (run, tail): `stop()` sends SIGTERM and waits for its exit. */
+export interface RunningKwa {
+  /** What it printed so far. */
+  readonly output: { stdout: string; stderr: string }
+  /** Settles when it exits on its own (or once stopped). */
+  readonly exited: Promise<CliResult>
+  /** SIGTERM, then its exit; throws (after SIGKILL) if it is still running after `timeoutMs`. */
+  stop(timeoutMs?: number): Promise<CliResult>
+}
+
+export function startKwa(args: string[], env: Record<string, string>): RunningKwa {
+  const { child, output, exited } = spawnKwa(args, env)
+  return {
+    output,
+    exited,
+    async stop(timeoutMs = 60_000) {
+      child.kill('SIGTERM')
+      let timer: NodeJS.Timeout | undefined
+      const bound = new Promise<never>((_resolve, reject) => {
+        timer = setTimeout(() => {
+          child.kill('SIGKILL')
+          reject(
+            new Error(
+              `kwa ${args[0]} still running ${timeoutMs} ms after SIGTERM:\n${output.stderr}`,
+            ),
+          )
+        }, timeoutMs)
+      })
+      try {
+        return await Promise.race([exited, bound])
+      } finally {
+        clearTimeout(timer)
+      }
+    },
+  }
 }
 
 /** Polls `done` every 500 ms until it holds; throws naming `what` after `timeoutMs`. */

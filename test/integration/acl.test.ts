@@ -1,7 +1,10 @@
 /**
- * Least privilege on a broker that enforces ACLs (KRaft's StandardAuthorizer): a replica whose
- * SASL principal holds exactly the ACLs docs/OPERATIONS.md lists runs the exactly-once pipeline
- * end to end, read back by librdkafka and checked against a recomputation of the input.
+ * Least privilege on a broker that enforces ACLs (KRaft's StandardAuthorizer). For `kwa run` in
+ * both delivery modes, with `--create-topics` true and false, and for `kwa topics` and `kwa tail`:
+ * a SCRAM principal holding exactly the ACLs docs/OPERATIONS.md lists does the whole job (the
+ * pipeline's results read back by librdkafka and checked against a recomputation of the input),
+ * and with any one of them removed the command exits non-zero, naming the missing operation and
+ * resource. So the documentation lists no ACL that is not needed, and none is missing.
  *
  *   npx vitest run --project integration test/integration/acl.test.ts
  *
@@ -15,30 +18,33 @@ import {
   Kafka,
   logLevel,
   ResourcePatternTypes,
+  type Admin,
   type AclEntry,
+  type Producer,
 } from 'kafkajs'
 import { describe, expect, it } from 'vitest'
-import { parseConfig } from '../../consumer/config'
-import { createKafka, kafkaSecurity, securityOptions } from '../../consumer/kafka'
-import { createLogger } from '../../consumer/logger'
-import { decodeWindowAggregate } from '../../consumer/schemas'
 import {
-  AggregatorService,
-  defaultChangelogTopic,
-  defaultDeadLetterTopic,
-} from '../../consumer/service'
+  decodeWindowAggregate,
+  encodeTelemetryBatch,
+  encodeWindowAggregate,
+} from '../../consumer/schemas'
+import { defaultChangelogTopic } from '../../consumer/service'
+import { TAIL_GROUP_PREFIX } from '../../consumer/tail'
+import { provisionTopics } from '../../consumer/topics'
 import { readCommittedWithLibrdkafka } from '../chaos/librdkafka-reader'
-import { eventually, kwa } from '../helpers/cli'
+import { eventually, kwa, startKwa, type CliResult } from '../helpers/cli'
 import { expectMatchesReference, referenceOfInput } from '../helpers/expected'
 import { readAll, uniqueTopic } from '../helpers/kafka'
 import { ownBroker } from '../helpers/own-broker'
 
 const USER = 'kwa-acl-user'
 const PASSWORD = 'kwa-acl-secret-8c3d'
-const PRINCIPAL = `User:${USER}`
 const PARTITIONS = 2
+const KEYS = 6
 const WINDOW = { sizeMs: 1_000, advanceMs: 1_000, graceMs: 0 }
-const logger = createLogger((process.env['KWA_TEST_LOG_LEVEL'] as 'info' | undefined) ?? 'silent')
+/** A command that lacks an ACL fails at its first refused request: no retries to wait out. */
+const REFUSED_WITHIN_MS = 60_000
+const POISON = Buffer.from('not a TelemetryBatch')
 
 const aclBroker = ownBroker({
   heapMb: 512,
@@ -46,155 +52,392 @@ const aclBroker = ownBroker({
   authorizer: true,
 })
 
-const security = () =>
-  kafkaSecurity(
-    parseConfig(securityOptions, {
-      saslMechanism: 'scram-sha-512',
-      saslUsername: USER,
-      saslPassword: PASSWORD,
-    }),
-  )
+const { TOPIC, GROUP, TRANSACTIONAL_ID } = AclResourceTypes
+const { READ, WRITE, CREATE, DESCRIBE, DESCRIBE_CONFIGS } = AclOperationTypes
+const operationName = new Map<AclOperationTypes, string>([
+  [READ, 'Read'],
+  [WRITE, 'Write'],
+  [CREATE, 'Create'],
+  [DESCRIBE, 'Describe'],
+  [DESCRIBE_CONFIGS, 'DescribeConfigs'],
+])
+const resourceName = new Map<AclResourceTypes, string>([
+  [TOPIC, 'topic'],
+  [GROUP, 'group'],
+  [TRANSACTIONAL_ID, 'transactional id'],
+])
+
+/** One ACL of the principal, and how kwa's message must name it when it is missing. */
+interface Acl {
+  entry: AclEntry
+  /** e.g. `allow Write on topic "out"`; a prefixed ACL's name is followed by the rest of the name. */
+  named: string
+}
+
+function allow(
+  resourceType: AclResourceTypes,
+  name: string,
+  operation: AclOperationTypes,
+  prefixed = false,
+): Acl {
+  return {
+    entry: {
+      resourceType,
+      resourceName: name,
+      resourcePatternType: prefixed ? ResourcePatternTypes.PREFIXED : ResourcePatternTypes.LITERAL,
+      principal: `User:${USER}`,
+      host: '*',
+      operation,
+      permissionType: AclPermissionTypes.ALLOW,
+    },
+    named:
+      `allow ${operationName.get(operation)} on ${resourceName.get(resourceType)} ` +
+      `"${name}${prefixed ? '' : '"'}`,
+  }
+}
 
 interface Names {
   input: string
   output: string
   deadLetter: string
+  late: string
   changelog: string
   groupId: string
 }
 
-const allow = (
-  resourceType: AclResourceTypes,
-  resourceName: string,
-  operation: AclOperationTypes,
-  prefixed = false,
-): AclEntry => ({
-  resourceType,
-  resourceName,
-  resourcePatternType: prefixed ? ResourcePatternTypes.PREFIXED : ResourcePatternTypes.LITERAL,
-  principal: PRINCIPAL,
-  host: '*',
-  operation,
-  permissionType: AclPermissionTypes.ALLOW,
-})
+function freshNames(label: string): Names {
+  const groupId = uniqueTopic(`acl-${label}-group`)
+  return {
+    input: uniqueTopic(`acl-${label}-in`),
+    output: uniqueTopic(`acl-${label}-out`),
+    deadLetter: uniqueTopic(`acl-${label}-dlq`),
+    late: uniqueTopic(`acl-${label}-late`),
+    changelog: defaultChangelogTopic(groupId),
+    groupId,
+  }
+}
 
-/** The ACLs docs/OPERATIONS.md lists for a replica, exactly once, `--create-topics false`. */
-function documentedAcls(n: Names): AclEntry[] {
-  const { TOPIC, GROUP, TRANSACTIONAL_ID, CLUSTER } = AclResourceTypes
-  const { READ, WRITE, DESCRIBE, DESCRIBE_CONFIGS, IDEMPOTENT_WRITE } = AclOperationTypes
+type Delivery = 'exactly-once' | 'at-least-once'
+
+/** The ACLs docs/OPERATIONS.md lists for a replica (`kwa run`), row by row. */
+function runAcls(n: Names, delivery: Delivery, createTopics: boolean): Acl[] {
+  const written = [n.output, n.deadLetter, n.late]
+  const exactlyOnce = delivery === 'exactly-once'
   return [
     allow(TOPIC, n.input, READ),
-    allow(TOPIC, n.input, DESCRIBE),
-    ...[n.output, n.deadLetter].flatMap((t) => [allow(TOPIC, t, WRITE), allow(TOPIC, t, DESCRIBE)]),
-    ...[READ, WRITE, DESCRIBE, DESCRIBE_CONFIGS].map((op) => allow(TOPIC, n.changelog, op)),
+    ...written.map((topic) => allow(TOPIC, topic, WRITE)),
+    ...(exactlyOnce
+      ? [READ, WRITE, DESCRIBE_CONFIGS].map((op) => allow(TOPIC, n.changelog, op))
+      : []),
     allow(GROUP, n.groupId, READ, true),
-    allow(GROUP, n.groupId, DESCRIBE, true),
-    allow(TRANSACTIONAL_ID, `${n.groupId}.${n.input}.`, WRITE, true),
-    allow(TRANSACTIONAL_ID, `${n.groupId}.${n.input}.`, DESCRIBE, true),
-    allow(CLUSTER, 'kafka-cluster', IDEMPOTENT_WRITE),
+    ...(exactlyOnce ? [allow(TRANSACTIONAL_ID, `${n.groupId}.${n.input}.`, WRITE, true)] : []),
+    ...(createTopics
+      ? [...written, ...(exactlyOnce ? [n.changelog] : [])].map((topic) =>
+          allow(TOPIC, topic, CREATE),
+        )
+      : []),
   ]
 }
 
-describe('ACLs', () => {
-  it('exactly once with only the documented ACLs (--create-topics false)', async () => {
-    const started = await aclBroker()
-    const saslBrokers = started.saslBrokers ?? ''
-    const groupId = uniqueTopic('acl-group')
-    const names: Names = {
-      input: uniqueTopic('acl-in'),
-      output: uniqueTopic('acl-out'),
-      deadLetter: '',
-      changelog: defaultChangelogTopic(groupId),
-      groupId,
-    }
-    names.deadLetter = defaultDeadLetterTopic(names.input)
-    // The harness (super user) provisions the topics and the ACLs, and writes the input.
-    const topics = await kwa(
-      ['topics', '--input-topic', names.input, '--output-topic', names.output].concat([
-        '--group-id',
-        groupId,
-        '--partitions',
-        String(PARTITIONS),
-      ]),
-      { KAFKA_BROKERS: started.brokers },
-    )
-    expect(topics.status, topics.stderr).toBe(0)
-    const admin = new Kafka({ brokers: [started.brokers], logLevel: logLevel.NOTHING }).admin()
-    await admin.connect()
-    try {
-      await admin.createAcls({ acl: documentedAcls(names) })
-    } finally {
-      await admin.disconnect()
-    }
-    // The broker enforces ACLs: this principal may not create topics.
-    const restricted = createKafka({
-      brokers: [saslBrokers],
-      clientId: 'kwa-acl-probe',
-      logger,
-      security: security(),
-    }).admin()
-    await restricted.connect()
-    try {
-      const denied: unknown = await restricted
-        .createTopics({ topics: [{ topic: uniqueTopic('acl-denied') }] })
-        .then(
-          () => undefined,
-          (error: unknown) => error,
-        )
-      const types = (denied as { errors?: { type?: string }[] } | undefined)?.errors?.map(
-        (e) => e.type,
-      )
-      expect(types).toEqual(['TOPIC_AUTHORIZATION_FAILED'])
-    } finally {
-      await restricted.disconnect()
-    }
-    const produced = await kwa(
-      ['produce', '--input-topic', names.input, '--duration', '3s', '--rate', '2000'].concat([
-        '--keys',
-        '6',
-        '--samples-per-batch',
-        '50',
-        '--out-of-order',
-        '0',
-      ]),
-      { KAFKA_BROKERS: started.brokers },
-    )
-    expect(produced.status, produced.stderr).toBe(0)
-    const inputMessages = await readAll(started.brokers, names.input)
-    const { reference, samples } = referenceOfInput(inputMessages, PARTITIONS, WINDOW)
-    expect(reference.closed.size).toBeGreaterThan(6)
+/** The ACLs docs/OPERATIONS.md lists for `kwa topics`: on each topic it creates. */
+function topicsAcls(n: Names): Acl[] {
+  return [n.input, n.output, n.deadLetter, n.late, n.changelog].flatMap((topic) =>
+    [CREATE, DESCRIBE, DESCRIBE_CONFIGS].map((op) => allow(TOPIC, topic, op)),
+  )
+}
 
-    const replica = new AggregatorService(
-      {
-        brokers: [saslBrokers],
-        clientId: 'kwa-acl-test',
-        groupId,
-        inputTopic: names.input,
-        outputTopic: names.output,
-        window: WINDOW,
-        delivery: 'exactly-once',
-        sessionTimeoutMs: 10_000,
-        statsIntervalMs: 0,
-        security: security(),
-        createTopics: false,
-      },
-      logger,
-    )
-    try {
-      await replica.start()
-      await eventually('the replica to aggregate every input sample', () =>
-        Promise.resolve(replica.totals.samples === samples),
-      )
-      await eventually(`${reference.closed.size} results committed`, async () => {
-        const committed = await readCommittedWithLibrdkafka(started.brokers, names.output, 30_000)
-        return committed.length >= reference.closed.size
-      })
-    } finally {
-      await replica.stop()
-    }
-    const results = (await readCommittedWithLibrdkafka(started.brokers, names.output, 30_000)).map(
-      (r) => decodeWindowAggregate(Buffer.from(r.value ?? '', 'hex')),
-    )
-    expectMatchesReference(results, reference, 'documented ACLs')
+/** The ACLs docs/OPERATIONS.md lists for `kwa tail`. */
+const tailAcls = (output: string): Acl[] => [
+  allow(TOPIC, output, READ),
+  allow(GROUP, TAIL_GROUP_PREFIX, READ, true),
+]
+
+const aclMatches = async (admin: Admin, entry: AclEntry): Promise<number> => {
+  const { resources } = await admin.describeAcls(entry)
+  return resources.reduce((n, r) => n + r.acls.length, 0)
+}
+
+/** Grants or revokes ACLs and waits until the broker's authorizer answers with the change. */
+async function setAcls(admin: Admin, acls: Acl[], present: boolean): Promise<void> {
+  const entries = acls.map((a) => a.entry)
+  if (present) await admin.createAcls({ acl: entries })
+  else await admin.deleteAcls({ filters: entries })
+  await eventually(`ACLs ${present ? 'granted' : 'revoked'}`, async () => {
+    for (const entry of entries)
+      if ((await aclMatches(admin, entry)) !== (present ? 1 : 0)) return false
+    return true
   })
+}
+
+interface Harness {
+  brokers: string
+  saslBrokers: string
+  admin: Admin
+  producer: Producer
+}
+
+async function harness(): Promise<Harness> {
+  const started = await aclBroker()
+  const kafka = new Kafka({ brokers: [started.brokers], logLevel: logLevel.NOTHING })
+  const admin = kafka.admin()
+  const producer = kafka.producer()
+  await Promise.all([admin.connect(), producer.connect()])
+  return { brokers: started.brokers, saslBrokers: started.saslBrokers ?? '', admin, producer }
+}
+
+async function closeHarness(h: Harness): Promise<void> {
+  await Promise.all([h.admin.disconnect(), h.producer.disconnect()])
+}
+
+const saslEnv = (h: Harness) => ({ KAFKA_BROKERS: h.saslBrokers, KWA_SASL_PASSWORD: PASSWORD })
+const saslFlags = ['--sasl-mechanism', 'scram-sha-512', '--sasl-username', USER]
+
+/**
+ * One round of input, after every earlier one in event time: each key's samples over five
+ * windows (one message per key), a sample of key 0 older than its partition's stream time (late:
+ * grace is 0), and a message that is not Avro (dead-lettered). Returns the round's end time.
+ */
+async function produceRound(producer: Producer, topic: string, after: number): Promise<number> {
+  const end = Math.max(Date.now(), after + 6_000)
+  const messages = Array.from({ length: KEYS }, (_, k) => {
+    const seriesKey = `acl-key-${k}`
+    const samples = Array.from({ length: 20 }, (_, i) => ({
+      seriesKey,
+      eventTime: end - 5_000 + i * 250,
+      value: k * 100 + i,
+    }))
+    return { key: seriesKey, value: encodeTelemetryBatch({ sourceId: 'acl', samples }) }
+  })
+  const late = { seriesKey: 'acl-key-0', eventTime: end - 20_000, value: -1 }
+  messages.push({
+    key: late.seriesKey,
+    value: encodeTelemetryBatch({ sourceId: 'acl', samples: [late] }),
+  })
+  messages.push({ key: 'poison', value: POISON })
+  await producer.send({ topic, acks: -1, messages })
+  return end
+}
+
+const runArgs = (n: Names, delivery: Delivery, createTopics: boolean): string[] =>
+  ['run', '--input-topic', n.input, '--output-topic', n.output, '--group-id', n.groupId].concat(
+    ['--dead-letter-topic', n.deadLetter, '--late-topic', n.late, '--changelog-topic', n.changelog],
+    ['--delivery', delivery, '--create-topics', String(createTopics), '--http-port', '0'],
+    ['--window-size', '1s', '--grace', '0s', '--log-level', 'error', ...saslFlags],
+  )
+
+/** A command that lacks `acl` exits non-zero in time, and its message names the ACL. */
+function expectRefused(result: CliResult, acl: Acl, label: string): void {
+  const context = `${label} without ${acl.named}:\n${result.stderr.slice(-3000)}`
+  expect(result.status, context).not.toBe(0)
+  expect(result.status, context).not.toBeNull()
+  expect(result.stderr, context).toContain(acl.named)
+}
+
+const count = async (brokers: string, topic: string) =>
+  (await readCommittedWithLibrdkafka(brokers, topic, 30_000)).length
+
+describe('ACLs (StandardAuthorizer)', () => {
+  const cells: [Delivery, boolean][] = [
+    ['exactly-once', false],
+    ['at-least-once', false],
+    ['exactly-once', true],
+    ['at-least-once', true],
+  ]
+  it.each(cells)(
+    'kwa run, %s, --create-topics %s: the documented ACLs suffice, and each is needed',
+    async (delivery, createTopics) => {
+      const h = await harness()
+      const label = `run ${delivery} --create-topics ${createTopics}`
+      try {
+        const n = freshNames(delivery === 'exactly-once' ? 'eos' : 'alo')
+        // The harness (super user) creates the input, and the other topics unless kwa is to.
+        await provisionTopics(
+          h.admin,
+          {
+            input: n.input,
+            output: createTopics ? n.input : n.output,
+            deadLetter: createTopics ? n.input : n.deadLetter,
+            late: createTopics ? undefined : n.late,
+            changelog: delivery === 'exactly-once' && !createTopics ? n.changelog : undefined,
+          },
+          { create: true, inputPartitions: PARTITIONS },
+        )
+        const acls = runAcls(n, delivery, createTopics)
+        await setAcls(h.admin, acls, true)
+
+        // With exactly those ACLs: the whole pipeline, checked against a recomputation.
+        let roundEnd = await produceRound(h.producer, n.input, 0)
+        const input = (await readAll(h.brokers, n.input)).filter(
+          (m) => !POISON.equals(m.value ?? Buffer.alloc(0)),
+        )
+        const { reference } = referenceOfInput(input, PARTITIONS, WINDOW)
+        expect(reference.closed.size).toBeGreaterThanOrEqual(KEYS * 4)
+        expect(reference.late).toBe(1)
+        const replica = startKwa(runArgs(n, delivery, createTopics), saslEnv(h))
+        try {
+          await eventually(
+            `${label}: every result, dead letter and late sample committed`,
+            async () => {
+              const exit = await Promise.race([replica.exited, Promise.resolve(undefined)])
+              if (exit !== undefined)
+                throw new Error(`kwa run exited (${exit.status}):\n${exit.stderr}`)
+              return (
+                (await count(h.brokers, n.output)) >= reference.closed.size &&
+                (await count(h.brokers, n.deadLetter)) >= 1 &&
+                (await count(h.brokers, n.late)) >= reference.late
+              )
+            },
+          )
+        } finally {
+          const stopped = await replica.stop()
+          expect(stopped.status, stopped.stderr).toBe(0)
+        }
+        const results = (await readCommittedWithLibrdkafka(h.brokers, n.output, 30_000)).map((r) =>
+          decodeWindowAggregate(Buffer.from(r.value ?? '', 'hex')),
+        )
+        expectMatchesReference(results, reference, label)
+        expect(await count(h.brokers, n.deadLetter)).toBe(1)
+        expect(await count(h.brokers, n.late)).toBe(reference.late)
+
+        // Each ACL removed in turn, with new input (and, exactly once, state to restore): refused.
+        for (const [i, acl] of acls.entries()) {
+          roundEnd = await produceRound(h.producer, n.input, roundEnd)
+          if (acl.entry.operation !== CREATE) {
+            await setAcls(h.admin, [acl], false)
+            const result = await kwa(
+              runArgs(n, delivery, createTopics),
+              saslEnv(h),
+              REFUSED_WITHIN_MS,
+            )
+            expectRefused(result, acl, label)
+            await setAcls(h.admin, [acl], true)
+            continue
+          }
+          // Create matters only for a missing topic: a new one takes the old one's place.
+          const m = { ...n, ...renamed(n, acl.entry.resourceName) }
+          const granted = runAcls(m, delivery, createTopics).filter((_, j) => j !== i)
+          const missing = runAcls(m, delivery, createTopics)[i]
+          if (missing === undefined) throw new Error('ACL lists differ in length')
+          await setAcls(h.admin, acls, false)
+          await setAcls(h.admin, granted, true)
+          const result = await kwa(
+            runArgs(m, delivery, createTopics),
+            saslEnv(h),
+            REFUSED_WITHIN_MS,
+          )
+          expectRefused(result, missing, label)
+          await setAcls(h.admin, granted, false)
+          await setAcls(h.admin, acls, true)
+        }
+      } finally {
+        await closeHarness(h)
+      }
+    },
+    600_000,
+  )
+
+  it('kwa topics: the documented ACLs suffice, and each is needed', async () => {
+    const h = await harness()
+    try {
+      const topicsArgs = (n: Names) =>
+        [
+          'topics',
+          '--input-topic',
+          n.input,
+          '--output-topic',
+          n.output,
+          '--group-id',
+          n.groupId,
+        ].concat(
+          ['--dead-letter-topic', n.deadLetter, '--late-topic', n.late],
+          ['--changelog-topic', n.changelog, '--delivery', 'exactly-once'],
+          ['--partitions', String(PARTITIONS), ...saslFlags],
+        )
+      const n = freshNames('topics')
+      const acls = topicsAcls(n)
+      await setAcls(h.admin, acls, true)
+      const created = await kwa(topicsArgs(n), saslEnv(h))
+      expect(created.status, created.stderr).toBe(0)
+      const listed = new Set(await h.admin.listTopics())
+      for (const topic of [n.input, n.output, n.deadLetter, n.late, n.changelog])
+        expect(listed.has(topic), topic).toBe(true)
+      await setAcls(h.admin, acls, false)
+      // Each removed in turn, on new topics (Create matters only for a missing topic).
+      for (let i = 0; i < acls.length; i++) {
+        const m = freshNames('topics')
+        const granted = topicsAcls(m)
+        const missing = granted[i]
+        if (missing === undefined) throw new Error('ACL lists differ in length')
+        await setAcls(
+          h.admin,
+          granted.filter((_, j) => j !== i),
+          true,
+        )
+        const result = await kwa(topicsArgs(m), saslEnv(h), REFUSED_WITHIN_MS)
+        expectRefused(result, missing, 'kwa topics')
+        await setAcls(
+          h.admin,
+          granted.filter((_, j) => j !== i),
+          false,
+        )
+      }
+    } finally {
+      await closeHarness(h)
+    }
+  }, 600_000)
+
+  it('kwa tail: the documented ACLs suffice, and each is needed', async () => {
+    const h = await harness()
+    try {
+      const output = uniqueTopic('acl-tail-out')
+      await h.admin.createTopics({ topics: [{ topic: output, numPartitions: 1 }] })
+      const aggregate = { seriesKey: 'acl-tail-key', windowStart: 0, windowEnd: 1_000 }
+      await h.producer.send({
+        topic: output,
+        messages: [
+          {
+            key: aggregate.seriesKey,
+            value: encodeWindowAggregate({
+              ...aggregate,
+              count: 2,
+              sum: 3,
+              mean: 1.5,
+              min: 1,
+              max: 2,
+            }),
+          },
+        ],
+      })
+      const acls = tailAcls(output)
+      await setAcls(h.admin, acls, true)
+      const tailArgs = ['tail', '--output-topic', output, '--from-beginning', ...saslFlags]
+      const tail = startKwa(tailArgs, saslEnv(h))
+      try {
+        await eventually('kwa tail to print the result', async () => {
+          const exit = await Promise.race([tail.exited, Promise.resolve(undefined)])
+          if (exit !== undefined)
+            throw new Error(`kwa tail exited (${exit.status}):\n${exit.stderr}`)
+          return tail.output.stdout.includes(aggregate.seriesKey)
+        })
+      } finally {
+        const stopped = await tail.stop()
+        expect(stopped.status, stopped.stderr).toBe(0)
+      }
+      for (const acl of acls) {
+        await setAcls(h.admin, [acl], false)
+        const result = await kwa(tailArgs, saslEnv(h), REFUSED_WITHIN_MS)
+        expectRefused(result, acl, 'kwa tail')
+        await setAcls(h.admin, [acl], true)
+      }
+    } finally {
+      await closeHarness(h)
+    }
+  }, 300_000)
 })
+
+/** `n` with a new name for the topic `topic` (output, dead-letter, late or changelog). */
+function renamed(n: Names, topic: string): Partial<Names> {
+  const role = (['output', 'deadLetter', 'late', 'changelog'] as const).find((r) => n[r] === topic)
+  if (role === undefined) throw new Error(`no topic ${topic} among ${JSON.stringify(n)}`)
+  return { [role]: uniqueTopic(`acl-new-${role}`) }
+}
