@@ -15,7 +15,7 @@ import { OpsServer, type Health } from './http'
 import { reasonLabel, ServiceMetrics } from './metrics'
 import { provisionTopics } from './topics'
 import { decodeCheckpoint, type Checkpoint } from './checkpoint'
-import { createKafka, type KafkaSecurity } from './kafka'
+import { createKafka, refusedCoordinators, type KafkaSecurity } from './kafka'
 import { checkTls } from './tls'
 import { namespace, type Logger } from './logger'
 import {
@@ -480,14 +480,16 @@ export class AggregatorService {
       void this.commitAll()
     })
     this.consumer.on(this.consumer.events.CRASH, ({ payload }) => {
-      if (payload.restart) {
+      const refused = this.refusedInput(payload.error, 'consume the input')
+      if (payload.restart && refused === undefined) {
         // kafkajs restarts the consumer and joins again: not ready until then.
         this.rebalancing = true
         return
       }
-      // kafkajs gave up: exit (and let the orchestrator restart us) rather than idle silently.
-      const error = this.refusedInput(payload.error, 'consume the input') ?? payload.error
-      this.log.fatal({ err: error }, 'consumer crashed and will not restart')
+      // kafkajs gave up, or the broker refused for want of an ACL (which no restart cures):
+      // exit (and let the orchestrator restart us) rather than idle silently.
+      const error = refused ?? payload.error
+      this.log.fatal({ err: error }, 'consumer crashed; failing')
       this.fail(error)
     })
     await this.consumer.subscribe({ topic: this.config.inputTopic, fromBeginning: true })
@@ -1354,10 +1356,15 @@ export class AggregatorService {
 
   /** A refusal of what consuming takes (Read on the input and on the group), named. */
   private refusedInput(error: unknown, doing: string) {
-    return asAuthorizationError(error, doing, {
-      topic: { operation: 'Read', resource: aclResource.topic(this.config.inputTopic) },
-      group: { operation: 'Read', resource: aclResource.group(this.config.groupId) },
-    })
+    return asAuthorizationError(
+      error,
+      doing,
+      {
+        topic: { operation: 'Read', resource: aclResource.topic(this.config.inputTopic) },
+        group: { operation: 'Read', resource: aclResource.group(this.config.groupId) },
+      },
+      refusedCoordinators(this.kafka),
+    )
   }
 
   /** Frees a partition's native state now; its producer disconnects in the background. */

@@ -193,27 +193,29 @@ const saslEnv = (h: Harness) => ({ KAFKA_BROKERS: h.saslBrokers, KWA_SASL_PASSWO
 const saslFlags = ['--sasl-mechanism', 'scram-sha-512', '--sasl-username', USER]
 
 /**
- * One round of input, after every earlier one in event time: each key's samples over five
- * windows (one message per key), a sample of key 0 older than its partition's stream time (late:
- * grace is 0), and a message that is not Avro (dead-lettered). Returns the round's end time.
+ * One round of input, after every earlier one in event time: samples of every key over five
+ * windows (key k in partition k % PARTITIONS, each partition's messages in event-time order), a
+ * sample of key 0 older than its partition's stream time (late: grace is 0), and a message that
+ * is not Avro (dead-lettered). Returns the round's end time.
  */
 async function produceRound(producer: Producer, topic: string, after: number): Promise<number> {
   const end = Math.max(Date.now(), after + 6_000)
-  const messages = Array.from({ length: KEYS }, (_, k) => {
-    const seriesKey = `acl-key-${k}`
-    const samples = Array.from({ length: 20 }, (_, i) => ({
-      seriesKey,
-      eventTime: end - 5_000 + i * 250,
-      value: k * 100 + i,
-    }))
-    return { key: seriesKey, value: encodeTelemetryBatch({ sourceId: 'acl', samples }) }
-  })
+  const messages: { partition: number; value: Buffer }[] = []
+  for (let step = 0; step < 20; step++) {
+    for (let partition = 0; partition < PARTITIONS; partition++) {
+      const samples = []
+      for (let k = partition; k < KEYS; k += PARTITIONS)
+        samples.push({
+          seriesKey: `acl-key-${k}`,
+          eventTime: end - 5_000 + step * 250,
+          value: k * 100 + step,
+        })
+      messages.push({ partition, value: encodeTelemetryBatch({ sourceId: 'acl', samples }) })
+    }
+  }
   const late = { seriesKey: 'acl-key-0', eventTime: end - 20_000, value: -1 }
-  messages.push({
-    key: late.seriesKey,
-    value: encodeTelemetryBatch({ sourceId: 'acl', samples: [late] }),
-  })
-  messages.push({ key: 'poison', value: POISON })
+  messages.push({ partition: 0, value: encodeTelemetryBatch({ sourceId: 'acl', samples: [late] }) })
+  messages.push({ partition: 1, value: POISON })
   await producer.send({ topic, acks: -1, messages })
   return end
 }
