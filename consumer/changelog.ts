@@ -1,7 +1,6 @@
 import type { Admin, Consumer, Kafka } from 'kafkajs'
 import { randomUUID } from 'node:crypto'
-import { aclResource, asAuthorizationError, KwaError, type AuthorizationErrorCode } from './errors'
-import { refusedCoordinators } from './kafka'
+import { aclResource, asAuthorizationError, KwaError } from './errors'
 import type { Logger } from './logger'
 import { retryWithBackoff } from './retry'
 import type { ClosedWindows, WindowStates } from './native'
@@ -334,7 +333,6 @@ export class ChangelogReader {
   private readonly consumer: Consumer
   private readonly admin: Admin
   private readonly groupId: string
-  private readonly coordinatorRefusals: ReadonlySet<AuthorizationErrorCode>
   private readonly pending = new Map<number, PendingRestore>()
   private dead: KwaError | undefined
   private onDeath: ((error: KwaError) => void) | undefined
@@ -361,7 +359,6 @@ export class ChangelogReader {
       readUncommitted: false,
     })
     this.admin = kafka.admin()
-    this.coordinatorRefusals = refusedCoordinators(kafka)
     this.died = new Promise((resolve) => (this.onDeath = resolve))
   }
 
@@ -564,15 +561,10 @@ export class ChangelogReader {
 
   /** A refusal of what restores take (Read on the changelog and on the reader's group), named. */
   private refused(error: unknown, doing: string) {
-    return asAuthorizationError(
-      error,
-      doing,
-      {
-        topic: { operation: 'Read', resource: aclResource.topic(this.topic) },
-        group: { operation: 'Read', resource: aclResource.group(this.groupId) },
-      },
-      this.coordinatorRefusals,
-    )
+    return asAuthorizationError(error, doing, {
+      topic: { operation: 'Read', resource: aclResource.topic(this.topic) },
+      group: { operation: 'Read', resource: aclResource.group(this.groupId) },
+    })
   }
 
   private throwIfDead(): void {

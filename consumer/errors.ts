@@ -91,16 +91,6 @@ const authorizationErrorKinds = {
 export type AuthorizationErrorCode = keyof typeof authorizationErrorKinds
 export type AclResourceKind = (typeof authorizationErrorKinds)[AuthorizationErrorCode]
 
-/** kafkajs' messages for those errors (its logs carry only the message). */
-const authorizationMessages = new Map<string, AuthorizationErrorCode>([
-  ['Not authorized to access topics: [Topic authorization failed]', 'TOPIC_AUTHORIZATION_FAILED'],
-  ['Not authorized to access group: Group authorization failed', 'GROUP_AUTHORIZATION_FAILED'],
-  ['Transactional Id authorization failed', 'TRANSACTIONAL_ID_AUTHORIZATION_FAILED'],
-  ['Cluster authorization failed', 'CLUSTER_AUTHORIZATION_FAILED'],
-])
-export const authorizationCodeOf = (message: string): AuthorizationErrorCode | undefined =>
-  authorizationMessages.get(message)
-
 /**
  * The Kafka authorization error in `error` or among its causes (kafkajs wraps them: `cause`, a
  * retrier's give-up, an aggregate of per-topic errors), if any.
@@ -125,26 +115,17 @@ export function authorizationFailure(
 /**
  * `error` as an AuthorizationError when it is a refusal for want of an ACL, naming what the call
  * (`doing`) needs on the kind of resource the broker refused; else undefined. An error already
- * attributed is returned as it is. kafkajs reports a refused FindCoordinator (Describe on the
- * group or transactional id missing) as KafkaJSGroupCoordinatorNotFound, the broker's error only
- * in its log: `coordinatorRefusals` is what the client's log said (see createKafka).
+ * attributed is returned as it is.
  */
 export function asAuthorizationError(
   error: unknown,
   doing: string,
   needs: Partial<Record<AclResourceKind, AclNeed>>,
-  coordinatorRefusals: ReadonlySet<AuthorizationErrorCode> = new Set(),
 ): AuthorizationError | undefined {
-  let coordinatorNotFound = false
   for (let e = error, depth = 0; e instanceof Error && depth < 8; depth++, e = e.cause) {
     if (e instanceof AuthorizationError) return e
-    if (e.name === 'KafkaJSGroupCoordinatorNotFound') coordinatorNotFound = true
   }
-  const code =
-    authorizationFailure(error) ??
-    (coordinatorNotFound
-      ? [...coordinatorRefusals].find((c) => needs[authorizationErrorKinds[c]] !== undefined)
-      : undefined)
+  const code = authorizationFailure(error)
   if (code === undefined) return undefined
   const need = needs[authorizationErrorKinds[code]] ?? {
     operation: 'an operation',

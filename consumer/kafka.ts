@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs'
 import type { ConnectionOptions } from 'node:tls'
 import { Kafka, logLevel as KafkaLogLevel, type LogEntry } from 'kafkajs'
 import { optionLabel, type Config, type OptionName } from './config'
-import { authorizationCodeOf, ConfigError, type AuthorizationErrorCode } from './errors'
+import { ConfigError } from './errors'
 import type { Logger } from './logger'
 
 /** The options of every command that connects to Kafka: TLS and SASL. */
@@ -111,13 +111,6 @@ const levelName: Record<KafkaLogLevel, 'error' | 'warn' | 'info' | 'debug' | und
   [KafkaLogLevel.DEBUG]: 'debug',
 }
 
-/** Per client, the FindCoordinator refusals its log reported (see asAuthorizationError). */
-const coordinatorRefusals = new WeakMap<Kafka, Set<AuthorizationErrorCode>>()
-
-/** The authorization errors the client's FindCoordinator requests were answered with so far. */
-export const refusedCoordinators = (kafka: Kafka): ReadonlySet<AuthorizationErrorCode> =>
-  coordinatorRefusals.get(kafka) ?? new Set()
-
 /** A kafkajs client whose logs go through our logger, namespaced `kafkajs.<namespace>`. */
 export function createKafka(options: {
   brokers: string[]
@@ -137,8 +130,7 @@ export function createKafka(options: {
         'network path can pose as the broker (and read a SASL password)',
     )
   }
-  const refusals = new Set<AuthorizationErrorCode>()
-  const kafka = new Kafka({
+  return new Kafka({
     clientId: options.clientId,
     brokers: options.brokers,
     ...(ssl !== undefined && { ssl }),
@@ -151,11 +143,6 @@ export function createKafka(options: {
         let name = levelName[level]
         if (name === undefined) return
         const { message, timestamp: _timestamp, logger: _logger, ...extra } = log
-        // kafkajs calls FindCoordinator "GroupCoordinator" and keeps a refusal only in this log.
-        if (message.startsWith('Response GroupCoordinator') && typeof extra['error'] === 'string') {
-          const code = authorizationCodeOf(extra['error'])
-          if (code !== undefined) refusals.add(code)
-        }
         // kafkajs' connection layer logs every error response (a rebalance's heartbeat too) at
         // error level although the layers above handle them; those log real failures themselves.
         if (name === 'error' && namespace === 'Connection') name = 'warn'
@@ -166,6 +153,4 @@ export function createKafka(options: {
         kafkaLogger[name]({ kafkaNs: namespace, ...extra }, message)
       },
   })
-  coordinatorRefusals.set(kafka, refusals)
-  return kafka
 }

@@ -1,4 +1,4 @@
-import { KwaError } from './errors'
+import { authorizationFailure, KwaError } from './errors'
 import type { Logger } from './logger'
 
 /**
@@ -43,6 +43,8 @@ const transientErrorNames = new Set([
  */
 export function isTransientBrokerError(error: unknown): boolean {
   if (error instanceof KwaError) return error.retriable
+  // Also when kafkajs calls it something transient (a refused FindCoordinator: "not found").
+  if (authorizationFailure(error) !== undefined) return false
   if (typeof error !== 'object' || error === null) return false
   const { name, type, retriable, errors } = error as {
     name?: unknown

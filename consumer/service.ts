@@ -15,7 +15,7 @@ import { OpsServer, type Health } from './http'
 import { reasonLabel, ServiceMetrics } from './metrics'
 import { provisionTopics } from './topics'
 import { decodeCheckpoint, type Checkpoint } from './checkpoint'
-import { createKafka, refusedCoordinators, type KafkaSecurity } from './kafka'
+import { createKafka, type KafkaSecurity } from './kafka'
 import { checkTls } from './tls'
 import { namespace, type Logger } from './logger'
 import {
@@ -1356,15 +1356,10 @@ export class AggregatorService {
 
   /** A refusal of what consuming takes (Read on the input and on the group), named. */
   private refusedInput(error: unknown, doing: string) {
-    return asAuthorizationError(
-      error,
-      doing,
-      {
-        topic: { operation: 'Read', resource: aclResource.topic(this.config.inputTopic) },
-        group: { operation: 'Read', resource: aclResource.group(this.config.groupId) },
-      },
-      refusedCoordinators(this.kafka),
-    )
+    return asAuthorizationError(error, doing, {
+      topic: { operation: 'Read', resource: aclResource.topic(this.config.inputTopic) },
+      group: { operation: 'Read', resource: aclResource.group(this.config.groupId) },
+    })
   }
 
   /** Frees a partition's native state now; its producer disconnects in the background. */

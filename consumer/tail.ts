@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { aclResource, asAuthorizationError } from './errors'
-import { createKafka, refusedCoordinators, type KafkaSecurity } from './kafka'
+import { createKafka, type KafkaSecurity } from './kafka'
 import { checkTls } from './tls'
 import type { Logger } from './logger'
 import { decodeWindowAggregate, type WindowAggregate } from './schemas'
@@ -47,15 +47,10 @@ export async function tailAggregates(
   const groupId = `${TAIL_GROUP_PREFIX}${randomUUID()}`
   const consumer = kafka.consumer({ groupId })
   const refused = (error: unknown) =>
-    asAuthorizationError(
-      error,
-      `read topic ${config.topic}`,
-      {
-        topic: { operation: 'Read', resource: aclResource.topic(config.topic) },
-        group: { operation: 'Read', resource: aclResource.group(TAIL_GROUP_PREFIX, true) },
-      },
-      refusedCoordinators(kafka),
-    )
+    asAuthorizationError(error, `read topic ${config.topic}`, {
+      topic: { operation: 'Read', resource: aclResource.topic(config.topic) },
+      group: { operation: 'Read', resource: aclResource.group(TAIL_GROUP_PREFIX, true) },
+    })
   // kafkajs gives up (a missing ACL, a broker gone for good): fail rather than wait silently.
   const crashed = new Promise<never>((_resolve, reject) =>
     consumer.on(consumer.events.CRASH, ({ payload }) => {

@@ -1,12 +1,5 @@
 import { Partitioners, type Kafka, type Message, type Producer, type TopicMessages } from 'kafkajs'
-import {
-  aclResource,
-  asAuthorizationError,
-  authorizationFailure,
-  KwaError,
-  type AuthorizationErrorCode,
-} from './errors'
-import { refusedCoordinators } from './kafka'
+import { aclResource, asAuthorizationError, authorizationFailure, KwaError } from './errors'
 import type { Logger } from './logger'
 
 /** What one batch commits atomically. */
@@ -204,7 +197,6 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
  */
 export class PartitionTransactor {
   private readonly producer: Producer
-  private readonly coordinatorRefusals: ReadonlySet<AuthorizationErrorCode>
 
   constructor(
     kafka: Kafka,
@@ -212,7 +204,6 @@ export class PartitionTransactor {
     private readonly log: Logger,
     private readonly maxAttempts = 5,
   ) {
-    this.coordinatorRefusals = refusedCoordinators(kafka)
     this.producer = kafka.producer({
       transactionalId,
       idempotent: true,
@@ -248,24 +239,19 @@ export class PartitionTransactor {
 
   /** `error` as an AuthorizationError naming what `doing` needs, if it is a refusal. */
   private refused(error: unknown, doing: string, topic?: string, group?: string) {
-    return asAuthorizationError(
-      error,
-      doing,
-      {
-        transactionalId: {
-          operation: 'Write',
-          resource: aclResource.transactionalId(this.transactionalId),
-        },
-        cluster: { operation: 'IdempotentWrite', resource: aclResource.cluster },
-        ...(topic !== undefined && {
-          topic: { operation: 'Write', resource: aclResource.topic(topic) },
-        }),
-        ...(group !== undefined && {
-          group: { operation: 'Read', resource: aclResource.group(group) },
-        }),
+    return asAuthorizationError(error, doing, {
+      transactionalId: {
+        operation: 'Write',
+        resource: aclResource.transactionalId(this.transactionalId),
       },
-      this.coordinatorRefusals,
-    )
+      cluster: { operation: 'IdempotentWrite', resource: aclResource.cluster },
+      ...(topic !== undefined && {
+        topic: { operation: 'Write', resource: aclResource.topic(topic) },
+      }),
+      ...(group !== undefined && {
+        group: { operation: 'Read', resource: aclResource.group(group) },
+      }),
+    })
   }
 
   async disconnect(): Promise<void> {

@@ -1,11 +1,14 @@
-import type { Kafka } from 'kafkajs'
+import type { Kafka, Producer, TopicMessages } from 'kafkajs'
 import { describe, expect, it } from 'vitest'
+import { asAuthorizationError, AuthorizationError, authorizationFailure } from '../consumer/errors'
 import { createLogger } from '../consumer/logger'
+import { isTransientBrokerError } from '../consumer/retry'
 import {
   FencedError,
   PartitionTransactor,
   isTooLarge,
   requestsBySize,
+  sendResults,
   type TransactionContent,
 } from '../consumer/transactions'
 
@@ -90,6 +93,67 @@ describe('PartitionTransactor', () => {
       await expect(transactor.commit(content)).rejects.toBeInstanceOf(FencedError)
       expect(fake.producers()).toBe(1)
     }
+  })
+})
+
+describe('refusals for want of an ACL', () => {
+  it('name the topic a transaction could not write to, and are not taken for fencing', async () => {
+    const fake = fakeKafka({ send: [protocolError('TOPIC_AUTHORIZATION_FAILED')] })
+    const transactor = new PartitionTransactor(fake.kafka, 'g.in.0', logger)
+    const error: unknown = await transactor.commit(content).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(AuthorizationError)
+    expect((error as Error).message).toContain('allow Write on topic "out"')
+    expect(fake.calls).toEqual(['send', 'disconnect'])
+  })
+
+  it('name the transactional id, also behind kafkajs\' coordinator "not found"', async () => {
+    const notFound = Object.assign(new Error('Failed to find group coordinator'), {
+      name: 'KafkaJSGroupCoordinatorNotFound',
+      cause: protocolError('TRANSACTIONAL_ID_AUTHORIZATION_FAILED'),
+    })
+    const fake = fakeKafka({ send: [notFound] })
+    const transactor = new PartitionTransactor(fake.kafka, 'g.in.0', logger)
+    await expect(transactor.commit(content)).rejects.toThrow(
+      'allow Write on transactional id "g.in.0"',
+    )
+    expect(isTransientBrokerError(notFound)).toBe(false)
+  })
+
+  it('at least once: one request to several topics is retried topic by topic to find the one refused', async () => {
+    const sent: string[] = []
+    const producer = {
+      sendBatch: ({ topicMessages }: { topicMessages: TopicMessages[] }) => {
+        sent.push(topicMessages.map((t) => t.topic).join('+'))
+        return topicMessages.some((t) => t.topic === 'late')
+          ? Promise.reject(
+              new Error('retries exceeded', { cause: protocolError('TOPIC_AUTHORIZATION_FAILED') }),
+            )
+          : Promise.resolve([])
+      },
+    } as unknown as Producer
+    const topicMessages = [
+      { topic: 'out', messages: [{ value: 'r' }] },
+      { topic: 'dlq', messages: [] },
+      { topic: 'late', messages: [{ value: 'l' }] },
+    ]
+    await expect(sendResults(producer, topicMessages, () => undefined)).rejects.toThrow(
+      'not authorized to write to topic late: allow Write on topic "late"',
+    )
+    expect(sent).toEqual(['out+dlq+late', 'out', 'late'])
+  })
+
+  it('pass everything else through as it is', () => {
+    expect(asAuthorizationError(protocolError('NOT_LEADER_FOR_PARTITION'), 'x', {})).toBeUndefined()
+    const aggregate = Object.assign(new Error('create failed'), {
+      errors: [protocolError('TOPIC_ALREADY_EXISTS'), protocolError('TOPIC_AUTHORIZATION_FAILED')],
+    })
+    expect(authorizationFailure(aggregate)).toBe('TOPIC_AUTHORIZATION_FAILED')
+    const refused = asAuthorizationError(aggregate, 'create topic t', {
+      topic: { operation: 'Create', resource: 'topic "t"' },
+    })
+    expect(refused?.message).toMatch(/^not authorized to create topic t: allow Create on topic "t"/)
+    // Already named further down: kept as it is.
+    expect(asAuthorizationError(new Error('wrapped', { cause: refused }), 'y', {})).toBe(refused)
   })
 })
 
