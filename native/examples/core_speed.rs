@@ -4,7 +4,8 @@
 //! (`KWA_QUANTILES=1`: with quantiles p50/p90/p99 at 1% on values over four decades;
 //! `KWA_KEYS=1000000`: that many series, default 10k; `KWA_STEADY=1`: every series'
 //! window opened by an untimed fill, then 10 samples per series within it, as
-//! bench:core's steady-state rows.)
+//! bench:core's steady-state rows; `KWA_PACKED=1`: key tables as `ingestAvro`
+//! makes them, an entry per sample, the texts one after another in one buffer.)
 use kwa_native::window::{Aggregator, Quantiles, WindowSpec};
 use std::time::Instant;
 
@@ -46,6 +47,9 @@ fn main() {
         Vec<f64>,
         Vec<f64>,
     );
+    let packed = std::env::var_os("KWA_PACKED").is_some();
+    // KWA_PACKED: each batch's key texts in one buffer (as in the Avro messages).
+    let mut buffers: Vec<String> = vec![];
     let mut batches: Vec<Batch> = vec![];
     for s in (0..n).step_by(batch) {
         let mut local = vec![u32::MAX; keys_n];
@@ -72,7 +76,24 @@ fn main() {
             });
             os.push(g as f64);
         }
+        if packed {
+            buffers.push(gk.iter().map(|&k| names[k as usize].as_str()).collect());
+        }
         batches.push((keys, ki, gk, ts, vs, os));
+    }
+    if packed {
+        for (b, buffer) in batches.iter_mut().zip(&buffers) {
+            let mut at = 0;
+            b.0 =
+                b.2.iter()
+                    .map(|&k| {
+                        let len = names[k as usize].len();
+                        at += len;
+                        &buffer[at - len..at]
+                    })
+                    .collect();
+            b.1 = (0..b.2.len() as u32).collect();
+        }
     }
     let tumbling_only = std::env::var_os("KWA_TUMBLING_ONLY").is_some();
     // The untimed fill: one sample per series at t0.

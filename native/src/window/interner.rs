@@ -17,6 +17,79 @@ pub(super) const FREE: u32 = u32::MAX;
 /// Tiny in tests, so the property test renumbers keys often.
 const COMPACT_MIN_SLOTS: usize = if cfg!(test) { 2 } else { 1024 };
 
+/// Key bytes stored in a [`KeyText`] itself: 30 (with its tag and length, 32
+/// bytes, one aligned half cache line). Longer keys go on the heap.
+const INLINE_KEY_BYTES: usize = 30;
+
+/// A series key's text, stored where a lookup finds it with one cache miss:
+/// inline when it fits (most series keys are short), else on the heap (one
+/// more miss). An empty inline text marks a free id.
+#[derive(Debug, Clone)]
+#[repr(align(32))]
+pub(super) enum KeyText {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_KEY_BYTES],
+    },
+    Heap(Box<str>),
+}
+
+const _: () = assert!(size_of::<KeyText>() == 32);
+
+impl Default for KeyText {
+    fn default() -> Self {
+        Self::Inline {
+            len: 0,
+            bytes: [0; INLINE_KEY_BYTES],
+        }
+    }
+}
+
+impl KeyText {
+    fn new(key: &str) -> Self {
+        let text = key.as_bytes();
+        if text.len() > INLINE_KEY_BYTES {
+            return Self::Heap(key.into());
+        }
+        let mut bytes = [0; INLINE_KEY_BYTES];
+        bytes[..text.len()].copy_from_slice(text);
+        Self::Inline {
+            len: text.len() as u8,
+            bytes,
+        }
+    }
+
+    #[inline]
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Heap(text) => text.as_bytes(),
+        }
+    }
+
+    pub(super) fn as_str(&self) -> &str {
+        match self {
+            // Copied from a str whole (never cut), so valid UTF-8; checking it again
+            // costs little next to what a key's text is wanted for (publishing it).
+            Self::Inline { .. } => std::str::from_utf8(self.as_bytes()).expect("whole UTF-8"),
+            Self::Heap(text) => text,
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn is_empty(&self) -> bool {
+        self.as_bytes().is_empty()
+    }
+
+    /// Bytes held outside the [`KeyText`] itself.
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Inline { .. } => 0,
+            Self::Heap(text) => text.len(),
+        }
+    }
+}
+
 /// Series keys mapped to dense ids so open windows store a `u32` per key.
 ///
 /// Keys are reference-counted by the open aggregates that use them
@@ -34,7 +107,7 @@ pub(super) struct Interner {
     /// (to make every lookup probe a long run) cannot be prepared in advance.
     hasher: foldhash::fast::RandomState,
     /// Name by id; empty for a free id.
-    pub(super) names: Vec<Box<str>>,
+    pub(super) names: Vec<KeyText>,
     /// Open aggregates by id, or [`FREE`].
     pub(super) refs: Vec<u32>,
     /// Free ids, reused before new ones are allocated.
@@ -66,7 +139,7 @@ impl Interner {
         if let Some(id) = self.get_hashed(key, hash) {
             return id;
         }
-        let name: Box<str> = key.into();
+        let name = KeyText::new(key);
         let id = match self.free.pop() {
             Some(id) => {
                 self.names[id as usize] = name;
@@ -96,14 +169,16 @@ impl Interner {
     /// [`get`](Self::get) of a key whose [`hash`](Self::hash) is `hash`.
     #[inline]
     pub(super) fn get_hashed(&self, key: &str, hash: u64) -> Option<u32> {
-        self.ids.find(hash, |id| *self.names[id as usize] == *key)
+        self.ids.find(hash, |id| {
+            self.names[id as usize].as_bytes() == key.as_bytes()
+        })
     }
 
     /// The id of each of `keys` that is interned ([`get`](Self::get)), given
     /// their [`hash`](Self::hash)es. With many keys each lookup misses the caches
-    /// three times in a row (its slot, its name, the name's text); here the
-    /// loop starts each step of a lookup some keys ahead, so the misses of
-    /// consecutive keys overlap.
+    /// twice in a row (its slot, then its name, which holds a short key's text;
+    /// a long key's text is a third); here the loop starts each step of a
+    /// lookup some keys ahead, so the misses of consecutive keys overlap.
     pub(super) fn resolve<K: AsRef<str>>(&self, keys: &[K], hashes: &[u64]) -> Vec<Option<u32>> {
         const STEP: usize = 16;
         let name_of = |i: usize| {
@@ -121,8 +196,8 @@ impl Interner {
                 {
                     prefetch_read(name);
                 }
-                if let Some(name) = name_of(i + STEP)
-                    && let Some(first) = name.as_bytes().first()
+                if let Some(KeyText::Heap(text)) = name_of(i + STEP)
+                    && let Some(first) = text.as_bytes().first()
                 {
                     prefetch_read(first);
                 }
@@ -136,7 +211,7 @@ impl Interner {
     /// prefixes, so sorting by prefix first leaves only equal prefixes to
     /// compare by text.
     pub(super) fn name_prefix(&self, id: u32) -> u128 {
-        let name = self.name(id).as_bytes();
+        let name = self.names[id as usize].as_bytes();
         let mut prefix = [0u8; 16];
         let n = name.len().min(16);
         prefix[..n].copy_from_slice(&name[..n]);
@@ -144,7 +219,7 @@ impl Interner {
     }
 
     pub(super) fn name(&self, id: u32) -> &str {
-        &self.names[id as usize]
+        self.names[id as usize].as_str()
     }
 
     /// Series keys currently interned.
@@ -175,7 +250,7 @@ impl Interner {
             let i = id as usize;
             if self.refs[i] == 0 {
                 let name = std::mem::take(&mut self.names[i]);
-                self.ids.remove(self.hasher.hash_one(&*name), id);
+                self.ids.remove(self.hasher.hash_one(name.as_str()), id);
                 self.refs[i] = FREE;
                 self.free.push(id);
             }
@@ -259,13 +334,63 @@ impl Interner {
     }
 
     pub(super) fn bytes_held(&self) -> usize {
-        let text: usize = self.names.iter().map(|name| name.len()).sum();
-        text + self.names.capacity() * size_of::<Box<str>>()
+        let text: usize = self.names.iter().map(KeyText::heap_bytes).sum();
+        text + self.names.capacity() * size_of::<KeyText>()
             + (self.refs.capacity()
                 + self.free.capacity()
                 + self.unused.capacity()
                 + self.pins.capacity())
                 * size_of::<u32>()
             + self.ids.bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys on both sides of the inline limit, multi-byte text across it,
+    /// and long ones: each interned, found, named and swept as itself.
+    #[test]
+    fn keys_inline_and_on_the_heap() {
+        let mut keys: Vec<String> = ["", "a", "série-été", "x".repeat(29).as_str()]
+            .map(str::to_owned)
+            .to_vec();
+        keys.push("x".repeat(INLINE_KEY_BYTES));
+        keys.push("x".repeat(INLINE_KEY_BYTES + 1));
+        // 28 + 2 bytes fit; 29 + 2 do not.
+        keys.push(format!("{}é", "y".repeat(28)));
+        keys.push(format!("{}é", "y".repeat(29)));
+        keys.push("z".repeat(4096));
+        let mut interner = Interner::default();
+        let ids: Vec<u32> = keys.iter().map(|key| interner.intern(key)).collect();
+        for (key, &id) in keys.iter().zip(&ids) {
+            let text = &interner.names[id as usize];
+            assert_eq!(
+                matches!(text, KeyText::Inline { .. }),
+                key.len() <= INLINE_KEY_BYTES,
+                "{key:?}"
+            );
+            assert_eq!(interner.name(id), key);
+            assert_eq!(interner.get(key), Some(id));
+            // A prefix or an extension of a key is another key.
+            assert_ne!(interner.get(&format!("{key}!")), Some(id));
+        }
+        let hashes: Vec<u64> = keys.iter().map(|key| interner.hash(key)).collect();
+        let resolved = interner.resolve(&keys, &hashes);
+        assert_eq!(resolved, ids.iter().map(|&id| Some(id)).collect::<Vec<_>>());
+        let heap: usize = keys
+            .iter()
+            .filter(|key| key.len() > INLINE_KEY_BYTES)
+            .map(String::len)
+            .sum();
+        assert!(interner.bytes_held() >= heap + keys.len() * size_of::<KeyText>());
+        for &id in &ids {
+            interner.acquire(id);
+            interner.release(id);
+        }
+        interner.sweep();
+        assert_eq!(interner.len(), 0);
+        assert!(interner.names.iter().all(KeyText::is_empty));
     }
 }

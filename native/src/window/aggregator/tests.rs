@@ -70,7 +70,7 @@ fn assert_key_counts(agg: &Aggregator) {
         } else {
             assert_eq!(refs, counts[id], "references of {name:?}");
             assert!(refs > 0, "{name:?} is held by no open window");
-            assert_eq!(keys.get(name), Some(id as u32));
+            assert_eq!(keys.get(name.as_str()), Some(id as u32));
         }
     }
     assert_eq!(free, keys.free.len());
