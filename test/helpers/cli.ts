@@ -60,15 +60,20 @@ export interface RunningKwa {
   readonly output: { stdout: string; stderr: string }
   /** Settles when it exits on its own (or once stopped). */
   readonly exited: Promise<CliResult>
+  /** How it ended, if it has. */
+  ended(): CliResult | undefined
   /** SIGTERM, then its exit; throws (after SIGKILL) if it is still running after `timeoutMs`. */
   stop(timeoutMs?: number): Promise<CliResult>
 }
 
 export function startKwa(args: string[], env: Record<string, string>): RunningKwa {
   const { child, output, exited } = spawnKwa(args, env)
+  let result: CliResult | undefined
+  void exited.then((r) => (result = r))
   return {
     output,
     exited,
+    ended: () => result,
     async stop(timeoutMs = 60_000) {
       child.kill('SIGTERM')
       let timer: NodeJS.Timeout | undefined
@@ -91,15 +96,16 @@ export function startKwa(args: string[], env: Record<string, string>): RunningKw
   }
 }
 
-/** Polls `done` every 500 ms until it holds; throws naming `what` after `timeoutMs`. */
+/** Polls `done` every `pollMs` until it holds; throws naming `what` after `timeoutMs`. */
 export async function eventually(
   what: string,
-  done: () => Promise<boolean>,
+  done: () => boolean | Promise<boolean>,
   timeoutMs = 90_000,
+  pollMs = 500,
 ): Promise<void> {
   const deadline = Date.now() + timeoutMs
   while (!(await done())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 500))
+    await new Promise((resolve) => setTimeout(resolve, pollMs))
   }
 }

@@ -281,7 +281,7 @@ describe('ACLs (StandardAuthorizer)', () => {
           await eventually(
             `${label}: every result, dead letter and late sample committed`,
             async () => {
-              const exit = await Promise.race([replica.exited, Promise.resolve(undefined)])
+              const exit = replica.ended()
               if (exit !== undefined)
                 throw new Error(`kwa run exited (${exit.status}):\n${exit.stderr}`)
               return (
@@ -416,8 +416,8 @@ describe('ACLs (StandardAuthorizer)', () => {
       const tailArgs = ['tail', '--output-topic', output, '--from-beginning', ...saslFlags]
       const tail = startKwa(tailArgs, saslEnv(h))
       try {
-        await eventually('kwa tail to print the result', async () => {
-          const exit = await Promise.race([tail.exited, Promise.resolve(undefined)])
+        await eventually('kwa tail to print the result', () => {
+          const exit = tail.ended()
           if (exit !== undefined)
             throw new Error(`kwa tail exited (${exit.status}):\n${exit.stderr}`)
           return tail.output.stdout.includes(aggregate.seriesKey)

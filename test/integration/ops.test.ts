@@ -12,6 +12,7 @@ import { createLogger } from '../../consumer/logger'
 import { encodeTelemetryBatch, type Sample } from '../../consumer/schemas'
 import { AggregatorService, type ServiceConfig } from '../../consumer/service'
 import { ChaosHarness, formatResult, type Replica } from '../chaos/harness'
+import { eventually as pollUntil } from '../helpers/cli'
 import { kafkaBrokers, readAll } from '../helpers/kafka'
 import { inProcessReplicas } from '../helpers/service'
 import { has, parseExposition, sumOf, type Exposition } from '../helpers/prometheus'
@@ -22,17 +23,9 @@ const window = { sizeMs: 2_000, advanceMs: 1_000, graceMs: 500 }
 const logger = createLogger((process.env['KWA_TEST_LOG_LEVEL'] as 'info' | undefined) ?? 'silent')
 const t0 = 1_700_000_000_000
 
-async function eventually(
-  what: string,
-  done: () => boolean | Promise<boolean>,
-  timeoutMs = 120_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await done())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 100))
-  }
-}
+/** test/helpers/cli's, polling every 100 ms for up to 2 minutes by default. */
+const eventually = (what: string, done: () => boolean | Promise<boolean>, timeoutMs = 120_000) =>
+  pollUntil(what, done, timeoutMs, 100)
 
 async function scrape(service: AggregatorService): Promise<Exposition> {
   const response = await fetch(`${service.httpUrl}/metrics`)
