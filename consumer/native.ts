@@ -72,11 +72,15 @@ export class PartitionAggregator extends binding.PartitionAggregator {
   }
 }
 
+/** See the binding's `encodeResults`. */
+export const encodeResults = binding.encodeResults
+
 export type {
   AggregatorConfig,
   AggregatorStats,
   ClosedWindows,
   IngestResult,
+  OutputRecords,
   SampleRows,
   WindowStates,
 } from '../native/index.js'

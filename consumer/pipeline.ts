@@ -15,6 +15,7 @@ import {
 } from './dead-letter'
 import { PoisonMessageError } from './errors'
 import type { Logger } from './logger'
+import { ResultRecords } from './results'
 import {
   PartitionAggregator,
   type AggregatorStats,
@@ -104,7 +105,8 @@ export interface OutputRecord {
 }
 
 export interface BatchOutcome {
-  results: OutputRecord[]
+  /** The windows the batch closed, for the output topic. */
+  results: ResultRecords
   /** Poison messages and rejected samples, for the dead-letter topic. */
   deadLetters: Message[]
   /** Late samples, for the late topic (only with `routeLate`). */
@@ -408,7 +410,7 @@ export class PartitionPipeline {
     const live = replay.length === 0 ? messages : messages.slice(replay.length)
     if (replay.length > 0) counts.replayed = this.ingest(replay, null).samples
 
-    let results: OutputRecord[] = []
+    const results = new ResultRecords(this.options.quantiles?.quantiles)
     let late: Message[] = []
     const rejectedByReason = new Map<number, number>()
     if (live.length > 0) {
@@ -433,7 +435,7 @@ export class PartitionPipeline {
       }
       counts.windowsClosed = result.closed.seriesKeys.length
       this.logDropped(ingested)
-      results = encodeClosedWindows(result.closed, this.options.quantiles?.quantiles)
+      results.add(result.closed)
       if (this.trackChanges && result.closed.seriesKeys.length > 0)
         this.closedSinceTake.push(result.closed)
       deadLetters.push(...this.rejectedRecords(ingested))
@@ -465,7 +467,7 @@ export class PartitionPipeline {
     counts.windowsClosed = closed.seriesKeys.length
     return {
       ...this.committable(String(this.processedUpTo - 1)),
-      results: encodeClosedWindows(closed, this.options.quantiles?.quantiles),
+      results: new ResultRecords(this.options.quantiles?.quantiles, [closed]),
       deadLetters: [],
       late: [],
       rejectedByReason: new Map(),

@@ -18,6 +18,7 @@ import { decodeCheckpoint, type Checkpoint } from './checkpoint'
 import { createKafka, type KafkaSecurity } from './kafka'
 import { checkTls } from './tls'
 import { namespace, type Logger } from './logger'
+import { ResultRecords } from './results'
 import {
   addCounts,
   emptyCounts,
@@ -198,7 +199,7 @@ export function idleStreamTime(
 
 /** Exactly once: what the batches since the last transaction publish, and what they did. */
 interface PendingCommit {
-  results: Message[]
+  results: ResultRecords
   deadLetters: Message[]
   late: Message[]
   nextOffset: string
@@ -812,7 +813,7 @@ export class AggregatorService {
   /** Exactly once: adds a processed batch (or an idle advance: 0 batches) to the next transaction. */
   private addPending(owned: OwnedPartition, outcome: BatchOutcome, batches = 1): void {
     const pending = (owned.pending ??= {
-      results: [] as Message[],
+      results: new ResultRecords(this.pipelineOptions.quantiles?.quantiles),
       deadLetters: [] as Message[],
       late: [] as Message[],
       nextOffset: outcome.nextOffset,
@@ -821,7 +822,7 @@ export class AggregatorService {
       batches: 0,
       since: Date.now(),
     })
-    for (const record of outcome.results) pending.results.push(record)
+    pending.results.addAll(outcome.results)
     for (const record of outcome.deadLetters) pending.deadLetters.push(record)
     for (const record of outcome.late) pending.late.push(record)
     pending.nextOffset = outcome.nextOffset
@@ -839,7 +840,7 @@ export class AggregatorService {
       this.stopping !== undefined ||
       this.rebalancing ||
       Date.now() - pending.since >= this.commitIntervalMs ||
-      pending.results.length + pending.deadLetters.length + pending.late.length >=
+      pending.results.count + pending.deadLetters.length + pending.late.length >=
         MAX_PENDING_RECORDS
     )
   }
@@ -990,12 +991,12 @@ export class AggregatorService {
 
   /** Everything a batch publishes, by topic. */
   private records(outcome: {
-    results: Message[]
+    results: ResultRecords
     deadLetters: Message[]
     late: Message[]
   }): { topic: string; messages: Message[] }[] {
     const records = [
-      { topic: this.config.outputTopic, messages: outcome.results },
+      { topic: this.config.outputTopic, messages: outcome.results.messages() },
       { topic: this.deadLetterTopic, messages: outcome.deadLetters },
     ]
     if (this.config.lateTopic !== undefined) {

@@ -1,6 +1,7 @@
 import { Partitioners, type Kafka, type Message, type Producer, type TopicMessages } from 'kafkajs'
 import { aclResource, asAuthorizationError, authorizationFailure, KwaError } from './errors'
 import type { Logger } from './logger'
+import { isResultsMessage, recordCount } from './results'
 
 /** What one batch commits atomically. */
 export interface TransactionContent {
@@ -63,9 +64,18 @@ function splitBySize<T>(items: Iterable<T>, bytes: (item: T) => number): T[][] {
   return runs
 }
 
+/**
+ * Results messages (each standing for many records) in pieces of at most MAX_REQUEST_BYTES; two
+ * consecutive pieces exceed it together, so no request holds two (kafkajs takes one per partition).
+ */
+const inPieces = (messages: readonly Message[]): Message[] =>
+  messages.flatMap((m) =>
+    isResultsMessage(m) ? m.results.split(MAX_REQUEST_BYTES).flatMap((r) => r.messages()) : [m],
+  )
+
 /** Splits messages into runs of at most MAX_REQUEST_BYTES of keys and values (at least one). */
 export const chunkBySize = (messages: readonly Message[]): Message[][] =>
-  splitBySize(messages, messageBytes)
+  splitBySize(inPieces(messages), messageBytes)
 
 /**
  * `topicMessages` as `sendBatch` requests of at most MAX_REQUEST_BYTES each (a message larger
@@ -74,7 +84,7 @@ export const chunkBySize = (messages: readonly Message[]): Message[][] =>
  */
 export function requestsBySize(topicMessages: readonly TopicMessages[]): TopicMessages[][] {
   const addressed = topicMessages.flatMap(({ topic, messages }) =>
-    messages.map((message) => ({ topic, message })),
+    inPieces(messages).map((message) => ({ topic, message })),
   )
   return splitBySize(addressed, ({ message }) => messageBytes(message)).map((run) => {
     // Consecutive messages of one topic, as one entry.
@@ -107,7 +117,7 @@ export async function sendResults(
     if (authorizationFailure(error) !== undefined)
       throw await refusedTopic(producer, topicMessages, error)
     if (!isTooLarge(error)) throw error
-    onSplit(topicMessages.reduce((n, t) => n + t.messages.length, 0))
+    onSplit(topicMessages.reduce((n, t) => n + recordCount(t.messages), 0))
     for (const request of requestsBySize(topicMessages))
       await producer.sendBatch({ acks: -1, topicMessages: request })
   }
@@ -154,7 +164,9 @@ export function isTooLarge(error: unknown): boolean {
 
 /** A message's bytes in a request: key, value and a bound on its framing. */
 const messageBytes = (message: Message): number =>
-  64 + byteLength(message.key) + byteLength(message.value)
+  isResultsMessage(message)
+    ? message.results.bytes
+    : 64 + byteLength(message.key) + byteLength(message.value)
 
 const byteLength = (data: Message['key'] | Message['value']): number =>
   data === null || data === undefined ? 0 : Buffer.byteLength(data)
@@ -280,7 +292,7 @@ export class PartitionTransactor {
         if (meta?.baseOffset === undefined) return
         // One record batch per partition and request: its records are consecutive.
         firstTracked ??= BigInt(meta.baseOffset)
-        lastTracked = BigInt(meta.baseOffset) + BigInt(chunk.length) - 1n
+        lastTracked = BigInt(meta.baseOffset) + BigInt(recordCount(chunk)) - 1n
       }
       try {
         for (const { topic, messages } of content.records) {

@@ -298,6 +298,16 @@ export interface ClosedWindows {
   quantiles: Float64Array
 }
 
+/**
+ * The results of closed windows (ClosedWindows one after the other) as
+ * records keyed by series key, each on the partition (of `partitions`)
+ * kafkajs' DefaultPartitioner would pick, in row order within a partition.
+ * Values are Avro: window-aggregate.avsc; with `quantiles` (the quantiles the
+ * aggregator was configured with) window-aggregate-quantiles.avsc. Throws
+ * (code InvalidArg) on columns of unequal lengths or no partitions.
+ */
+export declare function encodeResults(closed: Array<ClosedWindows>, partitions: number, quantiles?: Array<number> | undefined | null): OutputRecords
+
 /** Outcome of one batch: every sample is exactly one of aggregated, late or rejected. */
 export interface IngestResult {
   aggregated: number
@@ -327,6 +337,24 @@ export interface IngestResult {
    * this batch closed are only in closed). Undefined when tracking is off.
    */
   changes?: WindowStates
+}
+
+/**
+ * Results as Kafka records for the output topic: one run of records per
+ * output partition.
+ */
+export interface OutputRecords {
+  /** Each run's output partition, ascending. */
+  partitions: Uint32Array
+  /** Records in each run. */
+  counts: Uint32Array
+  /** Where each run ends in bytes: run i is bytes[ends[i - 1] (0 for i = 0), ends[i]). */
+  ends: Uint32Array
+  /**
+   * Kafka record format v2 bodies (attributes 0, timestamp delta 0, no
+   * headers), offset deltas from 0 in each run.
+   */
+  bytes: Buffer
 }
 
 /** Samples as columns (the late or rejected samples of a decoded batch). */

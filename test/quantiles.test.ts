@@ -17,6 +17,7 @@ import { PartitionPipeline, type BatchOutcome } from '../consumer/pipeline'
 import { encodeTelemetryBatch, type Sample } from '../consumer/schemas'
 import { formatAggregate } from '../consumer/tail'
 import { mulberry32 } from './reference'
+import { outputRecords } from './helpers/records'
 
 /**
  * Per-window quantiles (--quantiles) end to end through the pipeline: estimates against exact
@@ -112,7 +113,9 @@ function checkAccuracy(
 }
 
 const results = (outcomes: readonly (BatchOutcome | undefined)[]): WindowAggregate[] =>
-  outcomes.flatMap((o) => (o?.results ?? []).map((r) => decodeWindowAggregate(r.value)))
+  outcomes.flatMap((o) =>
+    o === undefined ? [] : outputRecords(o.results).map((r) => decodeWindowAggregate(r.value)),
+  )
 
 const pipelineWith = (
   accuracy: number,
@@ -177,7 +180,8 @@ describe('--quantiles', () => {
             after.push(original.advanceIdle(end) as BatchOutcome)
             afterCopy.push(copy.advanceIdle(end))
             // The restored pipeline publishes the same bytes: the sketches came back exactly.
-            expect(afterCopy.map((o) => o?.results)).toEqual(after.map((o) => o.results))
+            const bytes = (o: BatchOutcome | undefined) => o && outputRecords(o.results)
+            expect(afterCopy.map(bytes)).toEqual(after.map(bytes))
             const all = results([...before, ...after])
             expect(all.length).toBe(exact.size)
             checkAccuracy(all, exact, accuracy)

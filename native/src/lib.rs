@@ -3,10 +3,11 @@
 //! converts between JS values and the core's types.
 
 pub mod avro;
+pub mod records;
 pub mod sketch;
 pub mod window;
 
-use napi::bindgen_prelude::{Either, Float64Array, Null, Uint8Array, Uint32Array};
+use napi::bindgen_prelude::{Buffer, Either, Float64Array, Null, Uint8Array, Uint32Array};
 use napi::{Error, Result, Status};
 use napi_derive::napi;
 
@@ -74,7 +75,7 @@ pub struct AggregatorConfig {
 
 /// Closed (series key, window) aggregates as parallel columns. Rows are ordered
 /// by windowStart, then by series key in code point order (UTF-8 byte order).
-#[napi(object, object_from_js = false)]
+#[napi(object)]
 pub struct ClosedWindows {
     pub series_keys: Vec<String>,
     /// Inclusive window start, epoch ms.
@@ -207,6 +208,85 @@ pub struct AvroIngestResult {
     pub late_samples: SampleRows,
     /// The samples at result.rejectedIndexes.
     pub rejected_samples: SampleRows,
+}
+
+/// Results as Kafka records for the output topic: one run of records per
+/// output partition.
+#[napi(object, object_from_js = false)]
+pub struct OutputRecords {
+    /// Each run's output partition, ascending.
+    pub partitions: Uint32Array,
+    /// Records in each run.
+    pub counts: Uint32Array,
+    /// Where each run ends in bytes: run i is bytes[ends[i - 1] (0 for i = 0), ends[i]).
+    pub ends: Uint32Array,
+    /// Kafka record format v2 bodies (attributes 0, timestamp delta 0, no
+    /// headers), offset deltas from 0 in each run.
+    pub bytes: Buffer,
+}
+
+/// The results of closed windows (ClosedWindows one after the other) as
+/// records keyed by series key, each on the partition (of `partitions`)
+/// kafkajs' DefaultPartitioner would pick, in row order within a partition.
+/// Values are Avro: window-aggregate.avsc; with `quantiles` (the quantiles the
+/// aggregator was configured with) window-aggregate-quantiles.avsc. Throws
+/// (code InvalidArg) on columns of unequal lengths or no partitions.
+#[napi]
+pub fn encode_results(
+    closed: Vec<ClosedWindows>,
+    partitions: u32,
+    quantiles: Option<Vec<f64>>,
+) -> Result<OutputRecords> {
+    let invalid = |msg: String| map_error(window::Error::InvalidInput(msg));
+    if partitions == 0 {
+        return Err(invalid("an output topic has at least one partition".into()));
+    }
+    let asked = quantiles.as_deref();
+    let k = asked.map_or(0, <[f64]>::len);
+    for c in &closed {
+        let n = c.series_keys.len();
+        let columns = [
+            &c.window_start,
+            &c.window_end,
+            &c.count,
+            &c.sum,
+            &c.mean,
+            &c.min,
+            &c.max,
+        ];
+        if columns.iter().any(|col| col.len() != n) || (k > 0 && c.quantiles.len() != n * k) {
+            return Err(invalid(format!(
+                "closed windows' columns must all have {n} rows (quantiles {n} x {k})"
+            )));
+        }
+    }
+    let results = closed.iter().flat_map(|c| {
+        (0..c.series_keys.len()).map(move |i| records::WindowResult {
+            series_key: &c.series_keys[i],
+            window_start: c.window_start[i],
+            window_end: c.window_end[i],
+            count: c.count[i],
+            sum: c.sum[i],
+            mean: c.mean[i],
+            min: c.min[i],
+            max: c.max[i],
+            quantiles: asked.map(|q| (q, &c.quantiles[i * k..(i + 1) * k])),
+        })
+    });
+    let runs = records::result_records(results, partitions);
+    let total: usize = runs.iter().map(|r| r.bytes.len()).sum();
+    let mut bytes = Vec::with_capacity(total);
+    let mut ends = Vec::with_capacity(runs.len());
+    for run in &runs {
+        bytes.extend_from_slice(&run.bytes);
+        ends.push(u32::try_from(bytes.len()).map_err(|_| invalid("over 4 GiB of results".into()))?);
+    }
+    Ok(OutputRecords {
+        partitions: Uint32Array::new(runs.iter().map(|r| r.partition).collect()),
+        counts: Uint32Array::new(runs.iter().map(|r| r.count).collect()),
+        ends: Uint32Array::new(ends),
+        bytes: bytes.into(),
+    })
 }
 
 impl From<CoreClosed> for ClosedWindows {

@@ -1,0 +1,240 @@
+/**
+ * Results encoded natively (consumer/results.ts → native/src/records.rs) against the JS path they
+ * replace: avsc values (encodeClosedWindows), keys as UTF-8, partitions by kafkajs'
+ * DefaultPartitioner, records read back with kafkajs' own decoders, also through the patched
+ * produce request.
+ */
+import { createRequire } from 'node:module'
+import fc from 'fast-check'
+import { describe, expect, it } from 'vitest'
+import type { ClosedWindows } from '../consumer/native'
+import { encodeClosedWindows } from '../consumer/pipeline'
+import { isResultsMessage, recordCount, ResultRecords } from '../consumer/results'
+import { decodeRuns } from './helpers/records'
+
+const require = createRequire(__filename)
+const murmur2 = require('kafkajs/src/producer/partitioners/default/murmur2.js') as (
+  key: string | Buffer,
+) => number
+const groupMessagesPerPartition =
+  require('kafkajs/src/producer/groupMessagesPerPartition.js') as (args: {
+    topic: string
+    partitionMetadata: unknown[]
+    messages: unknown[]
+    partitioner: () => number
+  }) => Record<string, unknown[]>
+const produceRequest = require('kafkajs/src/protocol/requests/produce/v3/request.js') as (args: {
+  acks: number
+  timeout: number
+  transactionalId?: string
+  producerId: number
+  producerEpoch: number
+  compression: number
+  topicData: {
+    topic: string
+    partitions: { partition: number; firstSequence: number; messages: unknown[] }[]
+  }[]
+}) => { encode: () => Promise<{ buffer: Buffer }> }
+const Decoder = require('kafkajs/src/protocol/decoder.js') as new (buffer: Buffer) => {
+  readString(): string
+  readInt16(): number
+  readInt32(): number
+  readBytes(): Buffer
+}
+const decodeRecordBatch = require('kafkajs/src/protocol/recordBatch/v0/decoder.js') as (
+  decoder: InstanceType<typeof Decoder>,
+) => Promise<{
+  inTransaction: boolean
+  lastOffsetDelta: number
+  firstSequence: number
+  records: { key: Buffer | null; value: Buffer | null; offset: string; headers: object }[]
+}>
+
+const partitionOf = (key: string, partitions: number) => (murmur2(key) & 0x7fffffff) % partitions
+
+const asked = [0.5, 0.9, 0.99]
+
+/** Closed windows as the aggregator reports them (any row order: encoding keeps it). */
+const closedWindows = (withQuantiles: boolean) =>
+  fc
+    .array(
+      fc.record({
+        key: fc.oneof(fc.string({ maxLength: 40 }), fc.string({ unit: 'grapheme', maxLength: 8 })),
+        start: fc.integer({ min: 0, max: 2 ** 42 }),
+        size: fc.integer({ min: 1, max: 10 ** 9 }),
+        count: fc.integer({ min: 1, max: 2 ** 40 }),
+        values: fc.array(fc.double(), { minLength: 4, maxLength: 4 }),
+        quantiles: fc.oneof(
+          fc.array(fc.double({ noNaN: true }), { minLength: 3, maxLength: 3 }),
+          fc.constant([1, Number.NaN, 2]),
+        ),
+      }),
+      { maxLength: 40 },
+    )
+    .map((rows): ClosedWindows => ({
+      seriesKeys: rows.map((r) => r.key),
+      windowStart: Float64Array.from(rows, (r) => r.start),
+      windowEnd: Float64Array.from(rows, (r) => r.start + r.size),
+      count: Float64Array.from(rows, (r) => r.count),
+      sum: Float64Array.from(rows, (r) => r.values[0] as number),
+      mean: Float64Array.from(rows, (r) => r.values[1] as number),
+      min: Float64Array.from(rows, (r) => r.values[2] as number),
+      max: Float64Array.from(rows, (r) => r.values[3] as number),
+      quantiles: withQuantiles
+        ? Float64Array.from(rows.flatMap((r) => r.quantiles))
+        : new Float64Array(0),
+    }))
+
+const parts = (withQuantiles: boolean) =>
+  fc.array(closedWindows(withQuantiles), { minLength: 1, maxLength: 3 })
+
+/** What kafkajs would publish from the JS path: per partition, key and value in row order. */
+function jsPath(closed: ClosedWindows[], partitions: number, quantiles?: number[]) {
+  const byPartition = new Map<number, { key: Buffer; value: Buffer }[]>()
+  for (const c of closed) {
+    for (const r of encodeClosedWindows(c, quantiles)) {
+      const p = partitionOf(r.key, partitions)
+      const list = byPartition.get(p) ?? []
+      list.push({ key: Buffer.from(r.key), value: r.value })
+      byPartition.set(p, list)
+    }
+  }
+  return [...byPartition].sort(([a], [b]) => a - b)
+}
+
+describe('results encoded natively', () => {
+  it.each([false, true])(
+    'are the records the JS path would publish, on the same partitions (quantiles %s)',
+    (withQuantiles) => {
+      fc.assert(
+        fc.property(parts(withQuantiles), fc.integer({ min: 1, max: 9 }), (closed, partitions) => {
+          const quantiles = withQuantiles ? asked : undefined
+          const results = new ResultRecords(quantiles, closed)
+          const runs = results.encode(partitions)
+          const got = new Map<number, { key: Buffer; value: Buffer }[]>()
+          for (const r of decodeRuns(runs)) {
+            const list = got.get(r.partition) ?? []
+            expect(r.offset).toBe(list.length)
+            expect(r.timestampDelta).toBe(0)
+            expect(r.headers).toEqual({})
+            list.push({ key: r.key as Buffer, value: r.value as Buffer })
+            got.set(r.partition, list)
+          }
+          expect([...got]).toEqual(jsPath(closed, partitions, quantiles))
+          expect(runs.map((r) => r.partition)).toEqual([...got.keys()])
+          expect(recordCount(results.messages())).toBe(results.count)
+          expect(results.count).toBe(closed.reduce((n, c) => n + c.seriesKeys.length, 0))
+        }),
+        { numRuns: 300 },
+      )
+    },
+  )
+
+  it('refuses columns of unequal lengths and a topic without partitions', () => {
+    const [one] = fc.sample(
+      closedWindows(false).filter((c) => c.seriesKeys.length > 0),
+      1,
+    )
+    const c = one as ClosedWindows
+    expect(() => new ResultRecords(undefined, [c]).encode(0)).toThrow(/at least one partition/)
+    const short = { ...c, max: c.max.subarray(1) }
+    expect(() => new ResultRecords(undefined, [short]).encode(3)).toThrow(/columns/)
+  })
+
+  it('split into pieces within the bound, in order, no two consecutive ones fitting together', () => {
+    fc.assert(
+      fc.property(parts(true), fc.integer({ min: 150, max: 4_000 }), (closed, maxBytes) => {
+        const results = new ResultRecords(asked, closed)
+        const pieces = results.split(maxBytes)
+        const all = (r: ResultRecords) => decodeRuns(r.encode(1)).map((d) => d.value)
+        expect(pieces.flatMap(all)).toEqual(all(results))
+        for (const [i, piece] of pieces.entries()) {
+          expect(piece.count).toBeGreaterThan(0)
+          if (piece.count > 1) expect(piece.bytes).toBeLessThanOrEqual(maxBytes)
+          const next = pieces[i + 1]
+          if (next !== undefined) expect(piece.bytes + next.bytes).toBeGreaterThan(maxBytes)
+          // The bound holds the real record bytes.
+          expect(piece.encode(1)[0]?.encodedRecords.length).toBeLessThanOrEqual(piece.bytes)
+        }
+      }),
+      { numRuns: 200 },
+    )
+  })
+
+  it('go through the patched kafkajs as one record batch per partition, with a valid CRC', async () => {
+    const [closed] = fc.sample(parts(false), { seed: 42, numRuns: 1 })
+    const results = new ResultRecords(undefined, closed)
+    const [message] = results.messages()
+    expect(message !== undefined && isResultsMessage(message)).toBe(true)
+    const perPartition = groupMessagesPerPartition({
+      topic: 'out',
+      partitionMetadata: [{}, {}, {}, {}],
+      messages: [message],
+      partitioner: () => {
+        throw new Error('a results message is not partitioned by kafkajs')
+      },
+    })
+    const request = produceRequest({
+      acks: -1,
+      timeout: 30_000,
+      transactionalId: 'tx',
+      producerId: 7,
+      producerEpoch: 1,
+      compression: 0,
+      topicData: [
+        {
+          topic: 'out',
+          partitions: Object.entries(perPartition).map(([partition, messages]) => ({
+            partition: Number(partition),
+            firstSequence: 5,
+            messages,
+          })),
+        },
+      ],
+    })
+    const decoder = new Decoder((await request.encode()).buffer)
+    expect(decoder.readString()).toBe('tx')
+    decoder.readInt16()
+    decoder.readInt32()
+    expect(decoder.readInt32()).toBe(1)
+    expect(decoder.readString()).toBe('out')
+    const want = jsPath(closed as ClosedWindows[], 4)
+    expect(decoder.readInt32()).toBe(want.length)
+    for (const [partition, records] of want) {
+      expect(decoder.readInt32()).toBe(partition)
+      const batch = decoder.readBytes()
+      const decoded = await decodeRecordBatch(new Decoder(batch))
+      expect(decoded.inTransaction).toBe(true)
+      expect(decoded.firstSequence).toBe(5)
+      expect(decoded.lastOffsetDelta).toBe(records.length - 1)
+      expect(decoded.records.map((r) => ({ key: r.key, value: r.value }))).toEqual(records)
+      expect(decoded.records.map((r) => r.offset)).toEqual(records.map((_, i) => String(i)))
+    }
+  })
+
+  it('may not share a partition of a request with other messages', async () => {
+    const closed: ClosedWindows = {
+      seriesKeys: ['a'],
+      windowStart: Float64Array.of(0),
+      windowEnd: Float64Array.of(1),
+      count: Float64Array.of(1),
+      sum: Float64Array.of(1),
+      mean: Float64Array.of(1),
+      min: Float64Array.of(1),
+      max: Float64Array.of(1),
+      quantiles: new Float64Array(0),
+    }
+    const [run] = new ResultRecords(undefined, [closed]).encode(1)
+    const request = produceRequest({
+      acks: -1,
+      timeout: 30_000,
+      producerId: -1,
+      producerEpoch: 0,
+      compression: 0,
+      topicData: [
+        { topic: 'out', partitions: [{ partition: 0, firstSequence: 0, messages: [run, run] }] },
+      ],
+    })
+    await expect(request.encode()).rejects.toThrow(/cannot share a request/)
+  })
+})
