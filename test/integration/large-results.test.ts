@@ -1,7 +1,8 @@
 /**
  * At least once, a window closing for many series at once can publish more than one record batch
  * takes (`max.message.bytes`). On a real broker: the refusal is recognised, and the results go
- * again in smaller requests, every one of them, in order.
+ * again in smaller requests, every one of them, in order, as the JS encoding would have written
+ * them (they are encoded natively: consumer/results.ts).
  *
  *   npx vitest run --project integration test/integration/large-results.test.ts
  */
@@ -9,6 +10,9 @@ import { Partitioners } from 'kafkajs'
 import { expect, it } from 'vitest'
 import { createKafka } from '../../consumer/kafka'
 import { createLogger } from '../../consumer/logger'
+import type { ClosedWindows } from '../../consumer/native'
+import { encodeClosedWindows } from '../../consumer/pipeline'
+import { ResultRecords } from '../../consumer/results'
 import { isTooLarge, sendResults } from '../../consumer/transactions'
 import { createTopic, kafkaBrokers, readAll, uniqueTopic } from '../helpers/kafka'
 
@@ -20,10 +24,9 @@ it('sends results over the broker message size limit in smaller requests', async
   // 20k results of ~60 bytes in one partition: about 1.2 MB in one record batch, refused by a
   // 600 kB limit; the fallback's requests of at most 512 KiB are not.
   await createTopic(brokers, topic, 1, { 'max.message.bytes': '600000' })
-  const messages = Array.from({ length: 20_000 }, (_, i) => ({
-    key: `series-${i}`,
-    value: Buffer.alloc(40, i % 251),
-  }))
+  const closed = [0, 1].map((part) => closedWindows(part * 10_000, 10_000))
+  const results = new ResultRecords(undefined, closed)
+  const messages = results.messages()
   const kafka = createKafka({ brokers: [brokers], clientId: 'large-results', logger })
   // As the service's at-least-once producer.
   const producer = kafka.producer({
@@ -43,11 +46,28 @@ it('sends results over the broker message size limit in smaller requests', async
 
     let split = 0
     await sendResults(producer, [{ topic, messages }], (records) => (split = records))
-    expect(split).toBe(messages.length)
+    expect(split).toBe(results.count)
   } finally {
     await producer.disconnect()
   }
-  const read = await readAll(brokers, topic, { expected: messages.length, timeoutMs: 60_000 })
-  expect(read.map((m) => m.key?.toString())).toEqual(messages.map((m) => m.key))
-  expect(read.every((m, i) => m.value?.equals(messages[i]!.value))).toBe(true)
+  const read = await readAll(brokers, topic, { expected: results.count, timeoutMs: 60_000 })
+  const want = closed.flatMap((c) => encodeClosedWindows(c))
+  expect(read.map((m) => m.key?.toString())).toEqual(want.map((m) => m.key))
+  expect(read.every((m, i) => m.value?.equals(want[i]!.value))).toBe(true)
 }, 120_000)
+
+/** Closed windows of series `first`..`first + n - 1`, as the aggregator reports them. */
+function closedWindows(first: number, n: number): ClosedWindows {
+  const column = (f: (i: number) => number) => Float64Array.from({ length: n }, (_, i) => f(i))
+  return {
+    seriesKeys: Array.from({ length: n }, (_, i) => `series-${first + i}`),
+    windowStart: column(() => 1_700_000_000_000),
+    windowEnd: column(() => 1_700_000_060_000),
+    count: column((i) => 1 + (i % 7)),
+    sum: column((i) => i * 1.5),
+    mean: column((i) => (i * 1.5) / (1 + (i % 7))),
+    min: column((i) => -i),
+    max: column((i) => i),
+    quantiles: new Float64Array(0),
+  }
+}
