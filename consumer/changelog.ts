@@ -3,7 +3,8 @@ import { randomUUID } from 'node:crypto'
 import { aclResource, asAuthorizationError, KwaError } from './errors'
 import type { Logger } from './logger'
 import { retryWithBackoff } from './retry'
-import type { ClosedWindows, WindowStates } from './native'
+import { RecordGroup, runsOf, type EncodedRun } from './encoded-records'
+import { encodeChangelog, type ClosedWindows, type WindowStates } from './native'
 
 /**
  * The state changelog: a compacted topic co-partitioned with the input. Partition p holds the
@@ -77,7 +78,88 @@ export function changelogRecords(
   return records
 }
 
-/** The window records of a transaction: upserts of `changes`, tombstones of `closed`. */
+/** A part of a transaction's window records: open windows' states, or closed windows. */
+export type ChangelogPart = { states: WindowStates } | { closed: ClosedKeys }
+
+/**
+ * The window records of a transaction, as the service writes them: upserts of the states, then
+ * tombstones of the closed windows, all in the input's partition, encoded natively
+ * (`encodeChangelog`, the format above) when kafkajs builds the request.
+ */
+export class ChangelogRecords extends RecordGroup<ChangelogPart> {
+  constructor(
+    private readonly partition: number,
+    changes: WindowStates | null = null,
+    closed: readonly ClosedKeys[] = [],
+  ) {
+    super()
+    if (changes !== null) this.add({ states: changes })
+    for (const keys of closed) this.add({ closed: keys })
+  }
+
+  /** The records, all in the input's partition (the changelog is co-partitioned with it). */
+  encode(): EncodedRun[] {
+    const states: WindowStates[] = []
+    const closed: ClosedKeys[] = []
+    for (const part of this.parts) {
+      if ('states' in part) states.push(part.states)
+      else closed.push(part.closed)
+    }
+    return runsOf(encodeChangelog(states, closed, this.partition))
+  }
+
+  protected partRows(part: ChangelogPart): number {
+    return 'states' in part ? part.states.seriesKeys.length : part.closed.seriesKeys.length
+  }
+
+  protected rowBytes(part: ChangelogPart, i: number): number {
+    if (!('states' in part)) return 64 + 9 + Buffer.byteLength(part.closed.seriesKeys[i] as string)
+    const { seriesKeys, sketchEnds: ends } = part.states
+    const sketch =
+      ends === undefined ? 0 : (ends[i] as number) - (i === 0 ? 0 : (ends[i - 1] as number))
+    return 64 + 9 + Buffer.byteLength(seriesKeys[i] as string) + fixedLength + sketch
+  }
+
+  protected empty(): ChangelogRecords {
+    return new ChangelogRecords(this.partition)
+  }
+
+  protected slice(part: ChangelogPart, from: number, to: number): ChangelogPart {
+    if (!('states' in part)) {
+      const { seriesKeys, windowStart } = part.closed
+      return {
+        closed: {
+          seriesKeys: seriesKeys.slice(from, to),
+          windowStart: windowStart.subarray(from, to),
+        },
+      }
+    }
+    const s = part.states
+    const states: WindowStates = {
+      seriesKeys: s.seriesKeys.slice(from, to),
+      windowStart: s.windowStart.subarray(from, to),
+      count: s.count.subarray(from, to),
+      sum: s.sum.subarray(from, to),
+      compensation: s.compensation.subarray(from, to),
+      min: s.min.subarray(from, to),
+      max: s.max.subarray(from, to),
+      firstOffset: s.firstOffset.subarray(from, to),
+    }
+    if (s.sketchEnds !== undefined && s.sketchBytes !== undefined) {
+      const base = from === 0 ? 0 : (s.sketchEnds[from - 1] as number)
+      const ends = s.sketchEnds.subarray(from, to)
+      states.sketchEnds = ends.map((end) => end - base)
+      states.sketchBytes = s.sketchBytes.subarray(base, to === from ? base : ends[ends.length - 1])
+    }
+    return { states }
+  }
+}
+
+/**
+ * The window records of a transaction, one message each, built in JS: upserts of `changes`,
+ * tombstones of `closed`. The service writes ChangelogRecords (the same bytes, built natively);
+ * tests and tools write these to set up a changelog.
+ */
 export function windowRecords(
   changes: WindowStates | null,
   closed: ClosedKeys | readonly ClosedKeys[] | null,

@@ -72,8 +72,8 @@ export class PartitionAggregator extends binding.PartitionAggregator {
   }
 }
 
-/** See the binding's `encodeResults`. */
-export const encodeResults = binding.encodeResults
+/** See the binding's `encodeResults` and `encodeChangelog`. */
+export const { encodeResults, encodeChangelog } = binding
 
 export type {
   AggregatorConfig,

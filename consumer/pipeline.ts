@@ -1,7 +1,7 @@
 import type { KafkaMessage, Message } from 'kafkajs'
 import {
   positionRecord,
-  windowRecords,
+  ChangelogRecords,
   type ChangelogRecord,
   type ClosedKeys,
   type RestoredState,
@@ -507,7 +507,7 @@ export class PartitionPipeline {
    * which every transaction writes last, whatever its batches held.
    */
   takeChangelog(snapshot: boolean): {
-    windows: ChangelogRecord[]
+    windows: ChangelogRecords
     position: (snapshotStart: number | null) => ChangelogRecord
   } {
     const closed = this.closedSinceTake
@@ -516,10 +516,10 @@ export class PartitionPipeline {
     const streamTime = this.aggregator.streamTime
     const nextOffset = this.processedUpTo
     return {
-      windows: windowRecords(
+      windows: new ChangelogRecords(
+        this.partition,
         snapshot ? this.aggregator.snapshot() : changes,
         closed,
-        this.partition,
       ),
       position: (snapshotStart) =>
         positionRecord(streamTime, this.partition, nextOffset, snapshotStart),

@@ -1,7 +1,7 @@
 import type { Admin, Consumer, EachBatchPayload, Kafka, Message, Producer } from 'kafkajs'
 import { PartitionAssigners, Partitioners } from 'kafkajs'
 import { stickyAssigner } from './assigner'
-import { ChangelogReader, RESTORE_READ_TIMEOUT_MS, type ChangelogRecord } from './changelog'
+import { ChangelogReader, RESTORE_READ_TIMEOUT_MS } from './changelog'
 import { TelemetryDecoder, type TelemetryDecoderOptions } from './decode'
 import {
   aclResource,
@@ -871,11 +871,11 @@ export class AggregatorService {
       pending,
       snapshot
         ? {
-            records: windows,
+            records: windows.messages(),
             // The snapshot starts at its first record; with none, at the position record.
             last: (first) => position(first === undefined ? -1 : Number(first)),
           }
-        : { records: [...windows, position(Number(snapshotStart))] },
+        : { records: [...windows.messages(), position(Number(snapshotStart))] },
     )
     owned.changelogEnd = written.endOffset
     if (snapshot) owned.snapshotStart = written.firstTracked
@@ -1029,7 +1029,7 @@ export class AggregatorService {
     transactor: PartitionTransactor,
     partition: number,
     pending: PendingCommit,
-    changelog: { records: ChangelogRecord[]; last?: (first: bigint | undefined) => Message },
+    changelog: { records: Message[]; last?: (first: bigint | undefined) => Message },
   ): Promise<TransactionTimings> {
     const crashProbability = this.config.crashAfterSendProbability ?? 0
     const stopTimer = this.metrics.transactionDuration.startTimer()

@@ -1,7 +1,7 @@
 import { Partitioners, type Kafka, type Message, type Producer, type TopicMessages } from 'kafkajs'
 import { aclResource, asAuthorizationError, authorizationFailure, KwaError } from './errors'
 import type { Logger } from './logger'
-import { isResultsMessage, recordCount } from './results'
+import { isGroupMessage, recordCount } from './encoded-records'
 
 /** What one batch commits atomically. */
 export interface TransactionContent {
@@ -65,12 +65,12 @@ function splitBySize<T>(items: Iterable<T>, bytes: (item: T) => number): T[][] {
 }
 
 /**
- * Results messages (each standing for many records) in pieces of at most MAX_REQUEST_BYTES; two
+ * Group messages (each standing for many records) in pieces of at most MAX_REQUEST_BYTES; two
  * consecutive pieces exceed it together, so no request holds two (kafkajs takes one per partition).
  */
 const inPieces = (messages: readonly Message[]): Message[] =>
   messages.flatMap((m) =>
-    isResultsMessage(m) ? m.results.split(MAX_REQUEST_BYTES).flatMap((r) => r.messages()) : [m],
+    isGroupMessage(m) ? m.group.split(MAX_REQUEST_BYTES).flatMap((g) => g.messages()) : [m],
   )
 
 /** Splits messages into runs of at most MAX_REQUEST_BYTES of keys and values (at least one). */
@@ -164,8 +164,8 @@ export function isTooLarge(error: unknown): boolean {
 
 /** A message's bytes in a request: key, value and a bound on its framing. */
 const messageBytes = (message: Message): number =>
-  isResultsMessage(message)
-    ? message.results.bytes
+  isGroupMessage(message)
+    ? message.group.bytes
     : 64 + byteLength(message.key) + byteLength(message.value)
 
 const byteLength = (data: Message['key'] | Message['value']): number =>

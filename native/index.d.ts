@@ -274,6 +274,15 @@ export interface AvroIngestResult {
 }
 
 /**
+ * Windows that closed: their start and series key (a ClosedWindows, or a part
+ * of one, will do).
+ */
+export interface ClosedKeys {
+  seriesKeys: Array<string>
+  windowStart: Float64Array
+}
+
+/**
  * Closed (series key, window) aggregates as parallel columns. Rows are ordered
  * by windowStart, then by series key in code point order (UTF-8 byte order).
  */
@@ -297,6 +306,14 @@ export interface ClosedWindows {
    */
   quantiles: Float64Array
 }
+
+/**
+ * The changelog records of one partition, as one run in OutputRecords: an
+ * upsert per row of `changes` (WindowStates one after the other; format in
+ * consumer/changelog.ts), then a tombstone per closed window. Throws (code InvalidArg) on columns of
+ * unequal lengths or sketch ends out of order.
+ */
+export declare function encodeChangelog(changes: Array<WindowStates>, closed: Array<ClosedKeys>, partition: number): OutputRecords
 
 /**
  * The results of closed windows (ClosedWindows one after the other) as

@@ -836,4 +836,5 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.PartitionAggregator = nativeBinding.PartitionAggregator
+module.exports.encodeChangelog = nativeBinding.encodeChangelog
 module.exports.encodeResults = nativeBinding.encodeResults

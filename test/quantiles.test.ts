@@ -17,7 +17,7 @@ import { PartitionPipeline, type BatchOutcome } from '../consumer/pipeline'
 import { encodeTelemetryBatch, type Sample } from '../consumer/schemas'
 import { formatAggregate } from '../consumer/tail'
 import { mulberry32 } from './reference'
-import { outputRecords } from './helpers/records'
+import { outputRecords, readBack } from './helpers/records'
 
 /**
  * Per-window quantiles (--quantiles) end to end through the pipeline: estimates against exact
@@ -133,7 +133,7 @@ const pipelineWith = (
 function restoredCopy(source: PartitionPipeline, accuracy: number, nextOffset: number) {
   const log = new ChangelogState()
   const { windows, position } = source.takeChangelog(true)
-  for (const r of [...windows, position(null)]) log.fold(r.key, r.value)
+  for (const r of [...readBack(windows), position(null)]) log.fold(r.key, r.value)
   return pipelineWith(accuracy, {
     restored: log.toRestoredState(window),
     resumeAt: String(nextOffset),
@@ -203,7 +203,7 @@ describe('--quantiles', () => {
       // Written by a replica without --quantiles: version 1 window records, no sketch.
       const { windows, position } = plain.takeChangelog(true)
       const log = new ChangelogState()
-      for (const r of [...windows, position(null)]) log.fold(r.key, r.value)
+      for (const r of [...readBack(windows), position(null)]) log.fold(r.key, r.value)
       const restored = pipelineWith(0.01, { restored: log.toRestoredState(window), resumeAt: '1' })
       try {
         const out = results([
@@ -222,9 +222,9 @@ describe('--quantiles', () => {
       }
       // A sketched state's records are version 2 and read back bit for bit.
       sketched.process([message(0, [{ seriesKey: 'a', eventTime: t0 + 1, value: 1 }])])
-      const sketchedRecords = sketched.takeChangelog(true).windows
+      const sketchedRecords = readBack(sketched.takeChangelog(true).windows)
       expect(sketchedRecords.map((r) => r.value?.[0])).toEqual([2, 2])
-      expect(windows.map((r) => r.value?.[0])).toEqual([1, 1])
+      expect(readBack(windows).map((r) => r.value?.[0])).toEqual([1, 1])
       const back = new ChangelogState()
       for (const r of sketchedRecords) back.fold(r.key, r.value)
       back.fold(Buffer.from('T'), positionValue(t0 + 1, 1))

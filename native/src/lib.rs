@@ -289,6 +289,94 @@ pub fn encode_results(
     })
 }
 
+/// Windows that closed: their start and series key (a ClosedWindows, or a part
+/// of one, will do).
+#[napi(object, object_to_js = false)]
+pub struct ClosedKeys {
+    pub series_keys: Vec<String>,
+    pub window_start: Float64Array,
+}
+
+/// The changelog records of one partition, as one run in OutputRecords: an
+/// upsert per row of `changes` (WindowStates one after the other; format in
+/// consumer/changelog.ts), then a tombstone per closed window. Throws (code InvalidArg) on columns of
+/// unequal lengths or sketch ends out of order.
+#[napi]
+pub fn encode_changelog(
+    changes: Vec<WindowStates>,
+    closed: Vec<ClosedKeys>,
+    partition: u32,
+) -> Result<OutputRecords> {
+    let invalid = |msg: String| map_error(window::Error::InvalidInput(msg));
+    let views: Vec<_> = changes.iter().map(WindowStates::view).collect();
+    for v in &views {
+        let n = v.series_keys.len();
+        let columns = [
+            v.window_start,
+            v.count,
+            v.sum,
+            v.compensation,
+            v.min,
+            v.max,
+            v.first_offset,
+        ];
+        let ends = v.sketch_ends;
+        let sketches_ok = ends.is_empty()
+            || (ends.len() == n
+                && ends.windows(2).all(|w| w[0] <= w[1])
+                && ends
+                    .last()
+                    .is_some_and(|&e| e as usize <= v.sketch_bytes.len()));
+        if columns.iter().any(|c| c.len() != n) || !sketches_ok {
+            return Err(invalid(format!(
+                "window states' columns must all have {n} rows, sketch ends ascending within the bytes"
+            )));
+        }
+    }
+    if closed
+        .iter()
+        .any(|c| c.series_keys.len() != c.window_start.len())
+    {
+        return Err(invalid(
+            "closed keys' columns must have equal lengths".into(),
+        ));
+    }
+    let states = views.iter().flat_map(|v| {
+        (0..v.series_keys.len()).map(move |i| records::WindowState {
+            series_key: &v.series_keys[i],
+            window_start: v.window_start[i],
+            count: v.count[i],
+            sum: v.sum[i],
+            compensation: v.compensation[i],
+            min: v.min[i],
+            max: v.max[i],
+            first_offset: v.first_offset[i],
+            sketch: match v.sketch_ends {
+                [] => &[],
+                ends => {
+                    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+                    &v.sketch_bytes[start..ends[i] as usize]
+                }
+            },
+        })
+    });
+    let tombstones = closed.iter().flat_map(|c| {
+        c.window_start
+            .iter()
+            .zip(&c.series_keys)
+            .map(|(start, key)| (*start, key.as_str()))
+    });
+    let run = records::changelog_records(states, tombstones, partition);
+    let end =
+        u32::try_from(run.bytes.len()).map_err(|_| invalid("over 4 GiB of changelog".into()))?;
+    Ok(OutputRecords {
+        partitions: Uint32Array::new(vec![partition]),
+        counts: Uint32Array::new(vec![run.count]),
+        ends: Uint32Array::new(vec![end]),
+        bytes: run.bytes.into(),
+    })
+}
+
 impl From<CoreClosed> for ClosedWindows {
     fn from(c: CoreClosed) -> Self {
         Self {

@@ -113,15 +113,16 @@ pub fn put_window_aggregate(out: &mut Vec<u8>, r: &WindowResult<'_>) {
 }
 
 /// Appends one Kafka record (format v2: attributes 0, timestamp delta 0,
-/// no headers) with this key and value.
-pub fn put_record(out: &mut Vec<u8>, offset_delta: u32, key: &[u8], value: &[u8]) {
-    let (k, v) = (key.len() as i64, value.len() as i64);
+/// no headers) with this key and value (`None`: a tombstone).
+pub fn put_record(out: &mut Vec<u8>, offset_delta: u32, key: &[u8], value: Option<&[u8]>) {
+    let k = key.len() as i64;
+    let v = value.map_or(-1, |v| v.len() as i64);
     let body = 2 // attributes, timestamp delta
         + varint_len(i64::from(offset_delta))
         + varint_len(k)
         + key.len()
         + varint_len(v)
-        + value.len()
+        + value.map_or(0, <[u8]>::len)
         + 1; // header count
     put_varint(out, body as i64);
     out.push(0);
@@ -130,8 +131,76 @@ pub fn put_record(out: &mut Vec<u8>, offset_delta: u32, key: &[u8], value: &[u8]
     put_varint(out, k);
     out.extend_from_slice(key);
     put_varint(out, v);
-    out.extend_from_slice(value);
+    if let Some(value) = value {
+        out.extend_from_slice(value);
+    }
     out.push(0);
+}
+
+/// One open window's state, borrowed from the aggregator's columns, for the
+/// changelog (its format is written in consumer/changelog.ts).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WindowState<'a> {
+    pub series_key: &'a str,
+    pub window_start: f64,
+    pub count: f64,
+    pub sum: f64,
+    pub compensation: f64,
+    pub min: f64,
+    pub max: f64,
+    pub first_offset: f64,
+    /// The window's quantile sketch, encoded; empty without quantiles.
+    pub sketch: &'a [u8],
+}
+
+/// A changelog window key: `W`, the window start as int64 big-endian, the
+/// series key as UTF-8.
+fn put_window_key(out: &mut Vec<u8>, window_start: f64, series_key: &str) {
+    out.push(b'W');
+    out.extend_from_slice(&(window_start as i64).to_be_bytes());
+    out.extend_from_slice(series_key.as_bytes());
+}
+
+/// Changelog window format versions: without a sketch, and with one after
+/// the fixed fields.
+const WINDOW_VERSION: u8 = 1;
+const WINDOW_SKETCH_VERSION: u8 = 2;
+
+/// The changelog records of one partition, in order: an upsert per window
+/// state, then a tombstone per closed window (start, series key).
+pub fn changelog_records<'a>(
+    states: impl IntoIterator<Item = WindowState<'a>>,
+    closed: impl IntoIterator<Item = (f64, &'a str)>,
+    partition: u32,
+) -> PartitionRecords {
+    let mut records = PartitionRecords {
+        partition,
+        ..Default::default()
+    };
+    let (mut key, mut value) = (Vec::with_capacity(64), Vec::with_capacity(64));
+    for w in states {
+        key.clear();
+        put_window_key(&mut key, w.window_start, w.series_key);
+        value.clear();
+        value.push(if w.sketch.is_empty() {
+            WINDOW_VERSION
+        } else {
+            WINDOW_SKETCH_VERSION
+        });
+        for v in [w.count, w.sum, w.compensation, w.min, w.max, w.first_offset] {
+            put_double(&mut value, v);
+        }
+        value.extend_from_slice(w.sketch);
+        put_record(&mut records.bytes, records.count, &key, Some(&value));
+        records.count += 1;
+    }
+    for (start, series_key) in closed {
+        key.clear();
+        put_window_key(&mut key, start, series_key);
+        put_record(&mut records.bytes, records.count, &key, None);
+        records.count += 1;
+    }
+    records
 }
 
 /// The results as records keyed by series key, grouped by output partition
@@ -159,7 +228,7 @@ pub fn result_records<'a>(
         let records = &mut by_partition[*s as usize];
         value.clear();
         put_window_aggregate(&mut value, &r);
-        put_record(&mut records.bytes, records.count, key, &value);
+        put_record(&mut records.bytes, records.count, key, Some(&value));
         records.count += 1;
     }
     by_partition.sort_unstable_by_key(|r| r.partition);
@@ -261,6 +330,45 @@ mod tests {
         put_window_aggregate(&mut unknown, &result("é", Some((&asked, &[1.0, f64::NAN]))));
         assert_eq!(&unknown[..want.len()], &want[..]);
         assert_eq!(&unknown[want.len()..], &[0]);
+    }
+
+    #[test]
+    fn changelog_records_are_upserts_then_tombstones() {
+        let state = |key, sketch| WindowState {
+            series_key: key,
+            window_start: -1_000.0,
+            count: 2.0,
+            sum: 3.0,
+            compensation: 0.0,
+            min: 1.0,
+            max: 2.0,
+            first_offset: 7.0,
+            sketch,
+        };
+        let sketch = [9u8, 8, 7];
+        let run = changelog_records([state("a", &[]), state("b", &sketch)], [(5.0, "c")], 3);
+        assert_eq!((run.partition, run.count), (3, 3));
+        let key = |start: i64, k: &str| {
+            let mut v = vec![b'W'];
+            v.extend(start.to_be_bytes());
+            v.extend(k.as_bytes());
+            v
+        };
+        let value = |version: u8, sketch: &[u8]| {
+            let mut v = vec![version];
+            for x in [2.0f64, 3.0, 0.0, 1.0, 2.0, 7.0] {
+                v.extend(x.to_le_bytes());
+            }
+            v.extend(sketch);
+            v
+        };
+        let mut want = Vec::new();
+        put_record(&mut want, 0, &key(-1_000, "a"), Some(&value(1, &[])));
+        put_record(&mut want, 1, &key(-1_000, "b"), Some(&value(2, &sketch)));
+        put_record(&mut want, 2, &key(5, "c"), None);
+        assert_eq!(run.bytes, want);
+        // A tombstone's value length is -1 (zigzag 1), then no header.
+        assert_eq!(&want[want.len() - 2..], &[1, 0]);
     }
 
     #[test]

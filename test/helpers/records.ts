@@ -3,7 +3,7 @@
  * the encoder (native/src/records.rs).
  */
 import type { OutputRecord } from '../../consumer/pipeline'
-import type { EncodedRun, ResultRecords } from '../../consumer/results'
+import type { EncodedRun, RecordGroup } from '../../consumer/encoded-records'
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const Decoder = require('kafkajs/src/protocol/decoder') as new (buffer: Buffer) => {
@@ -58,8 +58,14 @@ export function decodeRuns(runs: readonly EncodedRun[]): DecodedRecord[] {
 }
 
 /** The results as output records in row order (one partition), as a consumer reads them. */
-export const outputRecords = (results: ResultRecords): OutputRecord[] =>
+export const outputRecords = (results: RecordGroup<unknown>): OutputRecord[] =>
   decodeRuns(results.encode(1)).map((r) => ({
     key: (r.key as Buffer).toString('utf8'),
     value: r.value as Buffer,
   }))
+
+/** A group's records as kafkajs messages read back (keys and values as bytes), in order. */
+export const readBack = (
+  group: RecordGroup<unknown>,
+): { key: Buffer | null; value: Buffer | null }[] =>
+  decodeRuns(group.encode(1)).map(({ key, value }) => ({ key, value }))

@@ -1,16 +1,18 @@
 /**
- * Results encoded natively (consumer/results.ts → native/src/records.rs) against the JS path they
- * replace: avsc values (encodeClosedWindows), keys as UTF-8, partitions by kafkajs'
- * DefaultPartitioner, records read back with kafkajs' own decoders, also through the patched
- * produce request.
+ * Records encoded natively (consumer/results.ts and ChangelogRecords → native/src/records.rs)
+ * against the JS path they replace: for results avsc values (encodeClosedWindows), keys as UTF-8,
+ * partitions by kafkajs' DefaultPartitioner; for the changelog windowRecords. Records are read back
+ * with kafkajs' own decoders, also through the patched produce request.
  */
 import { createRequire } from 'node:module'
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
-import type { ClosedWindows } from '../consumer/native'
+import { ChangelogRecords, positionRecord, windowRecords } from '../consumer/changelog'
+import type { ClosedWindows, WindowStates } from '../consumer/native'
 import { encodeClosedWindows } from '../consumer/pipeline'
-import { isResultsMessage, recordCount, ResultRecords } from '../consumer/results'
-import { decodeRuns } from './helpers/records'
+import { isGroupMessage, recordCount, type RecordGroup } from '../consumer/encoded-records'
+import { ResultRecords } from '../consumer/results'
+import { decodeRuns, readBack } from './helpers/records'
 
 const require = createRequire(__filename)
 const murmur2 = require('kafkajs/src/producer/partitioners/default/murmur2.js') as (
@@ -146,7 +148,7 @@ describe('results encoded natively', () => {
       fc.property(parts(true), fc.integer({ min: 150, max: 4_000 }), (closed, maxBytes) => {
         const results = new ResultRecords(asked, closed)
         const pieces = results.split(maxBytes)
-        const all = (r: ResultRecords) => decodeRuns(r.encode(1)).map((d) => d.value)
+        const all = (r: RecordGroup<ClosedWindows>) => decodeRuns(r.encode(1)).map((d) => d.value)
         expect(pieces.flatMap(all)).toEqual(all(results))
         for (const [i, piece] of pieces.entries()) {
           expect(piece.count).toBeGreaterThan(0)
@@ -165,7 +167,7 @@ describe('results encoded natively', () => {
     const [closed] = fc.sample(parts(false), { seed: 42, numRuns: 1 })
     const results = new ResultRecords(undefined, closed)
     const [message] = results.messages()
-    expect(message !== undefined && isResultsMessage(message)).toBe(true)
+    expect(message !== undefined && isGroupMessage(message)).toBe(true)
     const perPartition = groupMessagesPerPartition({
       topic: 'out',
       partitionMetadata: [{}, {}, {}, {}],
@@ -236,5 +238,123 @@ describe('results encoded natively', () => {
       ],
     })
     await expect(request.encode()).rejects.toThrow(/cannot share a request/)
+  })
+})
+
+/** Open windows' states as the aggregator reports them, with sketches or without. */
+const windowStates = fc
+  .tuple(
+    fc.array(
+      fc.record({
+        key: fc.oneof(fc.string({ maxLength: 30 }), fc.string({ unit: 'grapheme', maxLength: 6 })),
+        start: fc.integer({ min: -(2 ** 45), max: 2 ** 45 }),
+        values: fc.array(fc.double({ noNaN: true }), { minLength: 6, maxLength: 6 }),
+        sketch: fc.uint8Array({ maxLength: 40 }),
+      }),
+      { maxLength: 30 },
+    ),
+    fc.boolean(),
+  )
+  .map(([rows, sketched]): WindowStates => {
+    const column = (j: number) => Float64Array.from(rows, (r) => r.values[j] as number)
+    const states: WindowStates = {
+      seriesKeys: rows.map((r) => r.key),
+      windowStart: Float64Array.from(rows, (r) => r.start),
+      count: column(0),
+      sum: column(1),
+      compensation: column(2),
+      min: column(3),
+      max: column(4),
+      firstOffset: column(5),
+    }
+    if (sketched) {
+      let end = 0
+      states.sketchEnds = Uint32Array.from(rows, (r) => (end += r.sketch.length))
+      states.sketchBytes = Uint8Array.from(rows.flatMap((r) => [...r.sketch]))
+    }
+    return states
+  })
+
+const closedKeys = fc
+  .array(fc.tuple(fc.string({ maxLength: 20 }), fc.integer({ min: 0, max: 2 ** 45 })), {
+    maxLength: 20,
+  })
+  .map((rows) => ({
+    seriesKeys: rows.map(([key]) => key),
+    windowStart: Float64Array.from(rows, ([, start]) => start),
+  }))
+
+describe('changelog records encoded natively', () => {
+  it('are the records windowRecords builds, in the input partition, and split in order', () => {
+    fc.assert(
+      fc.property(
+        fc.option(windowStates, { nil: null }),
+        fc.array(closedKeys, { maxLength: 2 }),
+        fc.integer({ min: 0, max: 63 }),
+        fc.integer({ min: 100, max: 3_000 }),
+        (changes, closed, partition, maxBytes) => {
+          const group = new ChangelogRecords(partition, changes, closed)
+          const runs = group.encode()
+          const want = windowRecords(changes, closed, partition)
+          expect(group.count).toBe(want.length)
+          const got = decodeRuns(runs)
+          expect(got.map((r) => r.partition)).toEqual(want.map(() => partition))
+          expect(got.map((r) => r.offset)).toEqual(want.map((_, i) => i))
+          expect(got.map(({ key, value }) => ({ key, value }))).toEqual(
+            want.map(({ key, value }) => ({ key, value })),
+          )
+          const pieces = group.split(maxBytes)
+          expect(pieces.flatMap(readBack)).toEqual(readBack(group))
+          for (const [i, piece] of pieces.entries()) {
+            expect(decodeRuns(piece.encode(1)).length).toBe(piece.count)
+            if (piece.count > 1) expect(piece.bytes).toBeLessThanOrEqual(maxBytes)
+            const next = pieces[i + 1]
+            if (next !== undefined) expect(piece.bytes + next.bytes).toBeGreaterThan(maxBytes)
+            const [run] = piece.encode(1)
+            expect(run?.encodedRecords.length).toBeLessThanOrEqual(piece.bytes)
+          }
+        },
+      ),
+      { numRuns: 300 },
+    )
+  })
+
+  it('are followed by the position record in one record batch, offsets running on', async () => {
+    const [changes] = fc.sample(
+      windowStates.filter((s) => s.seriesKeys.length > 0),
+      { seed: 7, numRuns: 1 },
+    )
+    const group = new ChangelogRecords(2, changes)
+    const position = positionRecord(1_000, 2, 42, null)
+    const [run] = group.encode()
+    const request = produceRequest({
+      acks: -1,
+      timeout: 30_000,
+      transactionalId: 'tx',
+      producerId: 7,
+      producerEpoch: 1,
+      compression: 0,
+      topicData: [
+        {
+          topic: 'changelog',
+          partitions: [{ partition: 2, firstSequence: 0, messages: [run, position] }],
+        },
+      ],
+    })
+    const decoder = new Decoder((await request.encode()).buffer)
+    decoder.readString()
+    decoder.readInt16()
+    decoder.readInt32()
+    decoder.readInt32()
+    decoder.readString()
+    expect(decoder.readInt32()).toBe(1)
+    expect(decoder.readInt32()).toBe(2)
+    const decoded = await decodeRecordBatch(new Decoder(decoder.readBytes()))
+    const want = [...windowRecords(changes as WindowStates, null, 2), position]
+    expect(decoded.lastOffsetDelta).toBe(want.length - 1)
+    expect(decoded.records.map((r) => ({ key: r.key, value: r.value }))).toEqual(
+      want.map(({ key, value }) => ({ key, value })),
+    )
+    expect(decoded.records.map((r) => r.offset)).toEqual(want.map((_, i) => String(i)))
   })
 })
