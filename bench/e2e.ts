@@ -310,7 +310,8 @@ function frameStage(node: ProfileNode): Stage | undefined {
   }
   if (/avsc\/lib/.test(url)) return /write|Write/.test(fn) ? 'encode + produce' : 'Avro decode (JS)'
   if (/consumer\/(decode|avro-types)\.ts/.test(url) || fn === 'toColumns') return 'Avro decode (JS)'
-  if (fn === 'encodeClosedWindows' || /consumer\/(dead-letter|changelog)\.ts/.test(url))
+  // Results and changelog records: encoded natively, from results.ts and changelog.ts.
+  if (/consumer\/(dead-letter|changelog|results|encoded-records)\.ts/.test(url))
     return 'encode + produce'
   if (/consumer\/(transactions)\.ts/.test(url)) return 'commit'
   if (/\/consumer\//.test(url)) return 'pipeline and service JS'
