@@ -310,28 +310,7 @@ pub fn encode_changelog(
     let invalid = |msg: String| map_error(window::Error::InvalidInput(msg));
     let views: Vec<_> = changes.iter().map(WindowStates::view).collect();
     for v in &views {
-        let n = v.series_keys.len();
-        let columns = [
-            v.window_start,
-            v.count,
-            v.sum,
-            v.compensation,
-            v.min,
-            v.max,
-            v.first_offset,
-        ];
-        let ends = v.sketch_ends;
-        let sketches_ok = ends.is_empty()
-            || (ends.len() == n
-                && ends.windows(2).all(|w| w[0] <= w[1])
-                && ends
-                    .last()
-                    .is_some_and(|&e| e as usize <= v.sketch_bytes.len()));
-        if columns.iter().any(|c| c.len() != n) || !sketches_ok {
-            return Err(invalid(format!(
-                "window states' columns must all have {n} rows, sketch ends ascending within the bytes"
-            )));
-        }
+        v.check_shape().map_err(invalid)?;
     }
     if closed
         .iter()
@@ -351,13 +330,7 @@ pub fn encode_changelog(
             min: v.min[i],
             max: v.max[i],
             first_offset: v.first_offset[i],
-            sketch: match v.sketch_ends {
-                [] => &[],
-                ends => {
-                    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
-                    &v.sketch_bytes[start..ends[i] as usize]
-                }
-            },
+            sketch: v.sketch(i),
         })
     });
     let tombstones = closed.iter().flat_map(|c| {

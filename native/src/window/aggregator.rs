@@ -775,42 +775,8 @@ impl Aggregator {
                 self.open_windows()
             )));
         }
+        states.check_shape().map_err(Error::InvalidRestore)?;
         let len = states.series_keys.len();
-        let columns = [
-            states.window_start,
-            states.count,
-            states.sum,
-            states.compensation,
-            states.min,
-            states.max,
-            states.first_offset,
-        ];
-        if columns.iter().any(|c| c.len() != len) {
-            return Err(Error::InvalidRestore(format!(
-                "seriesKeys, windowStart, count, sum, compensation, min, max and firstOffset \
-                 must have equal length (got {len}, {}, {}, {}, {}, {}, {}, {})",
-                columns[0].len(),
-                columns[1].len(),
-                columns[2].len(),
-                columns[3].len(),
-                columns[4].len(),
-                columns[5].len(),
-                columns[6].len()
-            )));
-        }
-        let sketched = !states.sketch_ends.is_empty();
-        if sketched {
-            let ends = states.sketch_ends;
-            let ordered = ends.windows(2).all(|w| w[0] <= w[1]);
-            if ends.len() != len || !ordered || ends[len - 1] as usize != states.sketch_bytes.len()
-            {
-                return Err(Error::InvalidRestore(format!(
-                    "sketchEnds must hold one non-decreasing end per row ({len}), the last \
-                     equal to the length of sketchBytes ({})",
-                    states.sketch_bytes.len()
-                )));
-            }
-        }
         let stream_time = match stream_time {
             None => None,
             Some(t) if is_safe_whole(t) => Some(t as i64),
@@ -851,13 +817,7 @@ impl Aggregator {
             if let Some(quantiles) = self.quantiles.as_ref() {
                 // Rows without a sketch (written without quantiles) get an empty one: their
                 // quantiles are unknown (NaN) when they close.
-                let bytes = match sketched {
-                    true => {
-                        let from = if i == 0 { 0 } else { states.sketch_ends[i - 1] };
-                        &states.sketch_bytes[from as usize..states.sketch_ends[i] as usize]
-                    }
-                    false => &[][..],
-                };
+                let bytes = states.sketch(i);
                 if !bytes.is_empty() {
                     *window.sketch_mut(r) =
                         Sketch::decode(&quantiles.spec, bytes).map_err(|err| {

@@ -160,6 +160,62 @@ pub struct WindowStatesView<'a, K> {
     pub sketch_ends: &'a [u32],
 }
 
+impl<K> WindowStatesView<'_, K> {
+    /// Whether the columns have one entry per row and the sketch ends (if
+    /// any) one non-decreasing end per row, the last at the end of the bytes;
+    /// the message says what is wrong.
+    pub fn check_shape(&self) -> Result<(), String> {
+        let len = self.series_keys.len();
+        let columns = [
+            self.window_start,
+            self.count,
+            self.sum,
+            self.compensation,
+            self.min,
+            self.max,
+            self.first_offset,
+        ];
+        if columns.iter().any(|c| c.len() != len) {
+            return Err(format!(
+                "seriesKeys, windowStart, count, sum, compensation, min, max and firstOffset \
+                 must have equal length (got {len}, {}, {}, {}, {}, {}, {}, {})",
+                columns[0].len(),
+                columns[1].len(),
+                columns[2].len(),
+                columns[3].len(),
+                columns[4].len(),
+                columns[5].len(),
+                columns[6].len()
+            ));
+        }
+        let ends = self.sketch_ends;
+        if !ends.is_empty()
+            && (ends.len() != len
+                || !ends.windows(2).all(|w| w[0] <= w[1])
+                || ends[len - 1] as usize != self.sketch_bytes.len())
+        {
+            return Err(format!(
+                "sketchEnds must hold one non-decreasing end per row ({len}), the last \
+                 equal to the length of sketchBytes ({})",
+                self.sketch_bytes.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Row `i`'s encoded sketch (empty when the rows have none); the shape
+    /// must have been checked.
+    pub fn sketch(&self, i: usize) -> &[u8] {
+        match self.sketch_ends {
+            [] => &[],
+            ends => {
+                let from = if i == 0 { 0 } else { ends[i - 1] as usize };
+                &self.sketch_bytes[from..ends[i] as usize]
+            }
+        }
+    }
+}
+
 /// Result of one [`Aggregator::ingest`] call. Every sample of the batch is in
 /// exactly one of: aggregated, `late_indexes`, `rejected_indexes`.
 #[derive(Debug, Clone, Default, PartialEq)]
