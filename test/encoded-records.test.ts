@@ -12,6 +12,7 @@ import type { ClosedWindows, WindowStates } from '../consumer/native'
 import { encodeClosedWindows } from '../consumer/pipeline'
 import { isGroupMessage, recordCount, type RecordGroup } from '../consumer/encoded-records'
 import { ResultRecords } from '../consumer/results'
+import { crc32c, produceRoundTrip } from './helpers/kafkajs-internals'
 import { decodeRuns, readBack } from './helpers/records'
 
 const require = createRequire(__filename)
@@ -25,33 +26,6 @@ const groupMessagesPerPartition =
     messages: unknown[]
     partitioner: () => number
   }) => Record<string, unknown[]>
-const produceRequest = require('kafkajs/src/protocol/requests/produce/v3/request.js') as (args: {
-  acks: number
-  timeout: number
-  transactionalId?: string
-  producerId: number
-  producerEpoch: number
-  compression: number
-  topicData: {
-    topic: string
-    partitions: { partition: number; firstSequence: number; messages: unknown[] }[]
-  }[]
-}) => { encode: () => Promise<{ buffer: Buffer }> }
-const Decoder = require('kafkajs/src/protocol/decoder.js') as new (buffer: Buffer) => {
-  readString(): string
-  readInt16(): number
-  readInt32(): number
-  readBytes(): Buffer
-}
-const decodeRecordBatch = require('kafkajs/src/protocol/recordBatch/v0/decoder.js') as (
-  decoder: InstanceType<typeof Decoder>,
-) => Promise<{
-  inTransaction: boolean
-  lastOffsetDelta: number
-  firstSequence: number
-  records: { key: Buffer | null; value: Buffer | null; offset: string; headers: object }[]
-}>
-
 const partitionOf = (key: string, partitions: number) => (murmur2(key) & 0x7fffffff) % partitions
 
 const asked = [0.5, 0.9, 0.99]
@@ -176,36 +150,21 @@ describe('results encoded natively', () => {
         throw new Error('a results message is not partitioned by kafkajs')
       },
     })
-    const request = produceRequest({
-      acks: -1,
-      timeout: 30_000,
-      transactionalId: 'tx',
-      producerId: 7,
-      producerEpoch: 1,
-      compression: 0,
-      topicData: [
-        {
-          topic: 'out',
-          partitions: Object.entries(perPartition).map(([partition, messages]) => ({
-            partition: Number(partition),
-            firstSequence: 5,
-            messages,
-          })),
-        },
-      ],
-    })
-    const decoder = new Decoder((await request.encode()).buffer)
-    expect(decoder.readString()).toBe('tx')
-    decoder.readInt16()
-    decoder.readInt32()
-    expect(decoder.readInt32()).toBe(1)
-    expect(decoder.readString()).toBe('out')
+    const { transactionalId, batches } = await produceRoundTrip(
+      'out',
+      Object.entries(perPartition).map(([partition, messages]) => ({
+        partition: Number(partition),
+        firstSequence: 5,
+        messages,
+      })),
+      'tx',
+    )
+    expect(transactionalId).toBe('tx')
     const want = jsPath(closed as ClosedWindows[], 4)
-    expect(decoder.readInt32()).toBe(want.length)
-    for (const [partition, records] of want) {
-      expect(decoder.readInt32()).toBe(partition)
-      const batch = decoder.readBytes()
-      const decoded = await decodeRecordBatch(new Decoder(batch))
+    expect(batches.map((b) => b.partition)).toEqual(want.map(([partition]) => partition))
+    for (const [i, [, records]] of want.entries()) {
+      const { raw, decoded } = batches[i] as (typeof batches)[number]
+      expect(raw.readUInt32BE(17)).toBe(crc32c(raw.subarray(21)))
       expect(decoded.inTransaction).toBe(true)
       expect(decoded.firstSequence).toBe(5)
       expect(decoded.lastOffsetDelta).toBe(records.length - 1)
@@ -227,17 +186,9 @@ describe('results encoded natively', () => {
       quantiles: new Float64Array(0),
     }
     const [run] = new ResultRecords(undefined, [closed]).encode(1)
-    const request = produceRequest({
-      acks: -1,
-      timeout: 30_000,
-      producerId: -1,
-      producerEpoch: 0,
-      compression: 0,
-      topicData: [
-        { topic: 'out', partitions: [{ partition: 0, firstSequence: 0, messages: [run, run] }] },
-      ],
-    })
-    await expect(request.encode()).rejects.toThrow(/cannot share a request/)
+    await expect(produceRoundTrip('out', [{ partition: 0, messages: [run, run] }])).rejects.toThrow(
+      /cannot share a request/,
+    )
   })
 })
 
@@ -327,29 +278,12 @@ describe('changelog records encoded natively', () => {
     const group = new ChangelogRecords(2, changes)
     const position = positionRecord(1_000, 2, 42, null)
     const [run] = group.encode()
-    const request = produceRequest({
-      acks: -1,
-      timeout: 30_000,
-      transactionalId: 'tx',
-      producerId: 7,
-      producerEpoch: 1,
-      compression: 0,
-      topicData: [
-        {
-          topic: 'changelog',
-          partitions: [{ partition: 2, firstSequence: 0, messages: [run, position] }],
-        },
-      ],
-    })
-    const decoder = new Decoder((await request.encode()).buffer)
-    decoder.readString()
-    decoder.readInt16()
-    decoder.readInt32()
-    decoder.readInt32()
-    decoder.readString()
-    expect(decoder.readInt32()).toBe(1)
-    expect(decoder.readInt32()).toBe(2)
-    const decoded = await decodeRecordBatch(new Decoder(decoder.readBytes()))
+    const { batches } = await produceRoundTrip('changelog', [
+      { partition: 2, messages: [run, position] },
+    ])
+    expect(batches.map((b) => b.partition)).toEqual([2])
+    const { raw, decoded } = batches[0] as (typeof batches)[number]
+    expect(raw.readUInt32BE(17)).toBe(crc32c(raw.subarray(21)))
     const want = [...windowRecords(changes as WindowStates, null, 2), position]
     expect(decoded.lastOffsetDelta).toBe(want.length - 1)
     expect(decoded.records.map((r) => ({ key: r.key, value: r.value }))).toEqual(

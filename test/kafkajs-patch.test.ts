@@ -9,44 +9,9 @@
 import { createRequire } from 'node:module'
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
+import { crc32c, produceRoundTrip } from './helpers/kafkajs-internals'
 
 const require = createRequire(__filename)
-interface Message {
-  key: string | Buffer | null
-  value: Buffer | null
-  timestamp: string
-  headers?: Record<string, string>
-}
-const produceRequest = require('kafkajs/src/protocol/requests/produce/v3/request.js') as (args: {
-  acks: number
-  timeout: number
-  transactionalId?: string
-  producerId: number
-  producerEpoch: number
-  compression: number
-  topicData: {
-    topic: string
-    partitions: { partition: number; firstSequence: number; messages: Message[] }[]
-  }[]
-}) => { encode: () => Promise<{ buffer: Buffer }> }
-const Decoder = require('kafkajs/src/protocol/decoder.js') as new (buffer: Buffer) => {
-  readString(): string
-  readInt16(): number
-  readInt32(): number
-  readBytes(): Buffer
-}
-const decodeRecordBatch = require('kafkajs/src/protocol/recordBatch/v0/decoder.js') as (
-  decoder: InstanceType<typeof Decoder>,
-) => Promise<{
-  inTransaction: boolean
-  records: {
-    key: Buffer | null
-    value: Buffer | null
-    timestamp: string
-    offset: string
-    headers: Record<string, Buffer>
-  }[]
-}>
 const murmur2 = require('kafkajs/src/producer/partitioners/default/murmur2.js') as (
   key: string | Buffer,
 ) => number
@@ -60,16 +25,6 @@ const filterAbortedMessages = require('kafkajs/src/consumer/filterAbortedMessage
   messages: FilterMessage[]
   abortedTransactions: { producerId: string; firstOffset: string }[]
 }) => FilterMessage[]
-
-/** CRC-32C (Castagnoli), bit by bit: the reference for the record batch checksum. */
-function crc32c(bytes: Buffer): number {
-  let crc = 0xffffffff
-  for (const byte of bytes) {
-    crc ^= byte
-    for (let bit = 0; bit < 8; bit++) crc = crc & 1 ? (crc >>> 1) ^ 0x82f63b78 : crc >>> 1
-  }
-  return (crc ^ 0xffffffff) >>> 0
-}
 
 const message = fc.record({
   key: fc.oneof(
@@ -112,37 +67,17 @@ describe('kafkajs patch: produce encoding', () => {
               timestamp: String(base + timestampDelta),
             })),
           )
-          const request = produceRequest({
-            acks: -1,
-            timeout: 30_000,
-            transactionalId: transactional ? 'tx' : undefined,
-            producerId: 7,
-            producerEpoch: 1,
-            compression: 0,
-            topicData: [
-              {
-                topic: 'out',
-                partitions: sent.map((messages, partition) => ({
-                  partition,
-                  firstSequence: 0,
-                  messages,
-                })),
-              },
-            ],
-          })
-          const decoder = new Decoder((await request.encode()).buffer)
-          expect(decoder.readString()).toBe(transactional ? 'tx' : null)
-          decoder.readInt16() // acks
-          decoder.readInt32() // timeout
-          expect(decoder.readInt32()).toBe(1) // topics
-          expect(decoder.readString()).toBe('out')
-          expect(decoder.readInt32()).toBe(sent.length)
+          const { transactionalId, batches } = await produceRoundTrip(
+            'out',
+            sent.map((messages, partition) => ({ partition, messages })),
+            transactional ? 'tx' : undefined,
+          )
+          expect(transactionalId).toBe(transactional ? 'tx' : null)
+          expect(batches.map((b) => b.partition)).toEqual(sent.map((_, partition) => partition))
           for (const [partition, messages] of sent.entries()) {
-            expect(decoder.readInt32()).toBe(partition)
-            const batch = decoder.readBytes()
+            const { raw: batch, decoded } = batches[partition] as (typeof batches)[number]
             // CRC-32C of everything from the attributes on (after offset, length, epoch, magic, crc).
             expect(batch.readUInt32BE(17)).toBe(crc32c(batch.subarray(21)))
-            const decoded = await decodeRecordBatch(new Decoder(batch))
             expect(decoded.inTransaction).toBe(transactional)
             expect(
               decoded.records.map((r) => ({
