@@ -104,10 +104,15 @@ export abstract class RecordGroup<Part> {
    */
   split(maxBytes: number): RecordGroup<Part>[] {
     if (this.rows === 0) return []
-    if (this.bytes <= maxBytes) return [this]
+    if (this.byteBound !== undefined && this.byteBound <= maxBytes) return [this]
+    // One pass over the rows: each piece's bound (and, unsplit, this one's) is known after it.
     const pieces: RecordGroup<Part>[] = []
     let piece = this.empty()
     let size = 0
+    const close = () => {
+      piece.byteBound = size
+      pieces.push(piece)
+    }
     for (const part of this.parts) {
       let from = 0
       const n = this.partRows(part)
@@ -115,7 +120,7 @@ export abstract class RecordGroup<Part> {
         const row = this.rowBytes(part, i)
         if (size > 0 && size + row > maxBytes) {
           piece.add(this.slice(part, from, i))
-          pieces.push(piece)
+          close()
           piece = this.empty()
           size = 0
           from = i
@@ -124,7 +129,11 @@ export abstract class RecordGroup<Part> {
       }
       piece.add(this.slice(part, from, n))
     }
-    if (piece.count > 0) pieces.push(piece)
+    if (pieces.length === 0) {
+      this.byteBound = size
+      return [this]
+    }
+    close()
     return pieces
   }
 }
