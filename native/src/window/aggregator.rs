@@ -311,7 +311,12 @@ impl Aggregator {
             offsets,
         };
         if self.is_plain_tumbling(len) {
-            self.ingest_tumbling(source, &checks, &columns, &mut out);
+            // Checks that every sample passes need not be made one by one (most batches).
+            if checks.all_pass(timestamps, values) && source.all_valid(key_index, &self.keys) {
+                self.ingest_tumbling::<S, true>(source, &checks, &columns, &mut out);
+            } else {
+                self.ingest_tumbling::<S, false>(source, &checks, &columns, &mut out);
+            }
         } else {
             self.ingest_general(source, &checks, &columns, &mut out);
         }
@@ -353,7 +358,11 @@ impl Aggregator {
     /// general loop's per-sample work. A sample has one window, and nothing closes during the
     /// batch, so the window of the previous sample stays at hand (no map lookup per sample)
     /// and the rows of samples some way ahead are loaded from it.
-    fn ingest_tumbling<S: KeySource>(
+    ///
+    /// `VALID`: every sample of the batch is known to pass codes 1-6, so none is checked, and
+    /// consecutive samples in the window at hand and in its existing rows are added in one run
+    /// ([`Window::add_run`]) without the per-sample decisions (none can be late or open a row).
+    fn ingest_tumbling<S: KeySource, const VALID: bool>(
         &mut self,
         source: &mut S,
         checks: &SampleChecks,
@@ -389,8 +398,37 @@ impl Aggregator {
         // rows not applied yet (see `add_to_rows`).
         let mut current: Option<(i64, &mut Window)> = None;
         let mut additions = std::mem::take(scratch);
-        let samples = key_index.iter().zip(timestamps).zip(values).zip(offsets);
-        for (i, (((&key, &ts), &value), &offset)) in (0u32..).zip(samples) {
+        let mut next = 0;
+        while let (Some(&key), Some(&ts), Some(&value), Some(&offset)) = (
+            key_index.get(next),
+            timestamps.get(next),
+            values.get(next),
+            offsets.get(next),
+        ) {
+            let i = next as u32; // the batch has at most u32::MAX samples
+            next += 1;
+            // Valid samples in a cached window's existing rows need none of the work below:
+            // one run adds them all. (With loading ahead, rows go through `additions` instead.)
+            if VALID
+                && !look_ahead
+                && let Some((start, window)) = current.as_mut()
+            {
+                let run = window.add_run(
+                    *start,
+                    size,
+                    &key_index[next - 1..],
+                    &timestamps[next - 1..],
+                    &values[next - 1..],
+                    |key| source.known(key),
+                    tracking.then_some(&mut *changed),
+                );
+                if let Some((n, newest)) = run {
+                    out.aggregated += n as u32;
+                    newest_time = newest_time.max(newest);
+                    next += n - 1;
+                    continue;
+                }
+            }
             // A hint only, as in ingest_general, for samples in the current window.
             if look_ahead
                 && let Some((start, window)) = &current
@@ -405,7 +443,11 @@ impl Aggregator {
                     window.prefetch_slot(id);
                 }
             }
-            let checked = check_sample(checks, source, keys, key, ts, value);
+            let checked = if VALID {
+                Ok(ts as i64) // exact: a whole number in [0, 2^53)
+            } else {
+                check_sample(checks, source, keys, key, ts, value)
+            };
             let Ok(ts) = checked.map_err(|reason| reject(out, i, reason)) else {
                 continue;
             };
@@ -431,7 +473,16 @@ impl Aggregator {
             };
             let id = source.intern(key, keys);
             match window.find(id) {
-                Some(r) => additions.push((r as u32, value)),
+                // Only loading ahead pays for deferring; `add_run` relies on nothing deferred.
+                Some(r) if look_ahead => additions.push((r as u32, value)),
+                Some(r) => {
+                    let row = window.row_mut(r);
+                    row.agg.add(value);
+                    if tracking && !row.changed {
+                        row.changed = true;
+                        changed.push((start, r as u32));
+                    }
+                }
                 None => {
                     let offset = offset as i64;
                     let r = window.push(id, Aggregate::new(value, offset));

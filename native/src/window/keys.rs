@@ -29,6 +29,8 @@ pub(super) trait KeySource {
     /// The key's id if the batch already holds it, at no cost (no lookup);
     /// only to load its row ahead of time.
     fn known(&self, key: u32) -> Option<u32>;
+    /// Whether every reference in `key_index` passes [`check`](Self::check).
+    fn all_valid(&self, key_index: &[u32], interner: &Interner) -> bool;
     /// Hints the memory [`check`](Self::check) will read for `key`.
     fn prefetch(&self, _key: u32, _interner: &Interner) {}
 }
@@ -77,6 +79,17 @@ impl<'k, K: AsRef<str>> KeyTable<'k, K> {
 }
 
 impl<K: AsRef<str>> KeySource for KeyTable<'_, K> {
+    fn all_valid(&self, key_index: &[u32], _: &Interner) -> bool {
+        // Entries never turn invalid during a batch; the largest reference is found without a
+        // branch per sample.
+        let largest = key_index.iter().fold(0, |max, &k| max.max(k));
+        (key_index.is_empty() || (largest as usize) < self.slots.len())
+            && !self
+                .slots
+                .iter()
+                .any(|slot| matches!(slot, BatchKey::Invalid(_)))
+    }
+
     #[inline]
     fn check(&self, key: u32, _: &Interner) -> Result<(), Rejection> {
         match self.slots.get(key as usize) {
@@ -133,6 +146,10 @@ impl KeySource for PinnedIds {
         } else {
             Err(Rejection::UnknownKey)
         }
+    }
+
+    fn all_valid(&self, key_index: &[u32], interner: &Interner) -> bool {
+        key_index.iter().all(|&id| interner.is_pinned(id))
     }
 
     fn lookup(&mut self, key: u32, _: &Interner) -> Option<u32> {

@@ -8,10 +8,13 @@ use super::aggregate::Aggregate;
 use crate::sketch::{Sketch, SketchSpec, prefetch_lines, prefetch_read};
 
 #[cfg(doc)]
-use super::interner::Interner;
+use super::{Aggregator, interner::Interner};
 
 /// Rows per chunk of a [`Window`] once it outgrows its first chunk.
 const CHUNK: usize = 1024;
+
+/// How many samples ahead [`Window::add_run`] loads a sample's row.
+const RUN_AHEAD: usize = 8;
 
 /// An open aggregate and its key.
 #[derive(Debug, Clone, Copy)]
@@ -145,6 +148,70 @@ impl Window {
     #[inline]
     pub(super) fn row_mut(&mut self, r: usize) -> &mut Row {
         &mut self.chunks[r / CHUNK][r % CHUNK]
+    }
+
+    /// Adds the samples `(keys[j], timestamps[j], values[j])` to this window's rows, in order,
+    /// for as long as each sample is in the window (`[start, start + size)`) and its key (`id_of`)
+    /// has a row here; lists each row changed in `changed`, if given, once. Returns how many
+    /// samples it added and the newest timestamp among them, or `None` if it added none.
+    ///
+    /// For [`Aggregator`]'s tumbling loop, whose samples are all valid (codes 1-6) and whose
+    /// window is not late for them: a sample within the window never makes it late (stream time
+    /// would have to pass its end), so these samples need no other decision.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn add_run(
+        &mut self,
+        start: i64,
+        size: i64,
+        keys: &[u32],
+        timestamps: &[f64],
+        values: &[f64],
+        id_of: impl Fn(u32) -> Option<u32>,
+        mut changed: Option<&mut Vec<(i64, u32)>>,
+    ) -> Option<(usize, i64)> {
+        let Index::Dense(index) = &self.index else {
+            return None;
+        };
+        // Exact: window bounds are within (-2^53, 2^54).
+        let (low, high) = (start as f64, (start + size) as f64);
+        let mut newest = f64::NEG_INFINITY;
+        let mut n = 0;
+        for (j, ((&key, &ts), &value)) in keys.iter().zip(timestamps).zip(values).enumerate() {
+            // A hint only: the row of a sample some way ahead, so consecutive misses overlap.
+            if let Some(&slot) = keys
+                .get(j + RUN_AHEAD)
+                .and_then(|&key| id_of(key))
+                .and_then(|id| index.get(id as usize))
+                && let Some(r) = slot.checked_sub(1)
+                && let Some(row) = self
+                    .chunks
+                    .get(r as usize / CHUNK)
+                    .and_then(|chunk| chunk.get(r as usize % CHUNK))
+            {
+                prefetch_lines(row);
+            }
+            let in_window = ts >= low && ts < high;
+            let Some(r) = id_of(key)
+                .filter(|_| in_window)
+                .and_then(|id| index.get(id as usize))
+                .and_then(|&slot| slot.checked_sub(1))
+            else {
+                break;
+            };
+            let row = &mut self.chunks[r as usize / CHUNK][r as usize % CHUNK];
+            row.agg.add(value);
+            if let Some(changed) = changed.as_deref_mut()
+                && !row.changed
+            {
+                row.changed = true;
+                changed.push((start, r));
+            }
+            newest = newest.max(ts);
+            n += 1;
+        }
+        // Exact: a valid timestamp is a whole number in [0, 2^53).
+        (n > 0).then_some((n, newest as i64))
     }
 
     /// Adds the row of key `id`, which has none; returns its row.

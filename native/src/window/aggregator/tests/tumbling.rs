@@ -1,6 +1,8 @@
 //! The tumbling loop ([`Aggregator::ingest_tumbling`]) against the general one, on batches made
 //! for it: long, with few keys, mostly in order, some samples out of order across window ends,
-//! some late or invalid, so that a batch moves between windows with additions pending.
+//! some late or invalid, so that a batch moves between windows with additions pending. Wide
+//! cases have enough keys for a window's dense index, and batches whose samples are all valid:
+//! those take the runs of [`Window::add_run`].
 use super::hostile::closed_bits;
 use super::*;
 use proptest::prelude::*;
@@ -13,6 +15,8 @@ struct Case {
     size: i64,
     grace: i64,
     tracking: Tracking,
+    /// Samples name their keys by pinned id ([`Aggregator::ingest_ids`]) instead of a key table.
+    by_id: bool,
     batches: Vec<Batch>,
 }
 
@@ -23,10 +27,34 @@ enum Tracking {
     Coalesced,
 }
 
-const KEYS: [&str; 6] = ["a", "b", "c", "d", "", "e"];
+/// Keys `0..VALID_KEYS` are valid; then an empty one and one too long (`maxKeyBytes` 4); a
+/// sample naming key 99 names no key (by id: an unpinned one).
+const VALID_KEYS: u32 = 40;
+const EMPTY_KEY: u32 = VALID_KEYS;
+const LONG_KEY: u32 = VALID_KEYS + 1;
+const NO_KEY: u32 = 99;
+
+fn keys() -> Vec<String> {
+    (0..VALID_KEYS)
+        .map(|k| format!("k{k}"))
+        .chain([String::new(), "long!".to_owned()])
+        .collect()
+}
 
 fn case() -> impl Strategy<Value = Case> {
-    let key = prop_oneof![40 => 0u32..4, 2 => Just(4u32), 1 => Just(5u32), 1 => Just(9u32)];
+    (any::<bool>(), any::<bool>()).prop_flat_map(|(wide, by_id)| case_of(wide, by_id))
+}
+
+/// `wide`: 40 keys instead of 4, and half the batches all valid.
+fn case_of(wide: bool, by_id: bool) -> impl Strategy<Value = Case> {
+    let valid = if wide { VALID_KEYS } else { 4 };
+    let per_ms = if wide { 16 } else { 4 };
+    let key = prop_oneof![
+        40 => 0..valid,
+        2 => Just(EMPTY_KEY),
+        1 => Just(LONG_KEY),
+        1 => Just(NO_KEY)
+    ];
     // Behind the batch's clock by up to 12 ms, mostly a little; now and then invalid.
     let lag = prop_oneof![30 => 0i64..3, 6 => 0i64..12, 1 => Just(-1)];
     let value = prop_oneof![
@@ -38,6 +66,7 @@ fn case() -> impl Strategy<Value = Case> {
     let batch = (
         proptest::collection::vec((key, lag, value), 0..300),
         proptest::option::weighted(0.2, 0i64..40),
+        proptest::bool::weighted(if wide { 0.5 } else { 0.0 }),
     );
     (
         1i64..=8,
@@ -49,17 +78,28 @@ fn case() -> impl Strategy<Value = Case> {
         ],
         proptest::collection::vec(batch, 1..6),
     )
-        .prop_map(|(size, grace, tracking, batches)| {
+        .prop_map(move |(size, grace, tracking, batches)| {
             let mut clock = 0i64;
             let batches = batches
                 .into_iter()
-                .map(|(samples, max)| {
+                .map(|(samples, max, all_valid)| {
+                    let max = if all_valid { None } else { max };
                     let samples = samples
                         .into_iter()
+                        .map(|(key, lag, value)| {
+                            if all_valid {
+                                // The same draw, made valid.
+                                let value = if value.is_nan() { 0.5 } else { value };
+                                (key % valid, lag.max(0), value)
+                            } else {
+                                (key, lag, value)
+                            }
+                        })
                         .enumerate()
                         .map(|(i, (key, lag, value))| {
-                            // The clock moves about 1 ms every 4 samples.
-                            let now = clock + i as i64 / 4;
+                            // The clock moves about 1 ms every 4 samples (wide: every 16, so
+                            // that windows hold more keys than a hashed index does).
+                            let now = clock + i as i64 / per_ms;
                             let ts = if lag < 0 {
                                 0.5
                             } else {
@@ -69,7 +109,7 @@ fn case() -> impl Strategy<Value = Case> {
                         })
                         .collect::<Vec<_>>();
                     let max = max.map(|m| (clock + m) as f64);
-                    clock += samples.len() as i64 / 4;
+                    clock += samples.len() as i64 / per_ms;
                     (samples, max)
                 })
                 .collect();
@@ -77,6 +117,7 @@ fn case() -> impl Strategy<Value = Case> {
                 size,
                 grace,
                 tracking,
+                by_id,
                 batches,
             }
         })
@@ -85,11 +126,39 @@ fn case() -> impl Strategy<Value = Case> {
 fn aggregator(case: &Case) -> Aggregator {
     let spec = spec(case.size as f64, None, Some(case.grace as f64));
     let agg = Aggregator::new(spec).with_limits(limits(&spec, None, Some(4.0), None).unwrap());
-    match case.tracking {
+    let mut agg = match case.tracking {
         Tracking::Off => agg,
         Tracking::PerBatch => agg.with_change_tracking(true),
         Tracking::Coalesced => agg.with_coalesced_changes(true),
+    };
+    if case.by_id {
+        let ids = agg.pin_keys(&keys()[..VALID_KEYS as usize]).unwrap();
+        assert!(ids.iter().copied().eq(0..VALID_KEYS));
     }
+    agg
+}
+
+/// Ingests `samples` by key table, or by pinned id (an invalid key is then an unpinned id).
+fn ingest(
+    agg: &mut Aggregator,
+    by_id: bool,
+    samples: &[(u32, f64, f64)],
+    max: Option<f64>,
+) -> IngestOutcome {
+    if !by_id {
+        return ingest_until(agg, &keys(), samples, max);
+    }
+    let ids: Vec<(u32, f64, f64)> = samples
+        .iter()
+        .map(|&(key, ts, value)| (key.min(NO_KEY), ts, value))
+        .collect();
+    let key_ids: Vec<u32> = ids.iter().map(|s| s.0).collect();
+    let timestamps: Vec<f64> = ids.iter().map(|s| s.1).collect();
+    let values: Vec<f64> = ids.iter().map(|s| s.2).collect();
+    let first = agg.stats().aggregated_total + agg.stats().late_total + agg.stats().rejected_total;
+    let offsets: Vec<f64> = (0..ids.len()).map(|i| (first + i as u64) as f64).collect();
+    agg.ingest_ids(&key_ids, &timestamps, &values, &offsets, max)
+        .expect("well-formed batch")
 }
 
 fn check(case: &Case) {
@@ -97,8 +166,8 @@ fn check(case: &Case) {
     let mut general = aggregator(case);
     general.general_loop_only = true;
     for (b, (samples, max)) in case.batches.iter().enumerate() {
-        let fast = ingest_until(&mut tumbling, &KEYS, samples, *max);
-        let slow = ingest_until(&mut general, &KEYS, samples, *max);
+        let fast = ingest(&mut tumbling, case.by_id, samples, *max);
+        let slow = ingest(&mut general, case.by_id, samples, *max);
         assert_eq!(fast.aggregated, slow.aggregated, "batch {b}");
         assert_eq!(fast.late_indexes, slow.late_indexes, "batch {b}");
         assert_eq!(fast.rejected_indexes, slow.rejected_indexes, "batch {b}");
