@@ -5,7 +5,7 @@
  *
  *   npm run bench:core -- [--samples 10000000] [--samples-1m 1000000] [--batch 10000] [--runs 3]
  *                         [--keys 10000,1000000] [--quantiles-only | --no-quantiles]
- *                         [--steady-samples 10000000 | --no-steady | --steady-only]
+ *                         [--steady-samples 10000000 | --no-steady | --steady-only | --avro-only]
  *
  * --samples is the input for 10k keys; --samples-1m for 1M keys (smaller by default, to keep the
  * run to minutes on a 2-core VM; the quantile rows add about two).
@@ -19,7 +19,8 @@
  * The 1M-key rows of the main table are fills (about one sample per (key, window): each sample
  * opens a row). Steady-state rows follow them: an untimed fill opens every series' window, then
  * --steady-samples (default 10M: 10 per series) land in those open windows, tumbling;
- * --no-steady skips them. --steady-only runs just those rows (no checks, no other rows).
+ * --no-steady skips them. --steady-only runs just those rows (no checks, no other rows);
+ * --avro-only just the 'avro' one (below).
  *
  * The steady-state rows include the service's own path, form 'avro' (native only: the TS
  * aggregators decode no Avro, so their columns show '–'): the same steady samples as plain Avro
@@ -369,12 +370,14 @@ async function main(): Promise<void> {
       'steady-samples': { type: 'string', default: '10000000' },
       'no-steady': { type: 'boolean', default: false },
       'steady-only': { type: 'boolean', default: false },
+      'avro-only': { type: 'boolean', default: false },
     },
   })
   const batchSize = Number(values.batch)
   const runs = Number(values.runs)
   const keyCounts = values.keys.split(',').map(Number)
-  const steadyOnly = values['steady-only']
+  const avroOnly = values['avro-only']
+  const steadyOnly = values['steady-only'] || avroOnly
   if (steadyOnly && (values['no-steady'] || values['quantiles-only']))
     throw new Error(
       '--steady-only runs only the steady-state rows: not with --no-steady or --quantiles-only',
@@ -461,7 +464,7 @@ async function main(): Promise<void> {
         firstOffset: keys,
       })
       const [geometry, g] = geometries[0]!
-      for (const form of ['ids', 'tables'] as const) {
+      for (const form of avroOnly ? [] : (['ids', 'tables'] as const)) {
         const rate = await compare(g, steady, form, names, fill)
         rows.push({ form, keys, samples: steadySamples, geometry, phase: 'steady', rate })
         console.error(`done: ${keys} keys, ${geometry}, ${form}, steady state`)

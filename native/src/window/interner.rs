@@ -67,6 +67,18 @@ impl KeyText {
         }
     }
 
+    /// Whether this is `key`'s text: `as_bytes() == key`, inlined for short keys (a call to
+    /// `memcmp` per lookup costs more than the comparison).
+    #[inline]
+    pub(super) fn is(&self, key: &[u8]) -> bool {
+        match self {
+            Self::Inline { len, bytes } => {
+                usize::from(*len) == key.len() && same_short_text(&bytes[..key.len()], key)
+            }
+            Self::Heap(text) => text.as_bytes() == key,
+        }
+    }
+
     pub(super) fn as_str(&self) -> &str {
         match self {
             // Copied from a str whole (never cut), so valid UTF-8; checking it again
@@ -87,6 +99,26 @@ impl KeyText {
             Self::Inline { .. } => 0,
             Self::Heap(text) => text.len(),
         }
+    }
+}
+
+/// `a == b` for two texts of the same length, at most [`INLINE_KEY_BYTES`]: each compared as
+/// two words that overlap where the length is not twice a word's.
+#[inline]
+fn same_short_text(a: &[u8], b: &[u8]) -> bool {
+    fn word<const N: usize>(text: &[u8], at: usize) -> [u8; N] {
+        text[at..at + N].try_into().expect("N bytes")
+    }
+    fn same<const N: usize>(a: &[u8], b: &[u8]) -> bool {
+        let last = a.len() - N;
+        (word::<N>(a, 0) == word::<N>(b, 0)) & (word::<N>(a, last) == word::<N>(b, last))
+    }
+    debug_assert_eq!(a.len(), b.len());
+    match a.len() {
+        16.. => same::<16>(a, b),
+        8.. => same::<8>(a, b),
+        4.. => same::<4>(a, b),
+        _ => a == b,
     }
 }
 
@@ -169,9 +201,8 @@ impl Interner {
     /// [`get`](Self::get) of a key whose [`hash`](Self::hash) is `hash`.
     #[inline]
     pub(super) fn get_hashed(&self, key: &str, hash: u64) -> Option<u32> {
-        self.ids.find(hash, |id| {
-            self.names[id as usize].as_bytes() == key.as_bytes()
-        })
+        self.ids
+            .find(hash, |id| self.names[id as usize].is(key.as_bytes()))
     }
 
     /// The id of each of `keys` that is interned ([`get`](Self::get)), given
@@ -351,6 +382,29 @@ mod tests {
 
     /// Keys on both sides of the inline limit, multi-byte text across it,
     /// and long ones: each interned, found, named and swept as itself.
+    #[test]
+    fn short_texts_are_the_same_only_when_every_byte_is() {
+        for len in 0..=INLINE_KEY_BYTES {
+            let a: Vec<u8> = (0..len as u8).map(|b| b.wrapping_mul(37) ^ 0x5a).collect();
+            let stored = KeyText::new(std::str::from_utf8(&a).unwrap_or("")).clone();
+            assert!(same_short_text(&a, &a.clone()), "len {len}");
+            for at in 0..len {
+                for flip in [1u8, 0x80] {
+                    let mut b = a.clone();
+                    b[at] ^= flip;
+                    assert!(!same_short_text(&a, &b), "len {len}, byte {at}");
+                }
+            }
+            if let Ok(text) = std::str::from_utf8(&a) {
+                assert!(KeyText::new(text).is(text.as_bytes()));
+                assert!(!stored.is(&[a.as_slice(), b"x"].concat()));
+            }
+        }
+        let long = "k".repeat(INLINE_KEY_BYTES + 1);
+        assert!(KeyText::new(&long).is(long.as_bytes()));
+        assert!(!KeyText::new(&long).is(&long.as_bytes()[1..]));
+    }
+
     #[test]
     fn keys_inline_and_on_the_heap() {
         let mut keys: Vec<String> = ["", "a", "série-été", "x".repeat(29).as_str()]
