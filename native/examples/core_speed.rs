@@ -2,7 +2,7 @@
 //! (`ingest`) against pinned key ids (`ingest_ids`). For profiling with perf:
 //! `cargo build --release --example core_speed && perf record -g target/release/examples/core_speed`
 //! (`KWA_QUANTILES=1`: with quantiles p50/p90/p99 at 1% on values over four decades;
-//! `KWA_KEYS=1000000`: that many series, default 10k; `KWA_STEADY=1`: every series'
+//! `KWA_KEYS=1000000`: that many series, default 10k; `KWA_BATCH=1000`: samples per batch, default 10k; `KWA_STEADY=1`: every series'
 //! window opened by an untimed fill, then 10 samples per series within it, as
 //! bench:core's steady-state rows; `KWA_PACKED=1`: key tables as `ingestAvro`
 //! makes them, an entry per sample, the texts one after another in one buffer.)
@@ -23,7 +23,7 @@ fn main() {
     } else {
         (1_700_000_000_000f64, 0.06)
     };
-    let batch = 10_000usize;
+    let batch: usize = std::env::var("KWA_BATCH").map_or(10_000, |b| b.parse().unwrap());
     let quantiles = std::env::var_os("KWA_QUANTILES").is_some();
     // KWA_CHANGES=1: coalesced change tracking (exactly once), changes taken every 10 batches.
     let changes = std::env::var_os("KWA_CHANGES").is_some();
