@@ -2,8 +2,9 @@
 //! (`ingest`) against pinned key ids (`ingest_ids`). For profiling with perf:
 //! `cargo build --release --example core_speed && perf record -g target/release/examples/core_speed`
 //! (`KWA_QUANTILES=1`: with quantiles p50/p90/p99 at 1% on values over four decades;
-//! `KWA_KEYS=1000000`: that many series, default 10k; `KWA_BATCH=1000`: samples per batch, default 10k; `KWA_STEADY=1`: every series'
-//! window opened by an untimed fill, then 10 samples per series within it, as
+//! `KWA_KEYS=1000000`: that many series, default 10k; `KWA_BATCH=1000`: samples
+//! per batch, default 10k; `KWA_STEADY=1`: every series' window opened by an
+//! untimed fill, then 10 samples per series within it, as
 //! bench:core's steady-state rows; `KWA_PACKED=1`: key tables as `ingestAvro`
 //! makes them, an entry per sample, the texts one after another in one buffer.)
 use kwa_native::window::{Aggregator, Quantiles, WindowSpec};
