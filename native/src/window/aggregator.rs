@@ -1,6 +1,6 @@
 //! The windowed aggregation state of one partition.
 
-use std::collections::{BTreeMap, btree_map};
+use std::collections::BTreeMap;
 use std::mem::size_of;
 
 use rustc_hash::FxHashMap;
@@ -41,8 +41,6 @@ pub struct Aggregator {
     keys: Interner,
     /// Open windows by start, so the oldest (first to close) are at the front.
     windows: BTreeMap<i64, Window>,
-    /// Multiset of the open windows' first offsets; its minimum is the low watermark.
-    first_offsets: BTreeMap<i64, u32>,
     /// Number of open (key, window) aggregates: the sum of the `windows` map sizes.
     open_count: usize,
     stream_time: Option<i64>,
@@ -84,7 +82,6 @@ impl Aggregator {
             spec,
             keys: Interner::default(),
             windows: BTreeMap::new(),
-            first_offsets: BTreeMap::new(),
             open_count: 0,
             stream_time,
             late_total: 0,
@@ -157,7 +154,7 @@ impl Aggregator {
     /// `None` when no window is open: committing it makes a replay from there
     /// rebuild exactly the open windows.
     pub fn low_watermark(&self) -> Option<i64> {
-        self.first_offsets.keys().next().copied()
+        self.windows.values().filter_map(Window::first_offset).min()
     }
 
     /// Processes one batch in order and then closes every window with
@@ -373,7 +370,6 @@ impl Aggregator {
             spec,
             keys,
             windows,
-            first_offsets,
             open_count,
             stream_time,
             changed,
@@ -488,7 +484,6 @@ impl Aggregator {
                     let r = window.push(id, Aggregate::new(value, offset));
                     keys.acquire(id);
                     *open_count += 1;
-                    *first_offsets.entry(offset).or_default() += 1;
                     if tracking {
                         window.row_mut(r).changed = true;
                         changed.push((start, r as u32));
@@ -586,7 +581,6 @@ impl Aggregator {
                             let r = window.push(id, Aggregate::new(value, offset));
                             self.keys.acquire(id);
                             self.open_count += 1;
-                            *self.first_offsets.entry(offset).or_default() += 1;
                             r
                         }
                     };
@@ -851,7 +845,6 @@ impl Aggregator {
         // A fresh aggregator holds only pinned keys: they stay.
         let mut keys = self.keys.clone();
         let mut windows: BTreeMap<i64, Window> = BTreeMap::new();
-        let mut first_offsets: BTreeMap<i64, u32> = BTreeMap::new();
         for i in 0..len {
             let key = states.series_keys[i].as_ref();
             let (start, agg) = self
@@ -877,11 +870,9 @@ impl Aggregator {
                 }
             }
             keys.acquire(id);
-            *first_offsets.entry(agg.first_offset).or_default() += 1;
         }
         self.keys = keys;
         self.windows = windows;
-        self.first_offsets = first_offsets;
         self.open_count = len;
         self.stream_time = stream_time;
         // What is restored is what the changelog holds already.
@@ -971,7 +962,6 @@ impl Aggregator {
                     quantiles.push_estimates(agg, &panes, &mut closed.quantiles);
                 }
                 self.keys.release(id);
-                release_offset(&mut self.first_offsets, agg.first_offset);
             }
         }
     }
@@ -1019,8 +1009,7 @@ impl Aggregator {
             .values()
             .map(|window| size_of::<(i64, Window)>() + window.bytes())
             .sum();
-        let offsets = self.first_offsets.len() * size_of::<(i64, u32)>();
-        size_of::<Self>() + self.keys.bytes_held() + windows + offsets
+        size_of::<Self>() + self.keys.bytes_held() + windows
     }
 }
 
@@ -1075,7 +1064,6 @@ fn add_to_rows(
     additions.clear();
 }
 
-/// Removes one occurrence of `offset` from the first-offset multiset.
 /// Sorts `rows` by window start, then by series key in code point order
 /// (UTF-8 byte order); `start_and_id` names a row's. Keys are unique per
 /// start, so the unstable sort is deterministic. It compares the keys'
@@ -1100,15 +1088,6 @@ fn sort_by_start_and_key<T>(
             .then_with(|| keys.name(a.2).cmp(keys.name(b.2)))
     });
     rows.extend(keyed.into_iter().map(|(_, _, _, row)| row));
-}
-
-fn release_offset(first_offsets: &mut BTreeMap<i64, u32>, offset: i64) {
-    if let btree_map::Entry::Occupied(mut count) = first_offsets.entry(offset) {
-        *count.get_mut() -= 1;
-        if *count.get() == 0 {
-            count.remove();
-        }
-    }
 }
 
 #[cfg(test)]

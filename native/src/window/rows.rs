@@ -40,6 +40,9 @@ pub(super) struct Window {
     /// One more than the largest key id held.
     ids: usize,
     index: Index,
+    /// The lowest first offset of its rows (`None`: no row). Rows only leave with their window,
+    /// so a running minimum is exact.
+    first_offset: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -59,6 +62,11 @@ impl Default for Index {
 impl Window {
     pub(super) fn len(&self) -> usize {
         self.len
+    }
+
+    /// The lowest input offset whose sample is held in this window, if any.
+    pub(super) fn first_offset(&self) -> Option<i64> {
+        self.first_offset
     }
 
     /// Hints the index slot [`find`](Self::find) reads for key `id` (a dense
@@ -236,6 +244,10 @@ impl Window {
         }
         self.len += 1;
         self.ids = self.ids.max(id as usize + 1);
+        self.first_offset = Some(
+            self.first_offset
+                .map_or(agg.first_offset, |lowest| lowest.min(agg.first_offset)),
+        );
         match &mut self.index {
             Index::Dense(rows) => {
                 if rows.len() <= id as usize {

@@ -44,6 +44,9 @@ fn ingest_until<K: AsRef<str>>(
         agg.windows.values().map(Window::len).sum()
     );
     assert_key_counts(agg);
+    // The low watermark is the lowest first offset among the open rows.
+    let lowest = agg.snapshot().first_offset.into_iter().reduce(f64::min);
+    assert_eq!(agg.low_watermark().map(|o| o as f64), lowest);
     let accounted = out.aggregated as usize + out.late_indexes.len() + out.rejected_indexes.len();
     assert_eq!(accounted, samples.len(), "every sample is classified once");
     out
