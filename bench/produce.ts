@@ -9,31 +9,18 @@
  *   npm run bench:produce -- [--runs 30]
  */
 import { Partitioners } from 'kafkajs'
-import { createRequire } from 'node:module'
 import { parseArgs } from 'node:util'
 import { changelogRecords } from '../consumer/changelog'
 import type { ClosedWindows, WindowStates } from '../consumer/native'
 import { encodeClosedWindows } from '../consumer/pipeline'
+import { produceRequest } from '../test/helpers/kafkajs-internals'
 import { fmt, median, benchEnvironment } from './lib'
 
-const require = createRequire(__filename)
 interface Message {
   key: string | Buffer | null
   value: Buffer | null
   partition?: number
 }
-const produceRequest = require('kafkajs/src/protocol/requests/produce/v3/request.js') as (args: {
-  acks: number
-  timeout: number
-  transactionalId?: string
-  producerId: number
-  producerEpoch: number
-  compression: number
-  topicData: {
-    topic: string
-    partitions: { partition: number; firstSequence: number; messages: Message[] }[]
-  }[]
-}) => { encode: () => Promise<{ buffer: Buffer }> }
 
 const { values: options } = parseArgs({ options: { runs: { type: 'string', default: '30' } } })
 const runs = Number(options.runs)

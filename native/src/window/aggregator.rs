@@ -474,9 +474,8 @@ impl Aggregator {
                 Some(r) => {
                     let row = window.row_mut(r);
                     row.agg.add(value);
-                    if tracking && !row.changed {
-                        row.changed = true;
-                        changed.push((start, r as u32));
+                    if tracking {
+                        row.list_change(changed, start, r as u32);
                     }
                 }
                 None => {
@@ -485,8 +484,7 @@ impl Aggregator {
                     keys.acquire(id);
                     *open_count += 1;
                     if tracking {
-                        window.row_mut(r).changed = true;
-                        changed.push((start, r as u32));
+                        window.row_mut(r).list_change(changed, start, r as u32);
                     }
                 }
             }
@@ -590,11 +588,9 @@ impl Aggregator {
                         defer_sketch_update(&mut self.sketch_updates, start, r as u32, value);
                     }
                     if tracking {
-                        let row = window.row_mut(r);
-                        if !row.changed {
-                            row.changed = true;
-                            self.changed.push((start, r as u32));
-                        }
+                        window
+                            .row_mut(r)
+                            .list_change(&mut self.changed, start, r as u32);
                     }
                 }
             }
@@ -1054,11 +1050,8 @@ fn add_to_rows(
         }
         let row = window.row_mut(r as usize);
         row.agg.add(value);
-        if let Some(changed) = changed.as_deref_mut()
-            && !row.changed
-        {
-            row.changed = true;
-            changed.push((start, r));
+        if let Some(changed) = changed.as_deref_mut() {
+            row.list_change(changed, start, r);
         }
     }
     additions.clear();

@@ -26,6 +26,18 @@ pub(super) struct Row {
     pub(super) changed: bool,
 }
 
+impl Row {
+    /// Lists this row (row `r` of the window starting at `start`) in `changed`, the first time
+    /// it changes since changes were last reported (the `changed` flag says it is listed).
+    #[inline]
+    pub(super) fn list_change(&mut self, changed: &mut Vec<(i64, u32)>, start: i64, r: u32) {
+        if !self.changed {
+            self.changed = true;
+            changed.push((start, r));
+        }
+    }
+}
+
 /// The open aggregates of one window start. Rows live in chunks of at most
 /// [`CHUNK`] (a row never moves, and at most one chunk is partly empty) and
 /// are found by key id through an index: a dense array by id once the window
@@ -209,6 +221,7 @@ impl Window {
             };
             let row = &mut self.chunks[r as usize / CHUNK][r as usize % CHUNK];
             row.agg.add(value);
+            // Written out, not `Row::list_change`: that measured 2-3% slower in this loop.
             if let Some(changed) = changed.as_deref_mut()
                 && !row.changed
             {
