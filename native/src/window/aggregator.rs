@@ -7,7 +7,7 @@ use rustc_hash::FxHashMap;
 
 use super::aggregate::Aggregate;
 use super::error::{Error, Rejection};
-use super::interner::Interner;
+use super::interner::{Interner, sort_by_key_text};
 use super::keys::{KeySource, KeyTable, PinnedIds};
 use super::limits::{Limits, SAFE_LIMIT, SampleChecks, all_safe_whole, is_safe_whole};
 use super::outcome::{ClosedWindows, IngestOutcome, Stats, WindowStates, WindowStatesView};
@@ -409,15 +409,27 @@ impl Aggregator {
                 && !look_ahead
                 && let Some((start, window)) = current.as_mut()
             {
-                let run = window.add_run(
-                    *start,
-                    size,
-                    &key_index[next - 1..],
-                    &timestamps[next - 1..],
-                    &values[next - 1..],
-                    |key| source.known(key),
-                    tracking.then_some(&mut *changed),
-                );
+                let run = if tracking {
+                    window.add_run::<true>(
+                        *start,
+                        size,
+                        &key_index[next - 1..],
+                        &timestamps[next - 1..],
+                        &values[next - 1..],
+                        |key| source.known(key),
+                        changed,
+                    )
+                } else {
+                    window.add_run::<false>(
+                        *start,
+                        size,
+                        &key_index[next - 1..],
+                        &timestamps[next - 1..],
+                        &values[next - 1..],
+                        |key| source.known(key),
+                        changed,
+                    )
+                };
                 if let Some((n, newest)) = run {
                     out.aggregated += n as u32;
                     newest_time = newest_time.max(newest);
@@ -749,7 +761,7 @@ impl Aggregator {
         }
         changed.clear();
         self.changed = changed; // its capacity, for the next batches
-        sort_by_start_and_key(&self.keys, &mut rows, |&(start, id, _)| (start, id));
+        sort_by_key_text(&self.keys, &mut rows, |&(start, id, _)| (start, id));
         let mut states = WindowStates::with_capacity(rows.len());
         for group in rows.chunk_by(|a, b| a.0 == b.0) {
             let start = group[0].0;
@@ -773,7 +785,27 @@ impl Aggregator {
     /// The aggregates (and sketches) of one window start, ordered by series key.
     fn by_key_name<'a>(&self, window: &'a Window) -> Vec<(u32, &'a Aggregate, Option<&'a Sketch>)> {
         let mut rows: Vec<_> = window.iter().collect();
-        sort_by_start_and_key(&self.keys, &mut rows, |row| (0, row.0));
+        sort_by_key_text(&self.keys, &mut rows, |row| (0, row.0));
+        rows
+    }
+
+    /// [`by_key_name`](Self::by_key_name) for a window that closes: when it holds most of the
+    /// keys (every series reports in every window), the interner's key order, kept across
+    /// windows, is filtered instead of sorting the rows.
+    fn closing_order<'a>(
+        &mut self,
+        window: &'a Window,
+    ) -> Vec<(u32, &'a Aggregate, Option<&'a Sketch>)> {
+        if window.len() * 2 < self.keys.len() {
+            return self.by_key_name(window);
+        }
+        let mut rows = Vec::with_capacity(window.len());
+        for &id in self.keys.in_key_order() {
+            if let Some((agg, sketch)) = window.get(id) {
+                rows.push((id, agg, sketch));
+            }
+        }
+        debug_assert_eq!(rows.len(), window.len(), "every row's key is interned");
         rows
     }
 
@@ -950,8 +982,9 @@ impl Aggregator {
             }
             let window = entry.remove();
             self.open_count -= window.len();
+            let rows = self.closing_order(&window);
             let mut panes: Vec<&Sketch> = Vec::new();
-            for (id, agg, sketch) in self.by_key_name(&window) {
+            for (id, agg, sketch) in rows {
                 closed.push(self.keys.name(id), start, end, agg);
                 if let Some(quantiles) = &self.quantiles {
                     window_panes(&self.spec, &self.windows, start, id, sketch, &mut panes);
@@ -1055,32 +1088,6 @@ fn add_to_rows(
         }
     }
     additions.clear();
-}
-
-/// Sorts `rows` by window start, then by series key in code point order
-/// (UTF-8 byte order); `start_and_id` names a row's. Keys are unique per
-/// start, so the unstable sort is deterministic. It compares the keys'
-/// 16-byte prefixes first ([`Interner::name_prefix`]), read once per row:
-/// with many rows, reading two keys' text per comparison would miss the
-/// caches each time.
-fn sort_by_start_and_key<T>(
-    keys: &Interner,
-    rows: &mut Vec<T>,
-    start_and_id: impl Fn(&T) -> (i64, u32),
-) {
-    let mut keyed: Vec<(i64, u128, u32, T)> = rows
-        .drain(..)
-        .map(|row| {
-            let (start, id) = start_and_id(&row);
-            (start, keys.name_prefix(id), id, row)
-        })
-        .collect();
-    keyed.sort_unstable_by(|a, b| {
-        (a.0, a.1)
-            .cmp(&(b.0, b.1))
-            .then_with(|| keys.name(a.2).cmp(keys.name(b.2)))
-    });
-    rows.extend(keyed.into_iter().map(|(_, _, _, row)| row));
 }
 
 #[cfg(test)]

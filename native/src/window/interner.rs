@@ -151,6 +151,9 @@ pub(super) struct Interner {
     pub(super) pins: Vec<u32>,
     /// Ids with at least one pin: while any, ids are never renumbered.
     pinned: usize,
+    /// Every interned id, in its key's code point order, as of the last
+    /// [`in_key_order`](Self::in_key_order); `None` once a key came or went since.
+    key_order: Option<Vec<u32>>,
 }
 
 impl Interner {
@@ -189,6 +192,7 @@ impl Interner {
             }
         };
         self.ids.insert(hash, id);
+        self.key_order = None;
         id
     }
 
@@ -249,6 +253,19 @@ impl Interner {
         u128::from_be_bytes(prefix)
     }
 
+    /// Every interned id in its key's code point order (UTF-8 byte order). Sorted again only
+    /// after keys came or went: windows over the same series reuse one order.
+    pub(super) fn in_key_order(&mut self) -> &[u32] {
+        if self.key_order.is_none() {
+            let mut ids: Vec<u32> = (0..self.names.len() as u32)
+                .filter(|&id| self.refs[id as usize] != FREE)
+                .collect();
+            sort_by_key_text(self, &mut ids, |&id| (0, id));
+            self.key_order = Some(ids);
+        }
+        self.key_order.as_deref().unwrap_or_default()
+    }
+
     pub(super) fn name(&self, id: u32) -> &str {
         self.names[id as usize].as_str()
     }
@@ -284,6 +301,7 @@ impl Interner {
                 self.ids.remove(self.hasher.hash_one(name.as_str()), id);
                 self.refs[i] = FREE;
                 self.free.push(id);
+                self.key_order = None;
             }
         }
         if self.unused.capacity() > 1024 {
@@ -316,6 +334,18 @@ impl Interner {
 
     pub(super) fn is_pinned(&self, id: u32) -> bool {
         self.pins.get(id as usize).is_some_and(|&n| n > 0)
+    }
+
+    /// Whether every id in `ids` is pinned. When every id with a pin slot is pinned (the usual
+    /// case: one `pinKeys` of the whole key set), that is a bound on the largest id, found
+    /// without a branch per id.
+    pub(super) fn all_pinned(&self, ids: &[u32]) -> bool {
+        if self.pinned == self.pins.len() {
+            let largest = ids.iter().fold(0, |max, &id| max.max(id));
+            ids.is_empty() || (largest as usize) < self.pins.len()
+        } else {
+            ids.iter().all(|&id| self.is_pinned(id))
+        }
     }
 
     /// Hints the memory [`is_pinned`](Self::is_pinned) reads for `id`.
@@ -361,6 +391,7 @@ impl Interner {
         self.free = Vec::new();
         self.unused = Vec::new();
         self.pins = Vec::new();
+        self.key_order = None;
         remap
     }
 
@@ -370,10 +401,37 @@ impl Interner {
             + (self.refs.capacity()
                 + self.free.capacity()
                 + self.unused.capacity()
-                + self.pins.capacity())
+                + self.pins.capacity()
+                + self.key_order.as_ref().map_or(0, Vec::capacity))
                 * size_of::<u32>()
             + self.ids.bytes()
     }
+}
+
+/// Sorts `rows` by window start, then by series key in code point order
+/// (UTF-8 byte order); `start_and_id` names a row's. Keys are unique per
+/// start, so the unstable sort is deterministic. It compares the keys'
+/// 16-byte prefixes first ([`Interner::name_prefix`]), read once per row:
+/// with many rows, reading two keys' text per comparison would miss the
+/// caches each time.
+pub(super) fn sort_by_key_text<T>(
+    keys: &Interner,
+    rows: &mut Vec<T>,
+    start_and_id: impl Fn(&T) -> (i64, u32),
+) {
+    let mut keyed: Vec<(i64, u128, u32, T)> = rows
+        .drain(..)
+        .map(|row| {
+            let (start, id) = start_and_id(&row);
+            (start, keys.name_prefix(id), id, row)
+        })
+        .collect();
+    keyed.sort_unstable_by(|a, b| {
+        (a.0, a.1)
+            .cmp(&(b.0, b.1))
+            .then_with(|| keys.name(a.2).cmp(keys.name(b.2)))
+    });
+    rows.extend(keyed.into_iter().map(|(_, _, _, row)| row));
 }
 
 #[cfg(test)]

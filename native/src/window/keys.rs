@@ -149,7 +149,7 @@ impl KeySource for PinnedIds {
     }
 
     fn all_valid(&self, key_index: &[u32], interner: &Interner) -> bool {
-        key_index.iter().all(|&id| interner.is_pinned(id))
+        interner.all_pinned(key_index)
     }
 
     fn lookup(&mut self, key: u32, _: &Interner) -> Option<u32> {

@@ -172,7 +172,7 @@ impl Window {
 
     /// Adds the samples `(keys[j], timestamps[j], values[j])` to this window's rows, in order,
     /// for as long as each sample is in the window (`[start, start + size)`) and its key (`id_of`)
-    /// has a row here; lists each row changed in `changed`, if given, once. Returns how many
+    /// has a row here; with `TRACK`, lists each row changed in `changed` once. Returns how many
     /// samples it added and the newest timestamp among them, or `None` if it added none.
     ///
     /// For [`Aggregator`]'s tumbling loop, whose samples are all valid (codes 1-6) and whose
@@ -180,7 +180,7 @@ impl Window {
     /// would have to pass its end), so these samples need no other decision.
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn add_run(
+    pub(super) fn add_run<const TRACK: bool>(
         &mut self,
         start: i64,
         size: i64,
@@ -188,14 +188,13 @@ impl Window {
         timestamps: &[f64],
         values: &[f64],
         id_of: impl Fn(u32) -> Option<u32>,
-        mut changed: Option<&mut Vec<(i64, u32)>>,
+        changed: &mut Vec<(i64, u32)>,
     ) -> Option<(usize, i64)> {
         let Index::Dense(index) = &self.index else {
             return None;
         };
         // Exact: window bounds are within (-2^53, 2^54).
         let (low, high) = (start as f64, (start + size) as f64);
-        let mut newest = f64::NEG_INFINITY;
         let mut n = 0;
         for (j, ((&key, &ts), &value)) in keys.iter().zip(timestamps).zip(values).enumerate() {
             // A hint only: the row of a sample some way ahead, so consecutive misses overlap.
@@ -222,15 +221,19 @@ impl Window {
             let row = &mut self.chunks[r as usize / CHUNK][r as usize % CHUNK];
             row.agg.add(value);
             // Written out, not `Row::list_change`: that measured 2-3% slower in this loop.
-            if let Some(changed) = changed.as_deref_mut()
-                && !row.changed
-            {
+            if TRACK && !row.changed {
                 row.changed = true;
                 changed.push((start, r));
             }
-            newest = newest.max(ts);
             n += 1;
         }
+        // After the loop, not a running maximum in it: this pass vectorizes, and the loop keeps
+        // its registers. A select, not `f64::max`: a valid timestamp is never NaN.
+        let newest =
+            timestamps[..n].iter().fold(
+                f64::NEG_INFINITY,
+                |newest, &ts| if ts > newest { ts } else { newest },
+            );
         // Exact: a valid timestamp is a whole number in [0, 2^53).
         (n > 0).then_some((n, newest as i64))
     }

@@ -374,6 +374,36 @@ fn ids_of_released_keys_are_reused() {
     assert_eq!(state_rows(&snapshot)[0].0, "k4999");
 }
 
+/// Closing follows the key order the interner keeps across windows (see `closing_order`), so
+/// that order must follow keys that come, go, and hand their ids to keys that sort elsewhere.
+#[test]
+fn closed_keys_stay_in_key_order_as_keys_come_and_go() {
+    let mut rng = Rng(11);
+    let pool: Vec<String> = (0..24)
+        .map(|k| format!("{}-{k}", (b'a' + (k * 7 % 26) as u8) as char))
+        .collect();
+    let mut agg = Aggregator::new(spec(10.0, None, None));
+    let mut expected: Vec<String> = Vec::new();
+    for w in 0..200u32 {
+        // Most of the pool in one window, a different part each time; the same key twice.
+        let picked: Vec<&str> = pool
+            .iter()
+            .filter(|_| rng.below(3) > 0)
+            .map(String::as_str)
+            .collect();
+        let samples: Vec<(u32, f64, f64)> = (0..picked.len() as u32)
+            .chain([0])
+            .map(|k| (k, f64::from(w) * 10.0 + 1.0, 1.0))
+            .collect();
+        let out = ingest(&mut agg, &picked, &samples);
+        let closed: Vec<&str> = out.closed.series_keys.iter().map(String::as_str).collect();
+        assert_eq!(closed, expected, "window {}", w.saturating_sub(1));
+        expected = picked.iter().map(|k| k.to_string()).collect();
+        expected.sort();
+        expected.dedup();
+    }
+}
+
 #[test]
 fn ids_stay_valid_when_keys_are_released_mid_batch() {
     // A full table closes due windows mid-batch (rule 7); the batch's
