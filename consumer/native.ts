@@ -1,5 +1,6 @@
 import path from 'node:path'
 import type * as Binding from '../native/index.js'
+import type { ClosedWindows } from '../native/index.js'
 import { packageRoot } from './paths'
 
 /**
@@ -9,10 +10,39 @@ import { packageRoot } from './paths'
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const binding = require(path.join(packageRoot, 'native', 'index.js')) as typeof Binding
 
+/** The binding's IngestResult, with `closed` as ClosedWindows (the keys split, see `unpack`). */
+export type IngestResult = Omit<Binding.IngestResult, 'closed'> & { closed: ClosedWindows }
+/** The binding's AvroIngestResult, with `result` an IngestResult as above. */
+export type AvroIngestResult = Omit<Binding.AvroIngestResult, 'result'> & { result: IngestResult }
+
+/**
+ * The binding returns closed windows' series keys as a few strings of text with each key's end
+ * (a string per row through N-API costs several times a `slice` here); this splits them.
+ */
+function unpack(packed: Binding.PackedClosedWindows): ClosedWindows {
+  const { keyText, keyEnds, keySegmentRows, ...columns } = packed
+  const seriesKeys = new Array<string>(keyEnds.length)
+  let row = 0
+  keyText.forEach((text, segment) => {
+    const rows = row + (keySegmentRows[segment] as number)
+    for (let start = 0; row < rows; row++) {
+      const end = keyEnds[row] as number
+      seriesKeys[row] = text.slice(start, end)
+      start = end
+    }
+  })
+  return { seriesKeys, ...columns }
+}
+
+const unpackResult = (result: Binding.IngestResult): IngestResult => ({
+  ...result,
+  closed: unpack(result.closed),
+})
+
 const noIndexes = Object.freeze(new Uint32Array(0))
 const noReasons = Object.freeze(new Uint8Array(0))
 const noValues = Object.freeze(new Float64Array(0))
-const noneClosed: Binding.ClosedWindows = Object.freeze({
+const noneClosed: ClosedWindows = Object.freeze({
   seriesKeys: Object.freeze([]) as unknown as string[],
   windowStart: noValues,
   windowEnd: noValues,
@@ -25,7 +55,7 @@ const noneClosed: Binding.ClosedWindows = Object.freeze({
 })
 
 /** The result of a batch whose samples were all aggregated and that closed nothing. */
-function allAggregated(samples: number): Binding.IngestResult {
+function allAggregated(samples: number): IngestResult {
   return {
     aggregated: samples,
     late: 0,
@@ -52,9 +82,9 @@ export class PartitionAggregator extends binding.PartitionAggregator {
     values: Float64Array,
     offsets: Float64Array,
     maxEventTime?: number | null,
-  ): Binding.IngestResult {
+  ): IngestResult {
     return this.ingestDeferred(keys, keyIndex, timestamps, values, offsets, maxEventTime)
-      ? this.takeResult()
+      ? unpackResult(this.takeResult())
       : allAggregated(keyIndex.length)
   }
 
@@ -65,10 +95,23 @@ export class PartitionAggregator extends binding.PartitionAggregator {
     values: Float64Array,
     offsets: Float64Array,
     maxEventTime?: number | null,
-  ): Binding.IngestResult {
+  ): IngestResult {
     return this.ingestIdsDeferred(keyIds, timestamps, values, offsets, maxEventTime)
-      ? this.takeResult()
+      ? unpackResult(this.takeResult())
       : allAggregated(keyIds.length)
+  }
+
+  /** See the binding's `ingestAvroPacked` for the rules. */
+  ingestAvro(
+    ...args: Parameters<Binding.PartitionAggregator['ingestAvroPacked']>
+  ): AvroIngestResult {
+    const out = this.ingestAvroPacked(...args)
+    return { ...out, result: unpackResult(out.result) }
+  }
+
+  /** See the binding's `advanceStreamTimePacked`. */
+  advanceStreamTime(streamTime: number): ClosedWindows {
+    return unpack(this.advanceStreamTimePacked(streamTime))
   }
 }
 
@@ -79,7 +122,6 @@ export type {
   AggregatorConfig,
   AggregatorStats,
   ClosedWindows,
-  IngestResult,
   OutputRecords,
   SampleRows,
   WindowStates,

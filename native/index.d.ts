@@ -96,9 +96,9 @@ export declare class PartitionAggregator {
    * not valid for its writer schema, or holds more than maxSamples
    * samples, is refused whole (failedMessages) and the others are
    * ingested. Throws (code InvalidArg) on a bad program or mismatched
-   * message columns.
+   * message columns. (consumer/native.ts wraps it as ingestAvro, with the keys split.)
    */
-  ingestAvro(program: Uint32Array, values: Uint8Array, bounds: Uint32Array, bodyStarts: Uint32Array, roots: Uint32Array, offsets: Float64Array, maxSamples: number, maxEventTime?: number | null): AvroIngestResult
+  ingestAvroPacked(program: Uint32Array, values: Uint8Array, bounds: Uint32Array, bodyStarts: Uint32Array, roots: Uint32Array, offsets: Float64Array, maxSamples: number, maxEventTime?: number | null): AvroIngestResult
   /**
    * With coalesceChanges: the state of every window created or updated
    * since the last call (or the restore) that is still open, ordered like
@@ -113,8 +113,9 @@ export declare class PartitionAggregator {
    * batch would. A time not above streamTime, or an aggregator that has
    * seen no sample, changes nothing. Throws (code InvalidArg) unless it is
    * an integer in [0, 2^53).
+   * (consumer/native.ts wraps it as advanceStreamTime, with the keys split.)
    */
-  advanceStreamTime(streamTime: number): ClosedWindows
+  advanceStreamTimePacked(streamTime: number): PackedClosedWindows
   /** The state of every open window, ordered by windowStart, then series key. */
   snapshot(): WindowStates
   /**
@@ -347,7 +348,7 @@ export interface IngestResult {
    */
   rejectedReasons: Uint8Array
   /** Windows closed by this batch; each window is returned exactly once. */
-  closed: ClosedWindows
+  closed: PackedClosedWindows
   /**
    * Only with trackChanges: the state after this batch of every window the
    * batch created or updated and that is still open, once each (windows
@@ -372,6 +373,37 @@ export interface OutputRecords {
    * headers), offset deltas from 0 in each run.
    */
   bytes: Buffer
+}
+
+/**
+ * ClosedWindows as the binding returns them: the series keys cross as text, a few strings for
+ * all rows instead of a string per row, and consumer/native.ts splits them into seriesKeys.
+ */
+export interface PackedClosedWindows {
+  /**
+   * The series keys one after the other, in segments of at most 2^28 UTF-16 code units
+   * (a JS string holds at most about 2^29).
+   */
+  keyText: Array<string>
+  /**
+   * Where each row's key ends in its segment, in UTF-16 code units; a segment's first key
+   * starts at 0.
+   */
+  keyEnds: Uint32Array
+  /** How many rows each segment of keyText holds. */
+  keySegmentRows: Uint32Array
+  /** Inclusive window start, epoch ms. */
+  windowStart: Float64Array
+  /** Exclusive window end (windowStart + sizeMs), epoch ms. */
+  windowEnd: Float64Array
+  count: Float64Array
+  /** Compensated (Neumaier) sum. */
+  sum: Float64Array
+  mean: Float64Array
+  min: Float64Array
+  max: Float64Array
+  /** As in ClosedWindows. */
+  quantiles: Float64Array
 }
 
 /** Samples as columns (the late or rejected samples of a decoded batch). */

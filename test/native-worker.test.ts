@@ -37,10 +37,13 @@ const detailed = aggregator.ingestDeferred(
 if (!detailed) throw new Error('the batch closes windows, so it has a result to take')
 const out = aggregator.takeResult()
 const c = out.closed
+// The raw binding packs the keys (consumer/native.ts splits them): here one segment.
+if (c.keyText.length !== 1) throw new Error('one segment of key text expected')
+const seriesKeys = Array.from(c.keyEnds, (end, i) => c.keyText[0].slice(i > 0 ? c.keyEnds[i - 1] : 0, end))
 parentPort.postMessage({
   aggregated: out.aggregated,
   late: out.late,
-  closed: c.seriesKeys.map((key, i) => ({
+  closed: seriesKeys.map((key, i) => ({
     key, start: c.windowStart[i], end: c.windowEnd[i], count: c.count[i], sum: c.sum[i],
   })),
   streamTime: aggregator.streamTime,

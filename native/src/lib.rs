@@ -95,6 +95,35 @@ pub struct ClosedWindows {
     pub quantiles: Float64Array,
 }
 
+/// ClosedWindows as the binding returns them: the series keys cross as text, a few strings for
+/// all rows instead of a string per row, and consumer/native.ts splits them into seriesKeys.
+#[napi(object, object_from_js = false)]
+pub struct PackedClosedWindows {
+    /// The series keys one after the other, in segments of at most 2^28 UTF-16 code units
+    /// (a JS string holds at most about 2^29).
+    pub key_text: Vec<String>,
+    /// Where each row's key ends in its segment, in UTF-16 code units; a segment's first key
+    /// starts at 0.
+    pub key_ends: Uint32Array,
+    /// How many rows each segment of keyText holds.
+    pub key_segment_rows: Uint32Array,
+    /// Inclusive window start, epoch ms.
+    pub window_start: Float64Array,
+    /// Exclusive window end (windowStart + sizeMs), epoch ms.
+    pub window_end: Float64Array,
+    pub count: Float64Array,
+    /// Compensated (Neumaier) sum.
+    pub sum: Float64Array,
+    pub mean: Float64Array,
+    pub min: Float64Array,
+    pub max: Float64Array,
+    /// As in ClosedWindows.
+    pub quantiles: Float64Array,
+}
+
+/// UTF-16 code units per keyText segment, at most.
+const KEY_SEGMENT_UNITS: usize = 1 << 28;
+
 /// Full state of open (series key, window) aggregates as parallel columns, in
 /// the order of ClosedWindows (windowStart, then series key in code point
 /// order). Returned by snapshot() and in IngestResult.changes, accepted by
@@ -148,7 +177,7 @@ pub struct IngestResult {
     /// 7 = would exceed maxOpenWindows.
     pub rejected_reasons: Uint8Array,
     /// Windows closed by this batch; each window is returned exactly once.
-    pub closed: ClosedWindows,
+    pub closed: PackedClosedWindows,
     /// Only with trackChanges: the state after this batch of every window the
     /// batch created or updated and that is still open, once each (windows
     /// this batch closed are only in closed). Undefined when tracking is off.
@@ -350,10 +379,15 @@ pub fn encode_changelog(
     })
 }
 
-impl From<CoreClosed> for ClosedWindows {
+impl From<CoreClosed> for PackedClosedWindows {
     fn from(c: CoreClosed) -> Self {
+        let keys = c.series_keys.utf16_segments(KEY_SEGMENT_UNITS);
+        // A key is at most maxKeyBytes long, so its end in a segment fits a u32.
+        let key_ends = keys.ends.iter().map(|&end| end as u32).collect();
         Self {
-            series_keys: c.series_keys,
+            key_text: keys.segments.iter().map(|&text| text.to_owned()).collect(),
+            key_ends: Uint32Array::new(key_ends),
+            key_segment_rows: Uint32Array::new(keys.rows),
             window_start: Float64Array::new(c.window_start),
             window_end: Float64Array::new(c.window_end),
             count: Float64Array::new(c.count),
@@ -598,8 +632,9 @@ impl PartitionAggregator {
     /// not valid for its writer schema, or holds more than maxSamples
     /// samples, is refused whole (failedMessages) and the others are
     /// ingested. Throws (code InvalidArg) on a bad program or mismatched
-    /// message columns.
+    /// message columns. (consumer/native.ts wraps it as ingestAvro, with the keys split.)
     #[napi(
+        js_name = "ingestAvroPacked",
         ts_args_type = "program: Uint32Array, values: Uint8Array, bounds: Uint32Array, \
                         bodyStarts: Uint32Array, roots: Uint32Array, offsets: Float64Array, \
                         maxSamples: number, maxEventTime?: number | null"
@@ -734,8 +769,9 @@ impl PartitionAggregator {
     /// batch would. A time not above streamTime, or an aggregator that has
     /// seen no sample, changes nothing. Throws (code InvalidArg) unless it is
     /// an integer in [0, 2^53).
-    #[napi]
-    pub fn advance_stream_time(&mut self, stream_time: f64) -> Result<ClosedWindows> {
+    /// (consumer/native.ts wraps it as advanceStreamTime, with the keys split.)
+    #[napi(js_name = "advanceStreamTimePacked")]
+    pub fn advance_stream_time(&mut self, stream_time: f64) -> Result<PackedClosedWindows> {
         let to =
             window::whole_ms("streamTime", stream_time, 0, "an integer >= 0").map_err(map_error)?;
         Ok(self.live_mut()?.advance_stream_time(to).into())

@@ -983,6 +983,8 @@ impl Aggregator {
             let window = entry.remove();
             self.open_count -= window.len();
             let rows = self.closing_order(&window);
+            let estimates = self.quantiles.as_ref().map_or(0, |q| q.quantiles().len());
+            closed.reserve(rows.len(), rows.len() * estimates);
             let mut panes: Vec<&Sketch> = Vec::new();
             for (id, agg, sketch) in rows {
                 closed.push(self.keys.name(id), start, end, agg);

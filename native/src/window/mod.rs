@@ -135,6 +135,8 @@ pub use aggregate::Aggregate;
 pub use aggregator::Aggregator;
 pub use error::{Error, Rejection};
 pub use limits::{DEFAULT_MAX_KEY_BYTES, Limits};
-pub use outcome::{ClosedWindows, IngestOutcome, Stats, WindowStates, WindowStatesView};
+pub use outcome::{
+    ClosedWindows, IngestOutcome, KeyColumn, KeySegments, Stats, WindowStates, WindowStatesView,
+};
 pub use quantiles::{Quantiles, SKETCH_DECADES, sketch_max_bins};
 pub use spec::{WindowSpec, whole_ms};

@@ -14,7 +14,7 @@ use super::{Aggregator, Quantiles};
 /// characters and U+E000..U+FFFF.)
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClosedWindows {
-    pub series_keys: Vec<String>,
+    pub series_keys: KeyColumn,
     /// Epoch ms, exact as f64 for all accepted timestamps.
     pub window_start: Vec<f64>,
     pub window_end: Vec<f64>,
@@ -30,7 +30,7 @@ pub struct ClosedWindows {
 
 impl ClosedWindows {
     pub(super) fn push(&mut self, key: &str, start: i64, end: i64, agg: &Aggregate) {
-        self.series_keys.push(key.to_owned());
+        self.series_keys.push(key);
         self.window_start.push(start as f64);
         self.window_end.push(end as f64);
         self.count.push(agg.count() as f64);
@@ -40,12 +40,146 @@ impl ClosedWindows {
         self.max.push(agg.max());
     }
 
+    /// Room for `rows` more rows (and `quantiles` more estimates), so a large window's columns
+    /// are allocated once instead of copied as they double.
+    pub(super) fn reserve(&mut self, rows: usize, quantiles: usize) {
+        for column in [
+            &mut self.window_start,
+            &mut self.window_end,
+            &mut self.count,
+            &mut self.sum,
+            &mut self.mean,
+            &mut self.min,
+            &mut self.max,
+        ] {
+            column.reserve(rows);
+        }
+        self.series_keys.ends.reserve(rows);
+        self.quantiles.reserve(quantiles);
+    }
+
     pub fn len(&self) -> usize {
         self.series_keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.series_keys.is_empty()
+    }
+}
+
+/// A column of series keys, one after the other in one text: closing a window allocates no
+/// string per row, and the binding hands JS the text whole (see `consumer/native.ts`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyColumn {
+    text: String,
+    /// Where each key ends in `text`: key `i` is `text[ends[i - 1]..ends[i]]` (from 0 for the
+    /// first).
+    ends: Vec<usize>,
+}
+
+impl KeyColumn {
+    pub fn push(&mut self, key: &str) {
+        self.text.push_str(key);
+        self.ends.push(self.text.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Key `i`, if there are more than `i`.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = i.checked_sub(1).map_or(0, |before| self.ends[before]);
+        Some(&self.text[start..end])
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        (0..self.len()).map(|i| &self[i])
+    }
+
+    /// The keys one after the other.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Where each key ends in [`text`](Self::text), in bytes.
+    pub fn ends(&self) -> &[usize] {
+        &self.ends
+    }
+
+    /// The keys for JS: the text in segments of whole keys, each at most `max_units` UTF-16 code
+    /// units unless one key alone is longer; where each key ends in its segment, in UTF-16 code
+    /// units; and how many keys each segment holds.
+    pub fn utf16_segments(&self, max_units: usize) -> KeySegments<'_> {
+        let mut out = KeySegments {
+            segments: Vec::new(),
+            ends: Vec::with_capacity(self.len()),
+            rows: Vec::new(),
+        };
+        // The open segment: bytes [from, at), `units` long, `rows` keys.
+        let (mut from, mut at, mut units, mut rows) = (0, 0, 0, 0u32);
+        for &end in &self.ends {
+            let key = &self.text[at..end];
+            // ASCII keys (the usual case) are as long in UTF-16 as in UTF-8.
+            let length = if key.is_ascii() {
+                key.len()
+            } else {
+                key.encode_utf16().count()
+            };
+            if units + length > max_units && rows > 0 {
+                out.segments.push(&self.text[from..at]);
+                out.rows.push(rows);
+                (from, units, rows) = (at, 0, 0);
+            }
+            units += length;
+            rows += 1;
+            out.ends.push(units);
+            at = end;
+        }
+        if rows > 0 {
+            out.segments.push(&self.text[from..]);
+            out.rows.push(rows);
+        }
+        out
+    }
+}
+
+/// [`KeyColumn::utf16_segments`].
+#[derive(Debug, PartialEq)]
+pub struct KeySegments<'a> {
+    pub segments: Vec<&'a str>,
+    /// Per key, where it ends in its segment, in UTF-16 code units.
+    pub ends: Vec<usize>,
+    /// Keys per segment.
+    pub rows: Vec<u32>,
+}
+
+impl std::ops::Index<usize> for KeyColumn {
+    type Output = str;
+
+    fn index(&self, i: usize) -> &str {
+        self.get(i).expect("key index in bounds")
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for KeyColumn {
+    fn from_iter<I: IntoIterator<Item = S>>(keys: I) -> Self {
+        let mut column = Self::default();
+        for key in keys {
+            column.push(key.as_ref());
+        }
+        column
+    }
+}
+
+impl<S: AsRef<str>, const N: usize> PartialEq<[S; N]> for KeyColumn {
+    fn eq(&self, other: &[S; N]) -> bool {
+        self.len() == N && self.iter().zip(other).all(|(a, b)| a == b.as_ref())
     }
 }
 
@@ -251,4 +385,49 @@ pub struct Stats {
     /// Estimated heap bytes owned (ignores allocator and B-tree node overhead).
     pub bytes_held: usize,
     pub stream_time: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_column_holds_each_key_as_itself() {
+        let keys: KeyColumn = ["a", "é", "😀x", "bcd"].into_iter().collect();
+        assert_eq!(keys.len(), 4);
+        assert_eq!((&keys[1], &keys[2], keys.get(4)), ("é", "😀x", None));
+        assert_eq!(keys.iter().collect::<Vec<_>>(), ["a", "é", "😀x", "bcd"]);
+        assert_eq!(keys, ["a", "é", "😀x", "bcd"]);
+        assert_ne!(keys, ["a", "é", "😀x"]);
+        assert!(KeyColumn::default().is_empty());
+    }
+
+    /// Ends count UTF-16 code units (a JS string's length), from each segment's start; a segment
+    /// holds whole keys, and a key longer than a segment gets one of its own.
+    #[test]
+    fn key_segments_count_utf16_units_and_split_between_keys() {
+        let keys: KeyColumn = ["a", "é", "😀x", "bcd"].into_iter().collect();
+        assert_eq!(
+            keys.utf16_segments(1 << 28),
+            KeySegments {
+                segments: vec!["aé😀xbcd"],
+                ends: vec![1, 2, 5, 8],
+                rows: vec![4],
+            }
+        );
+        for max_units in [2, 3] {
+            assert_eq!(
+                keys.utf16_segments(max_units),
+                KeySegments {
+                    segments: vec!["aé", "😀x", "bcd"],
+                    ends: vec![1, 2, 3, 3],
+                    rows: vec![2, 1, 1],
+                },
+                "{max_units}"
+            );
+        }
+        let empty = KeyColumn::default();
+        let none = empty.utf16_segments(1);
+        assert!(none.segments.is_empty() && none.ends.is_empty() && none.rows.is_empty());
+    }
 }

@@ -86,7 +86,7 @@ fn rows(closed: &ClosedWindows) -> Vec<(&str, f64, f64, f64, f64)> {
     (0..closed.len())
         .map(|i| {
             (
-                closed.series_keys[i].as_str(),
+                &closed.series_keys[i],
                 closed.window_start[i],
                 closed.window_end[i],
                 closed.count[i],
@@ -396,7 +396,7 @@ fn closed_keys_stay_in_key_order_as_keys_come_and_go() {
             .map(|k| (k, f64::from(w) * 10.0 + 1.0, 1.0))
             .collect();
         let out = ingest(&mut agg, &picked, &samples);
-        let closed: Vec<&str> = out.closed.series_keys.iter().map(String::as_str).collect();
+        let closed: Vec<&str> = out.closed.series_keys.iter().collect();
         assert_eq!(closed, expected, "window {}", w.saturating_sub(1));
         expected = picked.iter().map(|k| k.to_string()).collect();
         expected.sort();
@@ -698,7 +698,7 @@ fn apply(mirror: &mut BTreeMap<(i64, String), [u64; 7]>, out: &IngestOutcome) {
     for i in 0..out.closed.len() {
         let id = (
             out.closed.window_start[i] as i64,
-            out.closed.series_keys[i].clone(),
+            out.closed.series_keys[i].to_owned(),
         );
         assert!(!seen.contains(&id), "{id:?} is both changed and closed");
         mirror.remove(&id);
@@ -771,7 +771,7 @@ fn coalesced_changes_compact_to_the_snapshot() {
             closed.extend((0..out.closed.len()).map(|i| {
                 (
                     out.closed.window_start[i] as i64,
-                    out.closed.series_keys[i].clone(),
+                    out.closed.series_keys[i].to_owned(),
                 )
             }));
             if b % 7 == 3 || b + 1 == batches.len() {

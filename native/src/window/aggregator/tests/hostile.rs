@@ -191,7 +191,7 @@ pub(super) fn closed_bits(closed: &ClosedWindows) -> Vec<(String, [u64; 7])> {
                 closed.min[i],
                 closed.max[i],
             ];
-            (closed.series_keys[i].clone(), row.map(f64::to_bits))
+            (closed.series_keys[i].to_owned(), row.map(f64::to_bits))
         })
         .collect()
 }

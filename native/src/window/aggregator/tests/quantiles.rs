@@ -39,7 +39,10 @@ impl Reference {
 fn check_closed(closed: &ClosedWindows, reference: &Reference, accuracy: f64) {
     let qs = [0.0, 0.01, 0.25, 0.5, 0.9, 0.99, 1.0];
     for i in 0..closed.len() {
-        let key = (closed.series_keys[i].clone(), closed.window_start[i] as i64);
+        let key = (
+            closed.series_keys[i].to_owned(),
+            closed.window_start[i] as i64,
+        );
         let mut exact = reference.values[&key].clone();
         assert_eq!(closed.count[i] as usize, exact.len(), "{key:?}");
         exact.sort_by(f64::total_cmp);
