@@ -23,7 +23,7 @@ const AHEAD: usize = 16;
 /// The open aggregates from which the ingest loop loads ahead: about 4 MB of
 /// rows and index, beyond a core's L2 cache.
 const LOOK_AHEAD_MIN_ROWS: usize = 1 << 16;
-use crate::sketch::{Sketch, SketchSpec};
+use crate::sketch::{Sketch, SketchSpec, prefetch_lines};
 
 /// A batch's sample columns (sample `i` is row `i` of each).
 #[derive(Clone, Copy)]
@@ -986,7 +986,12 @@ impl Aggregator {
             let estimates = self.quantiles.as_ref().map_or(0, |q| q.quantiles().len());
             closed.reserve(rows.len(), rows.len() * estimates);
             let mut panes: Vec<&Sketch> = Vec::new();
-            for (id, agg, sketch) in rows {
+            for (i, &(id, agg, sketch)) in rows.iter().enumerate() {
+                // Rows come in key order, scattered in memory: load some ahead (a hint only).
+                if let Some(&(ahead, row, _)) = rows.get(i + AHEAD) {
+                    prefetch_lines(row);
+                    self.keys.prefetch_name(ahead);
+                }
                 closed.push(self.keys.name(id), start, end, agg);
                 if let Some(quantiles) = &self.quantiles {
                     window_panes(&self.spec, &self.windows, start, id, sketch, &mut panes);

@@ -348,6 +348,14 @@ impl Interner {
         }
     }
 
+    /// Hints the memory [`name`](Self::name) reads for `id` (a short key's text is all there).
+    #[inline]
+    pub(super) fn prefetch_name(&self, id: u32) {
+        if let Some(name) = self.names.get(id as usize) {
+            prefetch_read(name);
+        }
+    }
+
     /// Hints the memory [`is_pinned`](Self::is_pinned) reads for `id`.
     #[inline]
     pub(super) fn prefetch_pin(&self, id: u32) {
