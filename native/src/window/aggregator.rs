@@ -409,26 +409,16 @@ impl Aggregator {
                 && !look_ahead
                 && let Some((start, window)) = current.as_mut()
             {
+                let samples = (
+                    &key_index[next - 1..],
+                    &timestamps[next - 1..],
+                    &values[next - 1..],
+                );
+                let known = |key| source.known(key);
                 let run = if tracking {
-                    window.add_run::<true>(
-                        *start,
-                        size,
-                        &key_index[next - 1..],
-                        &timestamps[next - 1..],
-                        &values[next - 1..],
-                        |key| source.known(key),
-                        changed,
-                    )
+                    window.add_run::<true>(*start, size, samples, known, changed)
                 } else {
-                    window.add_run::<false>(
-                        *start,
-                        size,
-                        &key_index[next - 1..],
-                        &timestamps[next - 1..],
-                        &values[next - 1..],
-                        |key| source.known(key),
-                        changed,
-                    )
+                    window.add_run::<false>(*start, size, samples, known, changed)
                 };
                 if let Some((n, newest)) = run {
                     out.aggregated += n as u32;

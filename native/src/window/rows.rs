@@ -170,7 +170,7 @@ impl Window {
         &mut self.chunks[r / CHUNK][r % CHUNK]
     }
 
-    /// Adds the samples `(keys[j], timestamps[j], values[j])` to this window's rows, in order,
+    /// Adds the `samples` `(keys[j], timestamps[j], values[j])` to this window's rows, in order,
     /// for as long as each sample is in the window (`[start, start + size)`) and its key (`id_of`)
     /// has a row here; with `TRACK`, lists each row changed in `changed` once. Returns how many
     /// samples it added and the newest timestamp among them, or `None` if it added none.
@@ -179,14 +179,11 @@ impl Window {
     /// window is not late for them: a sample within the window never makes it late (stream time
     /// would have to pass its end), so these samples need no other decision.
     #[inline]
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn add_run<const TRACK: bool>(
         &mut self,
         start: i64,
         size: i64,
-        keys: &[u32],
-        timestamps: &[f64],
-        values: &[f64],
+        (keys, timestamps, values): (&[u32], &[f64], &[f64]),
         id_of: impl Fn(u32) -> Option<u32>,
         changed: &mut Vec<(i64, u32)>,
     ) -> Option<(usize, i64)> {
