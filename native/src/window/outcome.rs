@@ -102,16 +102,6 @@ impl KeyColumn {
         (0..self.len()).map(|i| &self[i])
     }
 
-    /// The keys one after the other.
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
-    /// Where each key ends in [`text`](Self::text), in bytes.
-    pub fn ends(&self) -> &[usize] {
-        &self.ends
-    }
-
     /// The keys for JS: the text in segments of whole keys, each at most `max_units` UTF-16 code
     /// units unless one key alone is longer; where each key ends in its segment, in UTF-16 code
     /// units; and how many keys each segment holds.
