@@ -394,6 +394,18 @@ impl Aggregator {
         // rows not applied yet (see `add_to_rows`).
         let mut current: Option<(i64, &mut Window)> = None;
         let mut additions = std::mem::take(scratch);
+        // The loops below load rows some samples ahead; the batch's first samples come before
+        // any such hint, so hint them here (else every batch starts with misses in a row).
+        if let Some(&ts) = timestamps.first()
+            && (0.0..SAFE_LIMIT).contains(&ts)
+            && let Some(window) = windows.get(&pane.newest_start(spec, ts as i64))
+        {
+            for &key in key_index.iter().take(AHEAD) {
+                if let Some(id) = source.known(key) {
+                    window.prefetch_row(id);
+                }
+            }
+        }
         let mut next = 0;
         while let (Some(&key), Some(&ts), Some(&value), Some(&offset)) = (
             key_index.get(next),
