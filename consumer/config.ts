@@ -403,7 +403,8 @@ export const optionSpecs = {
     env: 'KWA_COMMIT_INTERVAL',
     description:
       'exactly-once: how long a partition gathers batches into one transaction; a window updated ' +
-      'by many batches is written to the changelog once per interval (results wait up to this long)',
+      'by many batches is written to the changelog once per interval (results wait up to this long, ' +
+      'or 100 ms once the partition has caught up with its input)',
     default: '1s',
     schema: duration({ min: 0, max: 60_000 }),
   }),

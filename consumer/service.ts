@@ -213,6 +213,13 @@ interface PendingCommit {
 /** More pending output than this commits at once, whatever the interval. */
 const MAX_PENDING_RECORDS = 100_000
 /**
+ * Exactly once: a partition that has caught up with its input (its last fetch reached the high
+ * watermark) and got nothing more for this long commits without waiting out the interval: the
+ * interval exists to gather many batches into one transaction, and no more are coming. Under
+ * load the input never pauses this long, so transactions stay one per interval.
+ */
+const CAUGHT_UP_COMMIT_MS = 100
+/**
  * A transaction writes a snapshot (every open window) once the changelog holds this many times the
  * open windows since the last one: a restore then reads at most about 1 + SNAPSHOT_EVERY records
  * per open window, and snapshots add at most 1 / SNAPSHOT_EVERY to what is written.
@@ -505,7 +512,7 @@ export class AggregatorService {
     if (this.delivery === 'exactly-once') {
       this.commitTimer = setInterval(
         () => this.commitDue(),
-        Math.max(20, Math.min(250, this.commitIntervalMs / 4)),
+        Math.max(20, Math.min(250, this.commitIntervalMs / 4, CAUGHT_UP_COMMIT_MS / 2)),
       )
       this.commitTimer.unref()
     }
@@ -753,7 +760,8 @@ export class AggregatorService {
         this.recordCommitted(outcome.counts, outcome.rejectedByReason, 1)
       } else {
         this.addPending(owned, outcome)
-        if (this.commitIsDue(owned)) await this.commitPending(batch.partition, owned)
+        if (this.commitIsDue(batch.partition, owned))
+          await this.commitPending(batch.partition, owned)
       }
       this.recordLag(batch.highWatermark, batch.partition, outcome.nextOffset)
       const seconds = stopTimer()
@@ -832,14 +840,16 @@ export class AggregatorService {
     pending.batches += batches
   }
 
-  private commitIsDue(owned: OwnedPartition): boolean {
+  private commitIsDue(partition: number, owned: OwnedPartition): boolean {
     const pending = owned.pending
     if (pending === undefined) return false
+    const now = Date.now()
     return (
       owned.commitNext === true ||
       this.stopping !== undefined ||
       this.rebalancing ||
-      Date.now() - pending.since >= this.commitIntervalMs ||
+      now - pending.since >= this.commitIntervalMs ||
+      (this.lag.get(partition) === 0 && now - owned.quiet.since >= CAUGHT_UP_COMMIT_MS) ||
       pending.results.count + pending.deadLetters.length + pending.late.length >=
         MAX_PENDING_RECORDS
     )
@@ -886,7 +896,7 @@ export class AggregatorService {
   /** Commits the partitions whose commit interval has elapsed (the commit timer). */
   private commitDue(): void {
     for (const [partition, owned] of this.owned) {
-      if (this.commitIsDue(owned)) void this.commitInBackground(partition)
+      if (this.commitIsDue(partition, owned)) void this.commitInBackground(partition)
     }
   }
 

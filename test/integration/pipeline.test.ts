@@ -8,6 +8,7 @@ import {
   deliveryModes,
   type ServiceConfig,
 } from '../../consumer/service'
+import { readCommittedWithLibrdkafka } from '../chaos/harness'
 import { createTopic, kafkaBrokers, readAll, uniqueTopic } from '../helpers/kafka'
 import { inProcessReplicas, produceTelemetry as produce } from '../helpers/service'
 import { matchesReference, mulberry32, referenceRun, windowId, type RefWindow } from '../reference'
@@ -205,6 +206,46 @@ describe.each(deliveryModes)('pipeline on a real broker, %s', (delivery) => {
       // every copy carries the same, correct value; moved partitions were rebuilt by replay.
       expect(second.totals.replayed).toBeGreaterThan(0)
     }
+  })
+})
+
+describe('exactly once, a partition caught up with its input', () => {
+  const replicas = inProcessReplicas({ clientId: 'kwa-test', partitions, window, logger })
+  const commitIntervalMs = 60_000
+
+  it('commits without waiting out the commit interval', async () => {
+    const { brokers, input, output, started } = await replicas('caught-up', {
+      delivery: 'exactly-once',
+      commitIntervalMs,
+    })
+    const replica = await started()
+    await eventually('the replica to own every partition', () => replica.assignment.length === 4)
+    const data = generateInput(0xca7c4, 200)
+    // The first batch after an assignment commits at once anyway: let it pass before timing.
+    await produce(brokers, input, data, 0, 1)
+    const first = data.reduce((n, batches) => n + (batches[0]?.length ?? 0), 0)
+    await eventually('the first messages to commit', () => replica.totals.samples === first)
+
+    const sent = Date.now()
+    await produce(brokers, input, data, 1, 200)
+    const reference = referenceRun(
+      data.map((batches) => batches.flat()),
+      window,
+    )
+    expect(reference.closed.size).toBeGreaterThan(1_000)
+    // Without the early commit nothing more is readable before the interval: readAll times out.
+    await readAll(brokers, output, { expected: reference.closed.size, timeoutMs: commitIntervalMs })
+    expect(Date.now() - sent).toBeLessThan(commitIntervalMs)
+    // What is committed, read by librdkafka (read_committed), against the recomputation.
+    const results = (await readCommittedWithLibrdkafka(brokers, output, 30_000)).map((r) =>
+      decodeWindowAggregate(Buffer.from(r.value ?? '', 'hex')),
+    )
+    const diff = compare(reference.closed, results)
+    expect(diff.missing.slice(0, 5)).toEqual([])
+    expect(diff.extra.slice(0, 5)).toEqual([])
+    expect(diff.wrong.slice(0, 5)).toEqual([])
+    expect(diff.duplicates).toBe(0)
+    expect(replica.totals.samples).toBe(data.flat(2).length)
   })
 })
 
