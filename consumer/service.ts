@@ -308,6 +308,8 @@ export class AggregatorService {
   private rebalancing = false
   /** Input records not yet processed, per owned partition, as of its last batch. */
   private readonly lag = new Map<number, number>()
+  /** Partitions whose last batch reached the high watermark (see CAUGHT_UP_COMMIT_MS). */
+  private readonly caughtUp = new Set<number>()
   /** Restores of the partitions assigned at the last join (so readiness never waits on input). */
   private warmup: Promise<void> | undefined
   /** Per partition, the work in progress (batch, restore or commit): one at a time. */
@@ -639,6 +641,12 @@ export class AggregatorService {
   /** Any sign of life of kafkajs' fetch loop resets the stall watchdog. */
   private watchConsumerActivity(): void {
     const events = this.consumer.events
+    // Also emitted for fetches that held only transaction markers (never passed to eachBatch);
+    // the lag counts them.
+    this.consumer.on(events.END_BATCH_PROCESS, ({ payload }) => {
+      if (payload.offsetLag === '0') this.caughtUp.add(payload.partition)
+      else this.caughtUp.delete(payload.partition)
+    })
     this.consumer.on(events.FETCH, () => this.fetched())
     for (const event of [
       events.FETCH_START,
@@ -849,7 +857,7 @@ export class AggregatorService {
       this.stopping !== undefined ||
       this.rebalancing ||
       now - pending.since >= this.commitIntervalMs ||
-      (this.lag.get(partition) === 0 && now - owned.quiet.since >= CAUGHT_UP_COMMIT_MS) ||
+      (this.caughtUp.has(partition) && now - owned.quiet.since >= CAUGHT_UP_COMMIT_MS) ||
       pending.results.count + pending.deadLetters.length + pending.late.length >=
         MAX_PENDING_RECORDS
     )
@@ -1393,6 +1401,9 @@ export class AggregatorService {
     }
     for (const partition of [...this.lag.keys()]) {
       if (!this.assigned.includes(partition)) this.lag.delete(partition)
+    }
+    for (const partition of [...this.caughtUp]) {
+      if (!this.assigned.includes(partition)) this.caughtUp.delete(partition)
     }
   }
 

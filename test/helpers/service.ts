@@ -71,7 +71,9 @@ export function inProcessReplicas(
 
 /**
  * Produces messages `from` to `to` (exclusive) of each partition's list of sample batches, one
- * TelemetryBatch per message, to that partition; 50 messages per partition and send.
+ * TelemetryBatch per message, to that partition; 50 messages per partition and send. With
+ * `transactionalId`, each send is a committed transaction (so the topic holds commit markers, as
+ * when the upstream producer writes exactly once).
  */
 export async function produceTelemetry(
   brokers: string,
@@ -79,9 +81,15 @@ export async function produceTelemetry(
   input: Sample[][][],
   from: number,
   to: number,
+  { transactionalId }: { transactionalId?: string } = {},
 ): Promise<void> {
   const kafka = createKafka({ brokers: [brokers], clientId: 'test-producer', logger: quiet })
-  const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner })
+  const producer = kafka.producer({
+    createPartitioner: Partitioners.DefaultPartitioner,
+    ...(transactionalId === undefined
+      ? {}
+      : { transactionalId, idempotent: true, maxInFlightRequests: 1 }),
+  })
   await producer.connect()
   try {
     for (let m = from; m < to; m += 50) {
@@ -91,7 +99,18 @@ export async function produceTelemetry(
           value: encodeTelemetryBatch({ sourceId: `test-${partition}-${m + i}`, samples }),
         })),
       )
-      await producer.send({ topic, acks: -1, messages })
+      if (transactionalId === undefined) {
+        await producer.send({ topic, acks: -1, messages })
+        continue
+      }
+      const transaction = await producer.transaction()
+      try {
+        await transaction.send({ topic, acks: -1, messages })
+        await transaction.commit()
+      } catch (error) {
+        await transaction.abort()
+        throw error
+      }
     }
   } finally {
     await producer.disconnect()

@@ -213,40 +213,51 @@ describe('exactly once, a partition caught up with its input', () => {
   const replicas = inProcessReplicas({ clientId: 'kwa-test', partitions, window, logger })
   const commitIntervalMs = 60_000
 
-  it('commits without waiting out the commit interval', async () => {
-    const { brokers, input, output, started } = await replicas('caught-up', {
-      delivery: 'exactly-once',
-      commitIntervalMs,
-    })
-    const replica = await started()
-    await eventually('the replica to own every partition', () => replica.assignment.length === 4)
-    const data = generateInput(0xca7c4, 200)
-    // The first batch after an assignment commits at once anyway: let it pass before timing.
-    await produce(brokers, input, data, 0, 1)
-    const first = data.reduce((n, batches) => n + (batches[0]?.length ?? 0), 0)
-    await eventually('the first messages to commit', () => replica.totals.samples === first)
+  // Transactional input ends with a commit marker, past the last message.
+  it.each(['plain', 'transactional'])(
+    'commits without waiting out the commit interval (%s input)',
+    async (kind) => {
+      const { brokers, input, output, started } = await replicas(`caught-up-${kind}`, {
+        delivery: 'exactly-once',
+        commitIntervalMs,
+      })
+      const replica = await started()
+      await eventually(
+        'the replica to own every partition',
+        () => replica.assignment.length === partitions,
+      )
+      const data = generateInput(0xca7c4, 200)
+      // The first batch after an assignment commits at once anyway: let it pass before timing.
+      const transactionalId = kind === 'transactional' ? uniqueTopic('upstream') : undefined
+      await produce(brokers, input, data, 0, 1, { transactionalId })
+      const first = data.reduce((n, batches) => n + (batches[0]?.length ?? 0), 0)
+      await eventually('the first messages to commit', () => replica.totals.samples === first)
 
-    const sent = Date.now()
-    await produce(brokers, input, data, 1, 200)
-    const reference = referenceRun(
-      data.map((batches) => batches.flat()),
-      window,
-    )
-    expect(reference.closed.size).toBeGreaterThan(1_000)
-    // Without the early commit nothing more is readable before the interval: readAll times out.
-    await readAll(brokers, output, { expected: reference.closed.size, timeoutMs: commitIntervalMs })
-    expect(Date.now() - sent).toBeLessThan(commitIntervalMs)
-    // What is committed, read by librdkafka (read_committed), against the recomputation.
-    const results = (await readCommittedWithLibrdkafka(brokers, output, 30_000)).map((r) =>
-      decodeWindowAggregate(Buffer.from(r.value ?? '', 'hex')),
-    )
-    const diff = compare(reference.closed, results)
-    expect(diff.missing.slice(0, 5)).toEqual([])
-    expect(diff.extra.slice(0, 5)).toEqual([])
-    expect(diff.wrong.slice(0, 5)).toEqual([])
-    expect(diff.duplicates).toBe(0)
-    expect(replica.totals.samples).toBe(data.flat(2).length)
-  })
+      const sent = Date.now()
+      await produce(brokers, input, data, 1, 200, { transactionalId })
+      const reference = referenceRun(
+        data.map((batches) => batches.flat()),
+        window,
+      )
+      expect(reference.closed.size).toBeGreaterThan(1_000)
+      // Without the early commit nothing more is readable before the interval: readAll times out.
+      await readAll(brokers, output, {
+        expected: reference.closed.size,
+        timeoutMs: commitIntervalMs,
+      })
+      expect(Date.now() - sent).toBeLessThan(commitIntervalMs)
+      // What is committed, read by librdkafka (read_committed), against the recomputation.
+      const results = (await readCommittedWithLibrdkafka(brokers, output, 30_000)).map((r) =>
+        decodeWindowAggregate(Buffer.from(r.value ?? '', 'hex')),
+      )
+      const diff = compare(reference.closed, results)
+      expect(diff.missing.slice(0, 5)).toEqual([])
+      expect(diff.extra.slice(0, 5)).toEqual([])
+      expect(diff.wrong.slice(0, 5)).toEqual([])
+      expect(diff.duplicates).toBe(0)
+      expect(replica.totals.samples).toBe(data.flat(2).length)
+    },
+  )
 })
 
 describe('state changelog topic', () => {
