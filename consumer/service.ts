@@ -213,7 +213,7 @@ interface PendingCommit {
 /** More pending output than this commits at once, whatever the interval. */
 const MAX_PENDING_RECORDS = 100_000
 /**
- * Exactly once: a partition that has caught up with its input (its last fetch reached the high
+ * Exactly once: a partition that has caught up with its input (its last batch reached the high
  * watermark) and got nothing more for this long commits without waiting out the interval: the
  * interval exists to gather many batches into one transaction, and no more are coming. Under
  * load the input never pauses this long, so transactions stay one per interval.
@@ -472,6 +472,7 @@ export class AggregatorService {
     )
     if (this.delivery === 'exactly-once') this.changelog = await this.startChangelogReader()
     this.watchConsumerActivity()
+    this.watchCaughtUp()
     this.consumer.on(this.consumer.events.GROUP_JOIN, ({ payload }) => {
       this.generation++
       this.assigned = [...(payload.memberAssignment[this.config.inputTopic] ?? [])].sort(
@@ -638,15 +639,21 @@ export class AggregatorService {
     return started
   }
 
-  /** Any sign of life of kafkajs' fetch loop resets the stall watchdog. */
-  private watchConsumerActivity(): void {
-    const events = this.consumer.events
-    // Also emitted for fetches that held only transaction markers (never passed to eachBatch);
-    // the lag counts them.
-    this.consumer.on(events.END_BATCH_PROCESS, ({ payload }) => {
+  /**
+   * Which partitions have caught up with their input (see CAUGHT_UP_COMMIT_MS), by kafkajs' lag
+   * after each batch. The event also comes for fetches that held only transaction markers, which
+   * never reach eachBatch, and the lag counts them: a topic written in transactions ends with one.
+   */
+  private watchCaughtUp(): void {
+    this.consumer.on(this.consumer.events.END_BATCH_PROCESS, ({ payload }) => {
       if (payload.offsetLag === '0') this.caughtUp.add(payload.partition)
       else this.caughtUp.delete(payload.partition)
     })
+  }
+
+  /** Any sign of life of kafkajs' fetch loop resets the stall watchdog. */
+  private watchConsumerActivity(): void {
+    const events = this.consumer.events
     this.consumer.on(events.FETCH, () => this.fetched())
     for (const event of [
       events.FETCH_START,
